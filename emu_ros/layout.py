@@ -58,6 +58,9 @@ class TokenLayout:
     star_id: int  # id of '*' (size header)
     eol_after_last_row: bool  # Emu3 v1: True; Emu3.5: False
     eof_before_eoi: bool  # Emu3 v1: True; Emu3.5: False
+    # Absorbing-state id for DiDA's masked initialisation. Emu3.5/Emu3 have no mask token: we use
+    # PAD, which never appears inside an image, so its embedding is free to learn "unknown cell".
+    mask_id: int = -1
     # Extra named specials a prompt builder may use (assistant segment, reasoning markers...).
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -69,7 +72,7 @@ class TokenLayout:
             )
         if len(self.digit_ids) != 10:
             raise ValueError(f"layout {self.name!r}: need 10 digit ids, got {len(self.digit_ids)}")
-        specials = [self.pad, self.bos, self.eos, self.img, self.boi, self.eoi, self.eol, self.eof]
+        specials = [self.pad, self.bos, self.eos, self.img, self.boi, self.eoi, self.eol, self.eof, self.mask_id]
         for sid in specials + list(self.digit_ids) + [self.star_id]:
             if not 0 <= sid < self.visual_offset:
                 raise ValueError(f"layout {self.name!r}: special id {sid} not in the text range")
@@ -226,6 +229,7 @@ def emu35() -> TokenLayout:
         star_id=_QWEN_STAR,
         eol_after_last_row=False,
         eof_before_eoi=False,
+        mask_id=151_643,
         extra={
             "assistant_start": 151_746,
             "assistant_end": 151_747,
@@ -256,6 +260,7 @@ def emu3() -> TokenLayout:
         star_id=_QWEN_STAR,
         eol_after_last_row=True,
         eof_before_eoi=True,
+        mask_id=151_643,
     )
 
 
@@ -263,7 +268,7 @@ def emu3() -> TokenLayout:
 COMPACT_SPECIALS = (
     "<pad>", "<bos>", "<eos>", "<img>", "<boi>", "<eoi>", "<eol>", "<eof>",
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*",
-    "<user>", "<assistant>", "<step>", "<done>", "<history>", "<unk>",
+    "<user>", "<assistant>", "<step>", "<done>", "<history>", "<unk>", "<mask>",
 )  # fmt: skip
 COMPACT_NUM_SPECIALS = 32  # room for a few more specials without shifting the text ids
 
@@ -291,6 +296,7 @@ def compact(num_text_words: int, num_visual_codes: int) -> TokenLayout:
         star_id=sid["*"],
         eol_after_last_row=False,
         eof_before_eoi=False,
+        mask_id=sid["<mask>"],
         extra={k.strip("<>"): v for k, v in sid.items() if k in ("<user>", "<assistant>", "<step>", "<done>", "<history>", "<unk>")},
     )
 
