@@ -1,0 +1,152 @@
+"""Step sentence -> ActionGoal: the sim's phrasing, free-form English, and what must stay UNKNOWN."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu_guide.types import ActionGoal, GoalStatus
+from planner.parse import ParseContext, Vocabulary, parse, parse_step
+
+TABLE = Vocabulary(
+    objects=("red cup", "blue cup", "white plate", "green bowl", "fork", "yellow napkin"),
+    targets=("rack", "bin", "tray"),
+)
+CLOTH = Vocabulary(objects=("left sleeve", "right sleeve", "bottom hem", "shirt"), targets=("centre", "collar"))
+BLOCKS = Vocabulary(objects=("red block", "green block", "blue block"), targets=("left bin", "right bin"))
+HOLDING = ParseContext(held_object="red cup", last_object="red cup")
+
+# (sentence, vocab, verb, object, target)
+OK_CASES = [
+    # the simulator's own phrasing
+    ("Pick up the red cup.", TABLE, "pick", "red cup", None),
+    ("Place the red cup in the rack.", TABLE, "place", "red cup", "rack"),
+    ("Put the white plate on the tray.", TABLE, "place", "white plate", "tray"),
+    ("Pick up the fork.", TABLE, "pick", "fork", None),
+    # synonyms for pick
+    ("Grab the blue cup", TABLE, "pick", "blue cup", None),
+    ("take the green bowl", TABLE, "pick", "green bowl", None),
+    ("Lift the yellow napkin off the table.", TABLE, "pick", "yellow napkin", None),
+    ("grasp the fork carefully", TABLE, "pick", "fork", None),
+    ("Now pick the red cup up.", TABLE, "pick", "red cup", None),
+    ("Next, grab the white dish from the table", TABLE, "pick", "white plate", None),
+    ("lift the forks", TABLE, "pick", "fork", None),
+    ("3. Pick up the green bowl", TABLE, "pick", "green bowl", None),
+    ("Step 4: grab the blue mug", TABLE, "pick", "blue cup", None),
+    ("- Pick up the yellow serviette", TABLE, "pick", "yellow napkin", None),
+    ("PICK UP THE RED CUP", TABLE, "pick", "red cup", None),
+    # synonyms for place, with prepositions
+    ("Put the red cup into the dish rack.", TABLE, "place", "red cup", "rack"),
+    ("Set the white plate on the serving tray", TABLE, "place", "white plate", "tray"),
+    ("drop the yellow napkin in the trash", TABLE, "place", "yellow napkin", "bin"),
+    ("Place the fork inside the bin.", TABLE, "place", "fork", "bin"),
+    ("Move the green bowl to the tray", TABLE, "place", "green bowl", "tray"),
+    ("take the white plate to the rack", TABLE, "place", "white plate", "rack"),
+    ("Throw the yellow napkin away.", TABLE, "place", "yellow napkin", "bin"),
+    ("deposit the blue cup into the rack", TABLE, "place", "blue cup", "rack"),
+    ("Bring the fork over to the tray", TABLE, "place", "fork", "tray"),
+    ("Put the plate onto the tray", TABLE, "place", "white plate", "tray"),
+    # pronouns resolve to the held object
+    ("Put it in the rack.", TABLE, "place", "red cup", "rack"),
+    ("Now place it into the drying rack", TABLE, "place", "red cup", "rack"),
+    ("Drop it in the garbage bin", TABLE, "place", "red cup", "bin"),
+    # colours written differently, articles, filler
+    ("Please carefully pick up a red cup", TABLE, "pick", "red cup", None),
+    ("Then set down the red cup on the tray", TABLE, "place", "red cup", "tray"),
+    # fold phrasing
+    ("Fold the left sleeve to the centre.", CLOTH, "fold", "left sleeve", "centre"),
+    ("Fold the right sleeve towards the center", CLOTH, "fold", "right sleeve", "centre"),
+    ("fold the bottom hem up to the collar", CLOTH, "fold", "bottom hem", "collar"),
+    ("Tuck the left sleeve into the middle", CLOTH, "fold", "left sleeve", "centre"),
+    ("Fold the left sleeve of the t-shirt over to the centre", CLOTH, "fold", "left sleeve", "centre"),
+    # stacking / sorting
+    ("Stack the red block on the blue block.", BLOCKS, "stack", "red block", "blue block"),
+    ("Put the green block on top of the red block", BLOCKS, "stack", "green block", "red block"),
+    ("Place the red cube in the left bin", BLOCKS, "place", "red block", "left bin"),
+    ("Move the blue block into the right bin", BLOCKS, "place", "blue block", "right bin"),
+    # without a vocabulary the phrases are kept as written
+    ("Pick up the purple vase.", None, "pick", "purple vase", None),
+    ("Put the purple vase on the shelf.", None, "place", "purple vase", "shelf"),
+]
+
+
+@pytest.mark.parametrize(("sentence", "vocab", "verb", "obj", "target"), OK_CASES)
+def test_parses(sentence, vocab, verb, obj, target):
+    goal = parse_step(sentence, vocab, HOLDING, step_index=3, stamp=1.5)
+    assert isinstance(goal, ActionGoal)
+    assert goal.status == GoalStatus.OK, goal.reason
+    assert (goal.verb, goal.object, goal.target) == (verb, obj, target)
+    assert goal.step_index == 3 and goal.stamp == 1.5
+    assert goal.gripper == {"pick": "close", "place": "open", "stack": "open"}.get(verb)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "ordinal", "side", "candidates"),
+    [
+        ("Grab the second cup", 2, None, ("red cup", "blue cup")),
+        ("pick up the 1st cup", 1, None, ("red cup", "blue cup")),
+        ("take the last cup", -1, None, ("red cup", "blue cup")),
+        ("Grab the cup on the left", None, "left", ("red cup", "blue cup")),
+        ("pick up the rightmost cup", None, "right", ("red cup", "blue cup")),
+        ("grab the one on the left", None, "left", TABLE.objects),
+        ("Pick up the cup nearest to the camera", None, "front", ("red cup", "blue cup")),
+    ],
+)
+def test_references_resolved_by_the_image(sentence, ordinal, side, candidates):
+    p = parse(sentence, TABLE)
+    assert p.status == GoalStatus.OK, p.reason
+    assert p.verb == "pick"
+    assert p.obj is not None and p.obj.needs_image
+    assert (p.obj.ordinal, p.obj.side) == (ordinal, side)
+    assert p.obj.candidates == candidates
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    ["Done.", "Task complete.", "The table is clear.", "All done!", "The shirt is folded.", "Finished"],
+)
+def test_done_sentences(sentence):
+    p = parse(sentence, TABLE)
+    assert p.status == GoalStatus.OK and p.verb == "done"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "context", "reason"),
+    [
+        ("", None, "empty"),
+        ("   ", None, "empty"),
+        ("What should I do next?", None, "question"),
+        ("Dance around the table.", None, "no action verb"),
+        ("The weather is nice.", None, "no action verb"),
+        ("Pick up the cup.", None, "ambiguous"),  # two cups and nothing to choose
+        ("pick up the purple cup", None, "no object matching"),
+        ("Pick up the spatula", None, "no object matching"),
+        ("Pick up the red cup and put it in the rack.", None, "2 actions"),
+        ("Grab the cup, then place it on the tray", None, "2 actions"),
+        ("Don't pick up the red cup.", None, "negated"),
+        ("Do not touch the fork", None, "negated"),
+        ("Put the red cup down.", None, "destination"),
+        ("Place the fork.", None, "destination"),
+        ("Put it in the rack.", ParseContext(), "earlier object"),  # "it" with nothing in hand
+        ("Put the red cup in the sink.", None, "sink"),  # unknown destination
+        ("Pick up the third cup", None, "only 2 match"),
+        ("pick up the red blue cup", None, "two colours"),
+        ("pick up two cups", None, "counts"),
+        ("Pick up the red cup into the rack", None, "pick with a destination"),
+        ("Carefully the red cup grab", None, "before the verb"),
+    ],
+)
+def test_unknown_never_guessed(sentence, context, reason):
+    goal = parse_step(sentence, TABLE, context)
+    assert goal.status == GoalStatus.UNKNOWN
+    assert reason in goal.reason
+    assert goal.confidence == 0.0
+
+
+def test_rejects_non_string():
+    with pytest.raises(ValueError, match="str"):
+        parse(None, TABLE)  # type: ignore[arg-type]
+
+
+def test_vocabulary_rejects_empty_names():
+    with pytest.raises(ValueError, match="empty"):
+        Vocabulary(objects=("red cup", " "))
