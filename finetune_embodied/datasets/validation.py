@@ -1,0 +1,72 @@
+"""Bad-data policy shared by every dataset reader.
+
+A problem with one episode (corrupt video, missing columns, mismatched lengths, empty episode) is
+either raised as :class:`DatasetError` naming the file and the episode, or - with
+``on_error="skip"`` - counted in a :class:`SkipReport` that the caller prints. Never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DatasetError", "ON_ERROR_CHOICES", "SkipReport", "SkippedEpisode", "check_on_error"]
+
+log = logging.getLogger(__name__)
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+class DatasetError(ValueError):
+    """A dataset file or episode is unusable. The message names the file and the episode."""
+
+    def __init__(self, message: str, path: str | Path | None = None, episode_index: int | None = None):
+        parts = []
+        if path is not None:
+            parts.append(f"file {path}")
+        if episode_index is not None:
+            parts.append(f"episode {episode_index}")
+        prefix = (", ".join(parts) + ": ") if parts else ""
+        super().__init__(prefix + message)
+        self.path = None if path is None else str(path)
+        self.episode_index = episode_index
+        self.reason = message
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    return on_error
+
+
+@dataclass(frozen=True)
+class SkippedEpisode:
+    episode_index: int
+    path: str | None
+    reason: str
+
+
+@dataclass
+class SkipReport:
+    """Episodes a reader skipped (``on_error="skip"``), with the reason for each."""
+
+    skipped: list[SkippedEpisode] = field(default_factory=list)
+
+    def add(self, err: DatasetError, episode_index: int) -> None:
+        # One entry per episode, even if the same episode fails twice (e.g. re-read).
+        if any(s.episode_index == episode_index for s in self.skipped):
+            return
+        self.skipped.append(SkippedEpisode(episode_index, err.path, err.reason))
+        log.warning("skipping %s", err)
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return "no episodes skipped"
+        lines = [f"{self.count} episode(s) skipped:"]
+        lines += [f"  episode {s.episode_index} ({s.path}): {s.reason}" for s in self.skipped]
+        return "\n".join(lines)

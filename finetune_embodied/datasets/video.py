@@ -1,0 +1,101 @@
+"""MP4 encode/decode with PyAV: frames at exact 1/fps timestamps, so concatenated episodes are
+addressed by time (LeRobot v3 stores each episode's ``from_timestamp``/``to_timestamp``)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .validation import DatasetError
+
+__all__ = ["VideoWriter", "decode_frames", "DEFAULT_CODEC"]
+
+DEFAULT_CODEC = "libx264"  # h264: decodable by torchcodec, PyAV and browsers; LeRobot defaults to AV1
+
+
+class VideoWriter:
+    """Appends RGB frames to one mp4 whose frame k has pts k/fps (no B-frames, so pts == dts order)."""
+
+    def __init__(self, path: str | Path, fps: int, width: int, height: int, codec: str = DEFAULT_CODEC, crf: int = 20):
+        import av
+
+        if width % 2 or height % 2:
+            raise ValueError(f"video size must be even for yuv420p, got {width}x{height}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.width, self.height, self.fps = width, height, fps
+        self._container = av.open(str(self.path), mode="w")
+        self._stream = self._container.add_stream(codec, rate=fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.codec_context.time_base = Fraction(1, fps)
+        # g=2: short GOPs make random access cheap (what LeRobot uses); bf=0: pts stay monotonic.
+        opts = {"g": "2", "bf": "0", "crf": str(crf)}
+        if codec == "libx264":
+            opts["preset"] = "veryfast"
+        self._stream.options = opts
+        self.num_frames = 0
+        self.codec = codec
+
+    def write(self, frames: np.ndarray) -> None:
+        import av
+
+        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: frames must be (T, {self.height}, {self.width}, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.num_frames
+            frame.time_base = Fraction(1, self.fps)
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.num_frames += 1
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+
+def decode_frames(
+    path: str | Path, fps: float, from_timestamp: float, to_timestamp: float, episode_index: int | None = None
+) -> np.ndarray:
+    """Frames with from_timestamp <= t < to_timestamp as (T, H, W, 3) uint8.
+
+    Raises DatasetError naming the file and the episode when the file is missing or cannot be decoded.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError("video file missing", path, episode_index)
+    first = round(from_timestamp * fps)
+    last = round(to_timestamp * fps)  # exclusive
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError("no video stream", path, episode_index)
+            stream = container.streams.video[0]
+            if first > 0:
+                # Seek to the keyframe at or before the first wanted frame, then decode forward.
+                container.seek(int(from_timestamp / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                k = round(float(frame.pts * stream.time_base) * fps)
+                if k < first:
+                    continue
+                if k >= last:
+                    break
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except DatasetError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise DatasetError(f"cannot decode video ({type(exc).__name__}: {exc})", path, episode_index) from exc
+    if not frames:
+        raise DatasetError(f"no frames decoded in [{from_timestamp:.4f}, {to_timestamp:.4f}) s", path, episode_index)
+    return np.stack(frames)
