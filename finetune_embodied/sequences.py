@@ -1,0 +1,211 @@
+"""Episodes -> interleaved training samples for the guidance model.
+
+Each sample is one assistant turn: ``instruction + current frame (+ steps already done)`` ->
+``next step sentence + its keyframe image`` (the frame where that step ends), or the final "done"
+answer. Samples start at every step boundary and also at frames sampled inside a step (the robot
+is mid-way: the model must still name the step in progress), plus one final sample per episode.
+
+Two layers:
+- :func:`plan_episode` -> :class:`StepSample` list (frame indices and texts only, no tokens);
+- :class:`SequenceDataset` tokenises them with a vision tokenizer + text tokenizer through
+  ``emu_ros.prompt.build_training_sequence`` (visual-token loss weight 0.5 by default, as Emu3.5),
+  and :func:`collate_sequences` pads a batch (labels -100, loss weight 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from finetune_embodied.datasets.episode import Episode
+
+__all__ = [
+    "StepSample",
+    "SequenceDataset",
+    "collate_sequences",
+    "dataset_texts",
+    "episode_segments",
+    "plan_episode",
+]
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One untokenised training sample of an episode."""
+
+    episode_index: int
+    frame_index: int  # the current (conditioning) frame
+    history: tuple[str, ...]  # steps already done, oldest first
+    step_text: str | None  # the next step; None for the final sample
+    keyframe_index: int | None  # frame at the end of that step (its subgoal image); None when final
+    is_final: bool
+    mid_step: bool  # True: sampled inside a step, not at its first frame
+
+
+def episode_segments(ep: Episode, keyframes: Sequence[int] | None = None,
+                     step_texts: Sequence[str] | None = None) -> list[tuple[str, int, int]]:
+    """(step text, first frame, last frame) per step.
+
+    From the episode's subtask labels, or - for unlabeled data - from ``keyframes`` (the frame where
+    each step ends, e.g. from :mod:`finetune_embodied.keyframes`) with one ``step_texts`` entry each.
+    """
+    if keyframes is None:
+        if ep.subtasks is None:
+            raise ValueError(
+                f"episode {ep.episode_index} has no subtask labels: pass keyframes and step_texts "
+                "(finetune_embodied.keyframes.detect_keyframes finds the step ends)"
+            )
+        return ep.subtask_segments()
+    ks = [int(k) for k in keyframes]
+    if step_texts is None or len(step_texts) != len(ks):
+        raise ValueError(f"need one step text per keyframe: {len(ks)} keyframes, step_texts={step_texts!r}")
+    if ks != sorted(set(ks)) or not ks or ks[0] < 0 or ks[-1] >= ep.length:
+        raise ValueError(f"keyframes must be strictly increasing frame indices in 0..{ep.length - 1}, got {ks}")
+    segs, start = [], 0
+    for text, end in zip(step_texts, ks):
+        segs.append((str(text), start, end))
+        start = end + 1
+    return segs
+
+
+def plan_episode(
+    ep: Episode,
+    mid_samples_per_step: int = 2,
+    rng: np.random.Generator | None = None,
+    max_history: int | None = None,
+    keyframes: Sequence[int] | None = None,
+    step_texts: Sequence[str] | None = None,
+) -> list[StepSample]:
+    """The samples of one episode: per step its first frame plus ``mid_samples_per_step`` frames drawn
+    inside it (without replacement, never the step's last frame: there the step is already done),
+    then the final "done" sample on the last frame."""
+    if mid_samples_per_step < 0:
+        raise ValueError(f"mid_samples_per_step must be >= 0, got {mid_samples_per_step}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    segs = episode_segments(ep, keyframes, step_texts)
+    out: list[StepSample] = []
+    done: list[str] = []
+    for text, first, last in segs:
+        hist = _recent(done, max_history)
+        out.append(StepSample(ep.episode_index, first, hist, text, last, False, False))
+        inside = np.arange(first + 1, last)  # strictly inside the step
+        if len(inside) and mid_samples_per_step:
+            picks = rng.choice(inside, size=min(mid_samples_per_step, len(inside)), replace=False)
+            for f in sorted(int(p) for p in picks):
+                out.append(StepSample(ep.episode_index, f, hist, text, last, False, True))
+        done.append(text)
+    out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done, max_history), None, None, True, False))
+    return out
+
+
+def _recent(done: list[str], max_history: int | None) -> tuple[str, ...]:
+    """The last ``max_history`` done steps (all when None)."""
+    if max_history is None:
+        return tuple(done)
+    return tuple(done[-max_history:]) if max_history > 0 else ()
+
+
+
+def dataset_texts(episodes: Iterable[Episode]) -> list[str]:
+    """Every instruction and step text (to build a word tokenizer's vocabulary before tokenising)."""
+    texts: list[str] = []
+    for ep in episodes:
+        texts.append(ep.task)
+        if ep.subtasks is not None:
+            texts += [s for s, _, _ in ep.subtask_segments()]
+    return texts
+
+
+class SequenceDataset:
+    """A map-style torch Dataset of ``TrainingSequence`` built from episodes.
+
+    Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
+    frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
+    """
+
+    def __init__(
+        self,
+        episodes: Iterable[Episode],
+        layout,  # emu_ros.layout.TokenLayout
+        text_tok,  # emu_ros.text_tokenizer.TextTokenizer
+        vision_tok,  # emu_ros.tokenizers.base.VisionTokenizer
+        camera_key: str | None = None,
+        visual_loss_weight: float = 0.5,
+        mid_samples_per_step: int = 2,
+        max_history: int | None = None,
+        seed: int = 0,
+        task: str = "vla",
+    ) -> None:
+        from emu_ros.prompt import build_training_sequence
+
+        if not visual_loss_weight >= 0:
+            raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
+        rng = np.random.default_rng(seed)
+        self.layout = layout
+        self.samples: list[StepSample] = []
+        self.sequences = []
+        for ep in episodes:
+            key = camera_key or (ep.camera_keys[0] if ep.camera_keys else None)
+            if key is None or key not in ep.images:
+                raise ValueError(f"episode {ep.episode_index}: no camera {camera_key!r} (has {ep.camera_keys})")
+            plan = plan_episode(ep, mid_samples_per_step, rng, max_history)
+            needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None})
+            codes = dict(zip(needed, self._encode(vision_tok, ep.images[key][needed])))
+            for s in plan:
+                seq = build_training_sequence(
+                    layout, text_tok, ep.task, list(s.history), codes[s.frame_index], s.step_text,
+                    None if s.is_final else codes[s.keyframe_index], s.is_final,
+                    visual_loss_weight=visual_loss_weight, task=task,
+                )
+                self.samples.append(s)
+                self.sequences.append(seq)
+        if not self.sequences:
+            raise ValueError("SequenceDataset: no episodes given")
+
+    @staticmethod
+    def _encode(vision_tok, frames: np.ndarray) -> np.ndarray:
+        from emu_ros.tokenizers.base import resize_frame
+
+        size = vision_tok.image_size
+        if size is not None:
+            frames = np.stack([resize_frame(f, size) for f in frames])
+        return np.asarray(vision_tok.encode(frames))
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int):
+        return self.sequences[i]
+
+
+def collate_sequences(batch: list, pad_id: int) -> dict:
+    """Right-pad ``TrainingSequence``s into tensors: input_ids (PAD), labels (-100), loss_weights (0),
+    attention_mask (0 on padding), prompt_lengths; image spans are kept per row."""
+    import torch
+
+    from emu_ros.prompt import IGNORE_INDEX
+
+    if not batch:
+        raise ValueError("collate_sequences: empty batch")
+    t = max(len(s) for s in batch)
+    b = len(batch)
+    ids = torch.full((b, t), pad_id, dtype=torch.long)
+    labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+    weights = torch.zeros((b, t), dtype=torch.float32)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    for r, s in enumerate(batch):
+        n = len(s)
+        ids[r, :n] = torch.from_numpy(s.input_ids)
+        labels[r, :n] = torch.from_numpy(s.labels)
+        weights[r, :n] = torch.from_numpy(s.loss_weights)
+        attn[r, :n] = 1
+    return {
+        "input_ids": ids,  # (B, T)
+        "labels": labels,  # (B, T)
+        "loss_weights": weights,  # (B, T)
+        "attention_mask": attn,  # (B, T)
+        "prompt_lengths": torch.tensor([s.prompt_length for s in batch]),  # (B,)
+        "image_spans": [s.image_spans for s in batch],
+    }

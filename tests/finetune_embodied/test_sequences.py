@@ -1,0 +1,114 @@
+"""Episodes -> training sequences; decoding a sample's answer gives back the step and its keyframe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emu_ros.layout import compact
+from emu_ros.prompt import IGNORE_INDEX, parse_step
+from emu_ros.text_tokenizer import WordTokenizer
+from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
+from finetune_embodied.datasets import Episode
+from finetune_embodied.sequences import SequenceDataset, collate_sequences, dataset_texts, plan_episode
+
+CAM = "observation.images.front"
+STEPS = ["pick up the red cup", "place the red cup in the bin", "pick up the blue block"]
+
+
+def make_episode(index: int = 0, lengths=(7, 6, 5)) -> Episode:
+    rng = np.random.default_rng(index)
+    n = sum(lengths)
+    labels = [s for s, k in zip(STEPS, lengths) for _ in range(k)]
+    frames = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
+    return Episode(task="clear the table", images={CAM: frames}, state=np.zeros((n, 3)), action=np.zeros((n, 4)),
+                   subtasks=labels, episode_index=index)
+
+
+def test_plan_covers_boundaries_mid_step_and_done():
+    ep = make_episode()
+    plan = plan_episode(ep, mid_samples_per_step=2, rng=np.random.default_rng(0))
+    starts, ends = [0, 7, 13], [6, 12, 17]
+    boundary = [s for s in plan if not s.mid_step and not s.is_final]
+    assert [(s.frame_index, s.step_text, s.keyframe_index) for s in boundary] == list(zip(starts, STEPS, ends))
+    mids = [s for s in plan if s.mid_step]
+    assert len(mids) == 6
+    for s in mids:
+        i = STEPS.index(s.step_text)
+        assert starts[i] < s.frame_index < ends[i] and s.keyframe_index == ends[i]
+        assert s.history == tuple(STEPS[:i])
+    final = plan[-1]
+    assert final.is_final and final.frame_index == 17 and final.history == tuple(STEPS) and final.step_text is None
+    assert plan_episode(ep, 0, max_history=1)[2].history == (STEPS[1],)
+
+
+def test_plan_from_keyframes_for_unlabeled_episode():
+    ep = make_episode()
+    ep.subtasks = None
+    with pytest.raises(ValueError, match="no subtask labels"):
+        plan_episode(ep)
+    plan = plan_episode(ep, 0, keyframes=[4, 17], step_texts=["a", "b"])
+    assert [(s.frame_index, s.keyframe_index, s.step_text) for s in plan[:2]] == [(0, 4, "a"), (5, 17, "b")]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        plan_episode(ep, 0, keyframes=[9, 4], step_texts=["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def built():
+    episodes = [make_episode(0), make_episode(1, lengths=(4, 9, 3))]
+    text_tok = WordTokenizer.build(dataset_texts(episodes))
+    vision = FSQTokenizer.from_config(FSQConfig(image_size=32, levels=(4, 4), channels=(8, 8, 8), out_channels=8))
+    layout = compact(text_tok.vocab_size, vision.num_codes)
+    ds = SequenceDataset(episodes, layout, text_tok, vision, visual_loss_weight=0.25, mid_samples_per_step=2)
+    return episodes, text_tok, vision, layout, ds
+
+
+def test_decoding_sample_answer_returns_step_and_keyframe_codes(built):
+    episodes, text_tok, vision, layout, ds = built
+    # ep0: 3 boundaries + 2 mid per step + done; ep1 (4, 9, 3 frames): its last step has one inner frame.
+    assert len(ds) == (3 + 6 + 1) + (3 + 5 + 1)
+    seen_mid = seen_final = 0
+    for sample, seq in zip(ds.samples, ds.sequences):
+        ep = episodes[sample.episode_index]
+        answer = seq.input_ids[seq.prompt_length:]
+        parsed = parse_step(layout, text_tok, answer, expected_grid=(4, 4))
+        if sample.is_final:
+            seen_final += 1
+            assert parsed.is_final
+            continue
+        assert parsed.text == sample.step_text
+        want = vision.encode(ep.images[CAM][sample.keyframe_index][None])[0]
+        np.testing.assert_array_equal(parsed.codes, want)
+        # The prompt holds the current frame's codes (the conditioning image).
+        cond = [sp for sp in seq.image_spans if not sp.is_target]
+        assert len(cond) == 1
+        np.testing.assert_array_equal(layout.parse_image(seq.input_ids[cond[0].start:cond[0].end]),
+                                      vision.encode(ep.images[CAM][sample.frame_index][None])[0])
+        seen_mid += sample.mid_step
+    assert seen_final == 2 and seen_mid == 11
+
+
+def test_loss_weights_and_labels(built):
+    _, _, _, layout, ds = built
+    seq = ds[0]
+    p = seq.prompt_length
+    assert (seq.labels[:p] == IGNORE_INDEX).all() and (seq.labels[p:] == seq.input_ids[p:]).all()
+    visual = np.asarray(layout.is_visual(seq.input_ids))
+    assert np.allclose(seq.loss_weights[p:][visual[p:]], 0.25)
+    assert np.allclose(seq.loss_weights[p:][~visual[p:]], 1.0)
+    assert (seq.loss_weights[:p] == 0).all()
+
+
+def test_collate_pads_with_ignore_index(built):
+    _, _, _, layout, ds = built
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False,
+                                         collate_fn=lambda b: collate_sequences(b, layout.pad))
+    batch = next(iter(loader))
+    lengths = [len(ds[i]) for i in range(4)]
+    assert batch["input_ids"].shape == (4, max(lengths))
+    for r, n in enumerate(lengths):
+        assert batch["attention_mask"][r].sum() == n
+        assert (batch["labels"][r, n:] == IGNORE_INDEX).all() and (batch["input_ids"][r, n:] == layout.pad).all()
+        assert (batch["loss_weights"][r, n:] == 0).all()
+    assert min(lengths) < max(lengths)  # the final sample is shorter: padding really happened
