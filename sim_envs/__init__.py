@@ -1,0 +1,22 @@
+"""Gymnasium tabletop environments: TableClear, FoldCloth, SortBlocks (see docs/sim_envs.md).
+
+Importing this package registers the environment ids in :data:`ENV_IDS`.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from sim_envs.base import SkillError, TabletopEnv, Waypoint
+
+# id -> (entry point, max_episode_steps)
+_REGISTRY: dict[str, tuple[str, int]] = {
+    "sim_envs/TableClear-v0": ("sim_envs.table_clear:TableClearEnv", 800),
+}
+ENV_IDS: tuple[str, ...] = tuple(_REGISTRY)
+
+for _id, (_entry, _max_steps) in _REGISTRY.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry, max_episode_steps=_max_steps)
+
+__all__ = ["ENV_IDS", "SkillError", "TabletopEnv", "Waypoint"]
