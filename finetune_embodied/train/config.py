@@ -1,0 +1,300 @@
+"""Training configuration: plain dataclasses checked in ``__post_init__``, read from YAML or JSON.
+
+One ``TrainConfig`` drives the one training loop; ``stage`` picks what is trained:
+
+- ``tokenizer``: the vision tokenizer (reconstruction + quantisation losses) on camera frames.
+- ``next_token``: the language model on interleaved text + image-token sequences.
+- ``dida``: DiDA adaptation of a next-token model (noisy image copies + the next-token loss).
+
+Configs are data, never code: files are parsed with ``yaml.safe_load`` / ``json.load`` and
+command-line overrides (``optim.lr=1e-3``) are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("tokenizer", "next_token", "dida")
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
+DATA_SOURCES = ("dataset", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A training config is invalid; the message names the field and quotes the bad value."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 20  # linear warm-up from 0 to lr
+    schedule: str = "cosine"  # "cosine" (down to min_lr_ratio * lr) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    batch_size: int = 8  # samples per process per optimizer step
+    max_steps: int = 1000  # optimizer steps in total (a resumed run continues to this)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr!r}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"optim betas must be in [0, 1), got {self.beta1!r}, {self.beta2!r}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        _check(self.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip!r}")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"optim.batch_size must be an int >= 1, got {self.batch_size!r}")
+        _check(isinstance(self.max_steps, int) and self.max_steps >= 1, f"optim.max_steps must be an int >= 1, got {self.max_steps!r}")
+
+
+@dataclass
+class DataConfig:
+    source: str = "dataset"  # "dataset" (a LeRobot v3 directory) or "synthetic" (generated, for smoke tests)
+    path: str = ""  # dataset directory (source == "dataset")
+    camera: str = ""  # video key to read frames from ("" = the dataset's first camera)
+    heldout_fraction: float = 0.1  # episodes kept out of training for evaluation (split by episode)
+    image_size: int = 96  # frames are resized to image_size x image_size
+    visual_loss_weight: float = 0.5  # loss weight of visual tokens vs text (Emu3.5 used 0.5)
+    max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
+    frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
+    num_synthetic: int = 64  # synthetic source: number of samples
+    max_history: int = 4  # sequences: most recent done steps kept in the prompt
+    on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
+    synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
+    synthetic_codes: int = 64  # synthetic LM data: visual codebook size
+
+    def __post_init__(self) -> None:
+        _check(self.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
+        _check(self.source != "dataset" or bool(self.path), "data.path is required when data.source is 'dataset'")
+        _check(0 <= self.heldout_fraction < 1, f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}")
+        _check(isinstance(self.image_size, int) and self.image_size >= 8, f"data.image_size must be an int >= 8, got {self.image_size!r}")
+        _check(self.visual_loss_weight >= 0, f"data.visual_loss_weight must be >= 0, got {self.visual_loss_weight!r}")
+        _check(self.max_seq_len >= 8, f"data.max_seq_len must be >= 8, got {self.max_seq_len!r}")
+        _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
+        _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
+        _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
+        _check(self.on_error in ("raise", "skip"), f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        _check(self.synthetic_grid >= 1, f"data.synthetic_grid must be >= 1, got {self.synthetic_grid!r}")
+        _check(self.synthetic_codes >= 2, f"data.synthetic_codes must be >= 2, got {self.synthetic_codes!r}")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # run directory ("" = runs/train/<name>); checkpoints go to <dir>/checkpoints
+    every: int = 200  # save every N optimizer steps (and always at the end)
+    keep_last: int = 3  # older checkpoints are deleted
+    resume: str = "auto"  # "auto" (latest in dir if any), "never", or a checkpoint path
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every!r}")
+        _check(self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last!r}")
+        _check(bool(self.resume), "checkpoint.resume must be 'auto', 'never' or a path, got ''")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 200  # evaluate on held-out data every N steps (and at the end); 0 = only at the end
+    max_samples: int = 32  # held-out samples per evaluation
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, f"eval.every must be >= 0, got {self.every!r}")
+        _check(self.max_samples >= 1, f"eval.max_samples must be >= 1, got {self.max_samples!r}")
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size!r}")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # LoRA adapters (peft) instead of full fine-tuning, for large models
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"lora.r must be >= 1, got {self.r!r}")
+        _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha!r}")
+        _check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        _check(bool(self.target_modules), "lora.target_modules must not be empty")
+
+
+@dataclass
+class DidaConfig:
+    noise: str = "mask"  # noisy-copy initialisation: "mask" (absorbing) or "uniform" (random codes)
+    noisy_loss_weight: float = 1.0  # weight of the loss on the noisy image copy
+    next_token_loss_weight: float = 1.0  # weight of the ordinary next-token loss (keeps text from drifting)
+
+    def __post_init__(self) -> None:
+        _check(self.noise in ("mask", "uniform"), f"dida.noise must be 'mask' or 'uniform', got {self.noise!r}")
+        _check(self.noisy_loss_weight >= 0, f"dida.noisy_loss_weight must be >= 0, got {self.noisy_loss_weight!r}")
+        _check(self.next_token_loss_weight >= 0, f"dida.next_token_loss_weight must be >= 0, got {self.next_token_loss_weight!r}")
+        _check(self.noisy_loss_weight + self.next_token_loss_weight > 0, "dida: at least one loss weight must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "next_token"  # "tokenizer", "next_token" or "dida"
+    name: str = "run"  # run name (default run directory runs/train/<name>)
+    seed: int = 0  # seeds weights, data order and noise; a resumed run replays the same streams
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (CUDA only)
+    distributed: str = "auto"  # "auto" (DDP when launched by torchrun), "none", "ddp", "fsdp" (large models, CUDA)
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's model config (width, layers...)
+    init_from: str = ""  # checkpoint (directory) of a previous stage to start from
+    tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
+    log_every: int = 10  # metrics.jsonl line every N steps
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dida: DidaConfig = field(default_factory=DidaConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
+        _check(bool(self.name) and "/" not in self.name, f"name must be a non-empty name without '/', got {self.name!r}")
+        _check(self.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.distributed in STRATEGIES, f"distributed must be one of {STRATEGIES}, got {self.distributed!r}")
+        _check(isinstance(self.model, dict), f"model must be a mapping of overrides, got {self.model!r}")
+        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
+        _check(
+            not (self.lora.enabled and self.stage == "tokenizer"),
+            "lora.enabled is for the language-model stages, not stage 'tokenizer'",
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        from emu_guide.paths import artifacts_root
+
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else artifacts_root() / "train" / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "checkpoint": CheckpointConfig,
+    "eval": EvalConfig,
+    "lora": LoraConfig,
+    "dida": DidaConfig,
+}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Dataclass from a mapping; unknown keys are an error naming them (typos never pass silently)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {values!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'config'}; known: {sorted(known)}")
+    kwargs = {k: _coerce(cls, k, v, where) for k, v in values.items()}
+    if cls is TrainConfig:
+        for key, sub in _SECTIONS.items():
+            if key in kwargs:
+                kwargs[key] = _build(sub, kwargs[key] or {}, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # e.g. a scalar where a list was expected
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
+    """Check scalar field types (and accept "3e-4" for a float: YAML 1.1 reads it as a string)."""
+    ftype = {f.name: f.type for f in dataclasses.fields(cls)}[key]
+    name = f"{where + '.' if where else ''}{key}"
+    if ftype == "float":
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if ftype == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if ftype == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if ftype == "str" and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, values, "")
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (value parsed as a YAML scalar) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = values
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return values
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or JSON (.json) file -> dict. Never executes anything."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid JSON: {exc}") from None
+    elif p.suffix in (".yaml", ".yml"):
+        from emu_guide.optional import require
+
+        yaml = require("yaml")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    else:
+        raise ConfigError(f"config file {str(p)!r}: expected .yaml, .yml or .json")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Config file (optional) + ``key=value`` overrides -> validated TrainConfig."""
+    values = read_config_file(path) if path else {}
+    apply_overrides(values, list(overrides or []))
+    return config_from_dict(values)

@@ -1,0 +1,129 @@
+"""Distributed training through torch's own engine.
+
+The same ``emu-guide train`` command runs single-process or under ``torchrun`` (which sets
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT). Process groups use gloo on CPU and
+NCCL on GPU. DDP is the default when more than one process runs; FSDP (full sharding) is an
+option for models too large to replicate, and needs CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    strategy: str = "none"  # "none", "ddp", "fsdp"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU (use device: cpu or auto)")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def setup(device: str = "auto", strategy: str = "auto") -> DistInfo:
+    """Initialise the process group when launched with WORLD_SIZE > 1 (torchrun); else single-process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if world <= 1:
+        if strategy in ("ddp", "fsdp"):
+            # Asking for a parallel strategy in a single process is harmless: it is one replica.
+            strategy = "none"
+        return DistInfo(device=dev, strategy="none" if strategy == "auto" else strategy)
+    if strategy == "none":
+        raise RuntimeError(f"distributed: 'none' but launched with WORLD_SIZE={world}; use 'ddp' or 'fsdp'")
+    if strategy == "fsdp" and dev.type != "cuda":
+        raise RuntimeError("distributed: 'fsdp' needs CUDA GPUs (NCCL); use 'ddp' on CPU")
+    if dev.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev, "ddp" if strategy == "auto" else strategy)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP / FSDP wrapper around ``model`` (returned unchanged for a single process)."""
+    if info.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if info.strategy == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP(model, device_id=info.device, use_orig_params=True)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU (gathered from all ranks under FSDP)."""
+    if info.strategy == "fsdp":
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=False)
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, cfg):
+            sd = model.state_dict()
+    else:
+        sd = unwrap(model).state_dict()
+    return {k: v.detach().to("cpu") for k, v in sd.items()}
+
+
+def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Average scalar metrics over ranks (identity when single-process)."""
+    if info.world_size <= 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= info.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def replica_digests(model: torch.nn.Module, info: DistInfo) -> list[str]:
+    """sha256 of each rank's weights (rank order). Under DDP they must all be equal."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if info.strategy != "fsdp":  # FSDP ranks hold different shards by design
+        for name, t in sorted(unwrap(model).state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    if info.world_size <= 1:
+        return [digest]
+    out: list[str] = [""] * info.world_size
+    dist.all_gather_object(out, digest)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,21 @@
+"""Training stages: each one says what model, data, loss and evaluation the one loop uses."""
+
+from __future__ import annotations
+
+from finetune_embodied.train.config import TrainConfig
+from finetune_embodied.train.distributed import DistInfo
+from finetune_embodied.train.stages.base import Stage
+
+
+def make_stage(cfg: TrainConfig, info: DistInfo) -> Stage:
+    """The stage object for ``cfg.stage`` (imports only what that stage needs)."""
+    if cfg.stage == "tokenizer":
+        from finetune_embodied.train.stages.tokenizer_stage import TokenizerStage
+
+        return TokenizerStage(cfg, info)
+    from finetune_embodied.train.stages.lm_stages import DidaStage, LMStage
+
+    return DidaStage(cfg, info) if cfg.stage == "dida" else LMStage(cfg, info)
+
+
+__all__ = ["Stage", "make_stage"]

@@ -1,0 +1,273 @@
+"""Language-model stages: next-token training and DiDA adaptation.
+
+Both train ``emu_ros.lm``'s Qwen3ForCausalLM on ``emu_ros.prompt.TrainingSequence`` samples
+(interleaved prompt + answer, per-token loss weights: text 1, visual codes
+``data.visual_loss_weight``, prompt 0).
+
+- ``next_token``: weighted next-token cross-entropy.
+- ``dida``: the same loss (so text does not drift) plus the DiDA loss of
+  ``emu_ros.decoding.dida_loss`` on a noisy copy of each answer image block.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emu_ros.layout import TokenLayout
+from emu_ros.prompt import IGNORE_INDEX, TrainingSequence
+from finetune_embodied.train.checkpoint import CheckpointError, load_weights
+from finetune_embodied.train.stages.base import Stage, psnr, split_heldout
+
+LAYOUT_FILE = "layout.json"
+
+
+def weighted_next_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    world_size: int = 1,
+    visual_offset: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Position t predicts token t+1; each target counts with its loss weight.
+
+    logits (B, T, V), labels (B, T) with IGNORE_INDEX on the prompt, weights (B, T).
+    Returns (weighted mean CE, {"ce_text", "ce_visual"} unweighted means for logging).
+
+    With several processes the denominator is the weight summed over the GLOBAL batch (times
+    world_size, since DDP averages gradients): every token then counts the same whichever rank
+    holds it, and N ranks of batch B train exactly like one process of batch N*B.
+    """
+    lg = logits[:, :-1].float()  # (B, T-1, V)
+    tgt = labels[:, 1:]  # (B, T-1)
+    w = weights[:, 1:] * (tgt != IGNORE_INDEX)
+    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.clamp_min(0).reshape(-1), reduction="none").view_as(tgt)
+    denom = w.sum().detach()
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(denom)
+        denom = denom / world_size
+    loss = (ce * w).sum() / denom.clamp_min(1e-8)
+    parts: dict[str, float] = {}
+    if visual_offset is not None:  # unweighted CE of text and visual targets, for the logs
+        with torch.no_grad():
+            used = w > 0
+            vis = used & (tgt >= visual_offset)
+            txt = used & ~vis
+            parts["ce_text"] = float(ce[txt].mean()) if txt.any() else float("nan")
+            parts["ce_visual"] = float(ce[vis].mean()) if vis.any() else float("nan")
+    return loss, parts
+
+
+class LMStage(Stage):
+    name = "next_token"
+
+    def __init__(self, cfg, info) -> None:
+        super().__init__(cfg, info)
+        self.text_tok, self.layout, sequences, groups = self._load_data()
+        self.train_set, self.eval_set = split_heldout(sequences, groups, cfg.data.heldout_fraction)
+        if not self.train_set:
+            raise ValueError(f"stage {self.name!r}: no training sequences after holding out evaluation episodes")
+        longest = max(len(s) for s in sequences)
+        if longest > cfg.data.max_seq_len:
+            raise ValueError(
+                f"a training sequence has {longest} tokens, more than data.max_seq_len={cfg.data.max_seq_len}"
+                " (raise it, or keep fewer done steps with data.max_history)"
+            )
+        self.vision = self._load_vision_tokenizer()
+
+    # ---- data -------------------------------------------------------------------------------
+    def _load_data(self) -> tuple[Any, TokenLayout, list[TrainingSequence], list[int]]:
+        d = self.cfg.data
+        if d.source == "synthetic":
+            from finetune_embodied.train.synthetic import synthetic_sequences
+
+            seqs, layout, tok = synthetic_sequences(
+                d.num_synthetic, d.synthetic_grid, d.synthetic_codes, self.cfg.seed, d.visual_loss_weight
+            )
+            # Five sequences per synthetic episode (four steps + done): group by episode.
+            return tok, layout, seqs, [i // 5 for i in range(len(seqs))]
+        from finetune_embodied.train.stages.lm_data import dataset_sequences
+
+        return dataset_sequences(self.cfg, self.info)
+
+    def _load_vision_tokenizer(self):
+        if not self.cfg.tokenizer:
+            return None
+        from finetune_embodied.train.stages.tokenizer_stage import load_vision_tokenizer
+
+        return load_vision_tokenizer(self.cfg.tokenizer)
+
+    def collate(self, samples: list[TrainingSequence]) -> dict[str, Any]:
+        """Right-pad to the longest sample: PAD ids, attention 0, label IGNORE, weight 0."""
+        t = max(len(s) for s in samples)
+        b = len(samples)
+        ids = torch.full((b, t), self.layout.pad, dtype=torch.long)
+        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+        weights = torch.zeros((b, t), dtype=torch.float32)
+        attn = torch.zeros((b, t), dtype=torch.long)
+        for r, s in enumerate(samples):
+            n = len(s)
+            ids[r, :n] = torch.from_numpy(s.input_ids)
+            labels[r, :n] = torch.from_numpy(s.labels)
+            weights[r, :n] = torch.from_numpy(s.loss_weights)
+            attn[r, :n] = 1
+        return {"input_ids": ids, "labels": labels, "loss_weights": weights, "attention_mask": attn, "samples": samples}
+
+    # ---- model ------------------------------------------------------------------------------
+    def lm_config(self):
+        from emu_ros.lm import LMConfig
+
+        overrides = dict(self.cfg.model)
+        if "vocab_size" in overrides and overrides["vocab_size"] != self.layout.vocab_size:
+            raise ValueError(f"model.vocab_size {overrides['vocab_size']} != the layout's {self.layout.vocab_size}")
+        overrides["vocab_size"] = self.layout.vocab_size
+        try:
+            return LMConfig(**overrides)
+        except TypeError as exc:
+            raise ValueError(f"model: {exc} (LMConfig fields: see emu_ros/lm.py)") from None
+
+    def build_model(self) -> torch.nn.Module:
+        from emu_ros.lm import build_lm, pick_attn_implementation
+
+        model = build_lm(self.lm_config(), attn_implementation=pick_attn_implementation(self.info.device), seed=self.cfg.seed)
+        return model.train()
+
+    def model_config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"kind": "lm", "lm": asdict(self.lm_config()), "layout": self._layout_doc()}
+
+    def _layout_doc(self) -> dict[str, Any]:
+        return {"name": self.layout.name, "num_text_words": self.layout.visual_offset - 32,
+                "num_visual_codes": self.layout.num_visual_codes}
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.cfg.lora.enabled:
+            return model
+        from emu_guide.optional import require
+
+        peft = require("peft")
+        lc = self.cfg.lora
+        config = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                 target_modules=list(lc.target_modules), bias="none")
+        return peft.get_peft_model(model, config)
+
+    def load_init(self, model: torch.nn.Module, path: str | Path) -> None:
+        """Weights of a previous LM stage (our checkpoint dir or an exported Qwen3 dir)."""
+        path = Path(path)
+        wfile = path / "model.safetensors"
+        if not wfile.is_file():
+            raise CheckpointError(f"init_from {str(path)!r}: no model.safetensors (not an LM checkpoint)")
+        weights = load_weights(wfile)
+        weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+        if any(".lora_" in k for k in weights):
+            raise CheckpointError(f"init_from {str(path)!r} holds LoRA adapters; export (merge) it first")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"init_from {str(path)!r} does not fit the configured LM: missing {missing[:3]}, unexpected"
+                f" {list(unexpected)[:3]}; shapes must match (same model overrides and vocabulary)"
+            )
+
+    def write_files(self, directory: Path) -> None:
+        self.text_tok.save(directory)
+        (directory / LAYOUT_FILE).write_text(json.dumps(self._layout_doc(), indent=2) + "\n")
+        if self.cfg.tokenizer:
+            (directory / "vision_tokenizer.txt").write_text(str(Path(self.cfg.tokenizer).resolve()) + "\n")
+
+    # ---- loss -------------------------------------------------------------------------------
+    def loss(self, model, batch, gen):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return weighted_next_token_loss(
+            logits, batch["labels"], batch["loss_weights"], self.info.world_size, self.layout.visual_offset
+        )
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _text_positions(self, s: TrainingSequence) -> list[int]:
+        """Answer positions of the step text (or the done marker): from the answer start to the target image."""
+        targets = [sp for sp in s.image_spans if sp.is_target]
+        end = targets[0].start if targets else len(s) - 1  # final answer: the done marker, not EOS
+        return list(range(s.prompt_length, end))
+
+    def predict_image_logits(self, model, batch) -> list[torch.Tensor]:
+        """Per sample, logits (cells, V) that predict the target image's cells (teacher-forced AR here)."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = []
+        for r, s in enumerate(batch["samples"]):
+            tgt = [sp for sp in s.image_spans if sp.is_target]
+            if not tgt:
+                out.append(None)
+                continue
+            block = self.layout.image_block(tgt[0].height, tgt[0].width)
+            cells = torch.as_tensor(tgt[0].start + block.cell_offsets)
+            out.append(logits[r, cells - 1])  # position p-1 predicts token p
+        return out, logits
+
+    def evaluate(self, model) -> dict[str, float]:
+        samples = self.eval_samples()
+        if not samples:
+            return {}
+        bs = self.cfg.eval.batch_size
+        text_ok = text_tot = exact = n_text = 0
+        code_ok = code_tot = 0
+        psnrs: list[float] = []
+        ce_sum = w_sum = 0.0
+        lo, hi = self.layout.visual_offset, self.layout.visual_offset + self.layout.num_visual_codes
+        for i in range(0, len(samples), bs):
+            batch = self.collate(samples[i : i + bs])
+            batch = {k: (v.to(self.info.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            img_logits, logits = self.predict_image_logits(model, batch)
+            loss, _ = weighted_next_token_loss(logits, batch["labels"], batch["loss_weights"])
+            w = float((batch["loss_weights"][:, 1:] * (batch["labels"][:, 1:] != IGNORE_INDEX)).sum())
+            ce_sum += float(loss) * w
+            w_sum += w
+            pred = logits.argmax(-1).cpu()
+            for r, s in enumerate(batch["samples"]):
+                pos = self._text_positions(s)
+                ok = [int(pred[r, p - 1]) == int(s.input_ids[p]) for p in pos]
+                text_ok += sum(ok)
+                text_tot += len(ok)
+                exact += int(all(ok))
+                n_text += 1
+                if img_logits[r] is None:
+                    continue
+                sp = [x for x in s.image_spans if x.is_target][0]
+                pred_codes = (img_logits[r][:, lo:hi].argmax(-1).cpu().numpy()).reshape(sp.height, sp.width)
+                true_codes = self.layout.parse_image(s.input_ids[sp.start : sp.end])
+                code_ok += int((pred_codes == true_codes).sum())
+                code_tot += true_codes.size
+                if self.vision is not None:
+                    imgs = self.vision.decode_codes(np.stack([pred_codes, true_codes]))
+                    psnrs.append(float(psnr(imgs[:1], imgs[1:])[0]))
+        out = {
+            "loss": ce_sum / max(w_sum, 1e-8),
+            "text_token_acc": text_ok / max(text_tot, 1),
+            "next_step_text_acc": exact / max(n_text, 1),
+            "subgoal_code_acc": code_ok / max(code_tot, 1),
+            "samples": float(len(samples)),
+        }
+        if psnrs:
+            out["subgoal_psnr_db"] = float(np.mean(psnrs))
+        return out
+
+
+class DidaStage(LMStage):
+    name = "dida"
+
+    def loss(self, model, batch, gen):
+        from finetune_embodied.train.stages.dida import dida_training_loss
+
+        return dida_training_loss(self, model, batch, gen)
+
+    def predict_image_logits(self, model, batch):
+        from finetune_embodied.train.stages.dida import dida_image_logits
+
+        return dida_image_logits(self, model, batch)
