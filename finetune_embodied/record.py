@@ -1,0 +1,298 @@
+"""``emu-guide record``: scripted-expert episodes from sim_envs -> a LeRobot v3.0 dataset.
+
+Episodes come from the TRAIN seed range only (``sim_envs.seeds.check_seed``); the expert injects
+mistakes and their recoveries with probability ``--mistake-rate`` per plan step, and every frame is
+labelled with the sentence of the (sub)step it belongs to: plan steps, mistakes and recoveries alike.
+
+Resumable by design: each worker process writes one shard per episode to
+``<out>.shards/<task>-<seed>.npz`` (written to a temporary name, then renamed: a shard is either
+complete or absent). A re-run with the same arguments skips the shards that exist, then
+consolidates all of them, in job order, into a fresh v3 folder that replaces ``<out>`` by rename.
+So a recording killed at any point resumes without duplicating or losing an episode.
+
+Frame convention: frame 0 is the reset observation; frame t > 0 is the observation after action
+t-1 and carries that action's step label, so the last frame of a subtask shows it completed (its
+keyframe). ``action[t]`` is the action taken at frame t (LeRobot's convention); the last frame
+gets a hold action (no motion, gripper unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emu_guide.paths import artifacts_root
+
+__all__ = ["RecordConfig", "add_arguments", "main", "record", "record_episode", "task_env_ids"]
+
+STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper", "holding"]  # sim_envs TabletopEnv state layout
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+CAMERA = "observation.images.front"
+
+
+def task_env_ids() -> dict[str, str]:
+    """task name -> registered env id, e.g. table_clear -> sim_envs/TableClear-v0."""
+    import sim_envs
+
+    out = {}
+    for env_id in sim_envs.ENV_IDS:
+        name = env_id.split("/")[-1].split("-v")[0]
+        out[re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()] = env_id
+    return out
+
+
+@dataclass
+class RecordConfig:
+    out: str  # dataset folder (replaced on completion); shards live in <out>.shards
+    tasks: tuple[str, ...] = ("table_clear",)
+    seeds: tuple[int, ...] = ()  # explicit TRAIN seeds; empty -> episodes_per_task seeds from seed_offset
+    episodes_per_task: int = 10
+    seed_offset: int = 0  # first seed = TRAIN_SEEDS[seed_offset]
+    mistake_rate: float = 0.2
+    resolution: int = 64
+    fps: int = 10
+    max_steps: int = 2000  # low-level steps per episode before giving up
+    workers: int = 1
+    keep_shards: bool = True  # shards let a later run with more episodes reuse these
+
+    def __post_init__(self) -> None:
+        from sim_envs.seeds import check_seed, seeds_for
+
+        self.tasks = tuple(self.tasks)
+        known = task_env_ids()
+        bad = [t for t in self.tasks if t not in known]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown task(s) {bad or self.tasks}; registered: {', '.join(known)}")
+        if self.seeds:
+            self.seeds = tuple(check_seed("train", int(s)) for s in self.seeds)
+        else:
+            if self.episodes_per_task <= 0:
+                raise ValueError(f"episodes_per_task must be positive, got {self.episodes_per_task}")
+            self.seeds = tuple(seeds_for("train", self.episodes_per_task, self.seed_offset))
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"duplicate seeds: {self.seeds}")
+        if not 0.0 <= self.mistake_rate <= 1.0:
+            raise ValueError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
+        if self.resolution <= 0 or self.resolution % 2:
+            raise ValueError(f"resolution must be a positive even number (video needs it), got {self.resolution}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.fps <= 0 or self.max_steps <= 0:
+            raise ValueError(f"fps and max_steps must be positive, got {self.fps}, {self.max_steps}")
+
+    def jobs(self) -> list[tuple[str, int]]:
+        """(task, seed) in dataset order: task-major, then seed."""
+        return [(t, s) for t in self.tasks for s in self.seeds]
+
+    @property
+    def shard_dir(self) -> Path:
+        return Path(str(Path(self.out)) + ".shards")
+
+
+def shard_path(shard_dir: Path, task: str, seed: int) -> Path:
+    return shard_dir / f"{task}-{seed:07d}.npz"
+
+
+def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
+    """Run the expert on one (task, seed) and write its shard atomically. Returns a summary."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the env ids in this process too: spawn-safe)
+    from sim_envs.expert import ExpertError, ScriptedExpert
+
+    t0 = time.perf_counter()
+    env = gym.make(task_env_ids()[task], resolution=cfg.resolution, max_episode_steps=cfg.max_steps)
+    obs, _ = env.reset(seed=seed)
+    u = env.unwrapped
+    # The expert's own mistake draws are seeded from the episode seed: re-recording is deterministic.
+    expert = ScriptedExpert(env, mistake_rate=cfg.mistake_rate, seed=seed)
+    images, states, actions, labels = [obs["image"]], [obs["state"]], [], []
+    error = ""
+    try:
+        while not expert.done:
+            action, _, text = expert.next_action()
+            obs, _, terminated, truncated, _ = env.step(action)
+            actions.append(action)
+            labels.append(text)
+            images.append(obs["image"])
+            states.append(obs["state"])
+            if terminated or truncated:
+                break
+    except ExpertError as exc:
+        error = str(exc)
+    success = bool(u.task_success())
+    instruction = u.instruction
+    env.close()
+    if not actions:
+        raise RuntimeError(f"{task} seed {seed}: the expert produced no action")
+    # Hold at the last frame: no motion, gripper as it is.
+    hold = np.zeros(4, dtype=np.float32)
+    hold[3] = 1.0 if states[-1][3] > 0.5 else -1.0
+    actions.append(hold)
+    subtasks = [labels[0]] + labels  # frame t>0 carries the label of the action that led to it
+    path = shard_path(cfg.shard_dir, task, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            images=np.stack(images).astype(np.uint8),
+            state=np.stack(states).astype(np.float32),
+            action=np.stack(actions).astype(np.float32),
+            subtasks=np.array(subtasks),
+            meta=np.array(json.dumps({"task": task, "seed": seed, "instruction": instruction, "success": success,
+                                      "mistakes": expert.mistakes, "error": error})),
+        )
+    os.replace(tmp, path)  # atomic: the shard is complete or absent
+    return {"task": task, "seed": seed, "frames": len(images), "success": success, "mistakes": expert.mistakes,
+            "error": error, "seconds": time.perf_counter() - t0}
+
+
+def _worker(job: tuple[str, int, RecordConfig]) -> dict:
+    task, seed, cfg = job
+    return record_episode(task, seed, cfg)
+
+
+def load_shard(path: Path):
+    """A shard -> (Episode, meta dict)."""
+    from finetune_embodied.datasets import Episode
+
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        ep = Episode(task=meta["instruction"], images={CAMERA: z["images"]}, state=z["state"], action=z["action"],
+                     subtasks=[str(s) for s in z["subtasks"]])
+    return ep, meta
+
+
+def consolidate(cfg: RecordConfig) -> dict:
+    """All shards of ``cfg.jobs()`` -> a new v3 dataset at ``cfg.out`` (built aside, swapped in by rename).
+    Unsuccessful episodes are left out and listed (never silently)."""
+    from finetune_embodied.datasets import LeRobotV3Writer
+
+    out = Path(cfg.out)
+    tmp = Path(f"{out}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    included, excluded = [], []
+    writer = LeRobotV3Writer(tmp, cfg.fps, {CAMERA: (cfg.resolution, cfg.resolution)}, STATE_NAMES, ACTION_NAMES,
+                             robot_type="sim_envs_tabletop", with_subtasks=True)
+    try:
+        for task, seed in cfg.jobs():
+            ep, meta = load_shard(shard_path(cfg.shard_dir, task, seed))
+            if not meta["success"]:
+                excluded.append({"task": task, "seed": seed, "reason": meta["error"] or "task not completed"})
+                continue
+            idx = writer.add_episode(ep)
+            included.append({"episode_index": idx, "task": task, "seed": seed, "mistakes": meta["mistakes"],
+                             "length": ep.length})
+        if not included:
+            raise RuntimeError(f"no successful episode among {len(cfg.jobs())}: nothing to write")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+                "episodes": included, "excluded": excluded}
+    (tmp / "meta" / "emu_recording.json").write_text(json.dumps(manifest, indent=1))
+    old = Path(f"{out}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+    return manifest
+
+
+def record(cfg: RecordConfig, progress: bool = True) -> dict:
+    """Record the missing shards (in ``cfg.workers`` processes), then consolidate. Returns a summary."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    for stale in out.parent.glob(f"{out.name}.tmp-*"):  # a consolidation that was interrupted
+        shutil.rmtree(stale, ignore_errors=True)
+    jobs = cfg.jobs()
+    todo = [(t, s) for t, s in jobs if not shard_path(cfg.shard_dir, t, s).is_file()]
+    t0 = time.perf_counter()
+    results = []
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="record", unit="ep", disable=not progress)
+    if cfg.workers == 1 or len(todo) <= 1:
+        for t, s in todo:
+            results.append(record_episode(t, s, cfg))
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        # spawn: no forked copies of torch/OpenCV state; workers import what they need.
+        with mp.get_context("spawn").Pool(min(cfg.workers, len(todo))) as pool:
+            for r in pool.imap_unordered(_worker, [(t, s, cfg) for t, s in todo]):
+                results.append(r)
+                bar.update(1)
+    bar.close()
+    record_s = time.perf_counter() - t0
+    manifest = consolidate(cfg)
+    if not cfg.keep_shards:
+        shutil.rmtree(cfg.shard_dir, ignore_errors=True)
+    frames = sum(r["frames"] for r in results)
+    return {
+        "episodes_total": len(jobs),
+        "episodes_recorded_now": len(results),
+        "episodes_resumed": len(jobs) - len(todo),
+        "episodes_in_dataset": len(manifest["episodes"]),
+        "episodes_excluded": manifest["excluded"],
+        "mistakes_injected": sum(e["mistakes"] for e in manifest["episodes"]),
+        "frames_recorded_now": frames,
+        "record_seconds": record_s,
+        "episodes_per_min": 60.0 * len(results) / record_s if results else 0.0,
+        "total_seconds": time.perf_counter() - t0,
+        "workers": cfg.workers,
+        "out": str(out),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="dataset folder (default: <runs>/datasets/sim)")
+    parser.add_argument("--tasks", nargs="+", default=["table_clear"], help="task names (table_clear, ...)")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (consecutive TRAIN seeds)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed = TRAIN_SEEDS[offset]")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="explicit TRAIN seeds (overrides --episodes)")
+    parser.add_argument("--mistake-rate", type=float, default=0.2, help="probability of an injected mistake per plan step")
+    parser.add_argument("--resolution", type=int, default=64, help="camera image size (pixels, square, even)")
+    parser.add_argument("--fps", type=int, default=10, help="frame rate written to the dataset")
+    parser.add_argument("--max-steps", type=int, default=2000, help="low-level steps per episode before giving up")
+    parser.add_argument("--workers", type=int, default=1, help="recording processes")
+    parser.add_argument("--no-keep-shards", action="store_true", help="delete <out>.shards after consolidation")
+    parser.add_argument("--json", default=None, help="also write the summary JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = args.out or str(artifacts_root() / "datasets" / "sim")
+    try:
+        cfg = RecordConfig(out=out, tasks=tuple(args.tasks), seeds=tuple(args.seeds or ()), episodes_per_task=args.episodes,
+                           seed_offset=args.seed_offset, mistake_rate=args.mistake_rate, resolution=args.resolution,
+                           fps=args.fps, max_steps=args.max_steps, workers=args.workers,
+                           keep_shards=not args.no_keep_shards)
+    except ValueError as exc:
+        print(f"emu-guide record: {exc}")
+        return 2
+    summary = record(cfg, progress=not args.no_progress)
+    print(f"dataset: {summary['out']}")
+    print(f"{'episodes':<22}{summary['episodes_in_dataset']} in dataset ({summary['episodes_recorded_now']} recorded now, "
+          f"{summary['episodes_resumed']} resumed from shards)")
+    print(f"{'mistakes injected':<22}{summary['mistakes_injected']}")
+    print(f"{'throughput':<22}{summary['episodes_per_min']:.1f} episodes/min with {cfg.workers} worker(s)")
+    for e in summary["episodes_excluded"]:
+        print(f"excluded: {e['task']} seed {e['seed']}: {e['reason']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,92 @@
+"""`emu-guide record`: expert episodes with subtask labels; held-out seeds refused; kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from argparse import ArgumentParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune_embodied import record as rec
+from finetune_embodied.datasets import open_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_refuses_heldout_seeds_and_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="not in the train split"):
+        rec.RecordConfig(out=str(tmp_path / "d"), seeds=(1_000_005,))
+    with pytest.raises(ValueError, match="unknown task"):
+        rec.RecordConfig(out=str(tmp_path / "d"), tasks=("juggle",))
+    with pytest.raises(ValueError, match="mistake_rate"):
+        rec.RecordConfig(out=str(tmp_path / "d"), mistake_rate=1.5)
+    parser = ArgumentParser()
+    rec.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "d"), "--seeds", "1000001", "--no-progress"])
+    assert rec.main(args) == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_record_two_workers_writes_labelled_dataset(tmp_path):
+    cfg = rec.RecordConfig(out=str(tmp_path / "ds"), episodes_per_task=3, seed_offset=40, mistake_rate=0.5, workers=2)
+    summary = rec.record(cfg, progress=False)
+    assert summary["episodes_recorded_now"] == 3 and summary["episodes_in_dataset"] == 3
+    reader = open_dataset(cfg.out)
+    manifest = json.loads((Path(cfg.out) / "meta" / "emu_recording.json").read_text())
+    assert [e["seed"] for e in manifest["episodes"]] == [40, 41, 42]
+    assert summary["mistakes_injected"] > 0  # off-nominal states are in the data
+    labels = set()
+    for ep in reader.iter_episodes():
+        assert ep.images[rec.CAMERA].shape == (ep.length, 64, 64, 3)
+        segs = ep.subtask_segments()
+        labels |= {t for t, _, _ in segs}
+        # The gripper state (column 3) changes inside subtasks, never on frame 0.
+        assert ep.state[0, 3] == 0.0
+    assert any(t.startswith("put the") and t.endswith("back") for t in labels) or any("again" in t for t in labels)
+    assert reader.subtasks is not None and len(reader.subtasks) == len(labels)
+
+
+def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
+    out = tmp_path / "ds"
+    shards = Path(str(out) + ".shards")
+    cmd = [sys.executable, "-m", "emu_guide.cli", "record", "--out", str(out), "--episodes", "5", "--seed-offset", "7",
+           "--mistake-rate", "0.3", "--workers", "1", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(shards.glob("*.npz"))) < 2:
+        if proc.poll() is not None:
+            pytest.fail(f"recorder exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-recording: no chance to clean up
+    proc.wait()
+    proc.stderr.close()
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.npz")}
+    assert 2 <= len(before) < 5, before
+    assert not (out / "meta" / "info.json").exists()
+
+    cfg = rec.RecordConfig(out=str(out), episodes_per_task=5, seed_offset=7, mistake_rate=0.3)
+    summary = rec.record(cfg, progress=False)
+    assert summary["episodes_resumed"] == len(before)
+    assert summary["episodes_recorded_now"] == 5 - len(before)
+    # Shards written before the kill were reused, not re-recorded.
+    assert {n: (shards / n).stat().st_mtime_ns for n in before} == before
+    manifest = json.loads((out / "meta" / "emu_recording.json").read_text())
+    assert [e["seed"] for e in manifest["episodes"]] == [7, 8, 9, 10, 11]
+    reader = open_dataset(out)
+    assert reader.episode_indices == [0, 1, 2, 3, 4]
+    # Same episodes as a recording that was never interrupted (the expert is seeded per episode).
+    ref = rec.RecordConfig(out=str(tmp_path / "ref"), seeds=(9,), mistake_rate=0.3)
+    rec.record(ref, progress=False)
+    np.testing.assert_array_equal(open_dataset(ref.out).episode(0, load_images=False).state,
+                                  reader.episode(2, load_images=False).state)
+    # A re-run with nothing missing records nothing and rebuilds the same dataset.
+    again = rec.record(cfg, progress=False)
+    assert again["episodes_recorded_now"] == 0 and open_dataset(out).num_frames == reader.num_frames
