@@ -1,0 +1,43 @@
+"""The whole guidance loop over ROS in simulation: the sim bridge (camera + skill execution) and
+the guidance node, parameters from config/sim_guidance.yaml.
+
+    ros2 launch emu_guidance sim_guidance.launch.py env_id:=sim_envs/SortBlocks-v0 seed:=1001
+    ros2 action send_goal /guide emu_guidance/action/Guide "{instruction: 'clear the table', mode: 1}" --feedback
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+
+def generate_launch_description():
+    share = get_package_share_directory("emu_guidance")
+    params = LaunchConfiguration("params_file")
+    env_id = LaunchConfiguration("env_id")
+    seed = LaunchConfiguration("seed")
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "sim_guidance.yaml")),
+        DeclareLaunchArgument("env_id", default_value="sim_envs/TableClear-v0"),
+        DeclareLaunchArgument("seed", default_value="1000", description="a held-out seed (sim_envs.seeds)"),
+        Node(
+            package="emu_guidance",
+            executable="sim_bridge_node",
+            name="emu_sim_bridge",
+            output="screen",
+            parameters=[params, {"env_id": env_id, "seed": seed}],
+            remappings=[("image_raw", "/sim/camera/image_raw")],
+        ),
+        Node(
+            package="emu_guidance",
+            executable="guidance_node",
+            name="emu_guidance",
+            output="screen",
+            parameters=[params, {"sim_env_id": env_id, "sim_seed": seed}],
+            remappings=[("image_raw", "/sim/camera/image_raw"), ("image_raw/compressed", "/sim/camera/image_raw/compressed")],
+        ),
+    ])

