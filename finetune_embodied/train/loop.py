@@ -121,6 +121,10 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        report = getattr(stage, "data_report", "")
+        if report:  # skipped bad episodes are reported, never dropped silently
+            (run_dir / "data_report.txt").write_text(report + "\n")
+            print(f"data: {report}")
 
     # ---- model, resume or initialise --------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -261,7 +265,9 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     if info.is_main:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curves.png", title=f"{cfg.name} [{cfg.stage}]")
         summary = {"stage": cfg.stage, "steps": step, "wall_s_this_run": wall, "samples_per_s": result.samples_per_s,
-                   "world_size": world, "replica_digests": replicas, "checkpoint": str(last_ckpt) if last_ckpt else None, "final_eval": final_eval}
+                   "world_size": world, "replica_digests": replicas,
+                   "train_samples": len(stage.train_set), "eval_samples": len(stage.eval_set),
+                   "data_report": getattr(stage, "data_report", ""), "checkpoint": str(last_ckpt) if last_ckpt else None, "final_eval": final_eval}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
 

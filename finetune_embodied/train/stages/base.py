@@ -75,10 +75,3 @@ def split_heldout(items: list[Any], groups: list[int], fraction: float) -> tuple
     ev = [x for x, g in zip(items, groups) if g in held]
     return train, ev
 
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for uint8-range images (any shape with the batch first)."""
-    p = pred.float().flatten(1)
-    t = target.float().flatten(1)
-    mse = ((p - t) ** 2).mean(dim=1).clamp_min(1e-10)
-    return 10 * torch.log10(255.0**2 / mse)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from emu_ros.layout import TokenLayout
 from emu_ros.prompt import IGNORE_INDEX, TrainingSequence
 from finetune_embodied.train.checkpoint import CheckpointError, load_weights
-from finetune_embodied.train.stages.base import Stage, psnr, split_heldout
+from finetune_embodied.train.stages.base import Stage, split_heldout
 
 LAYOUT_FILE = "layout.json"
 
@@ -70,6 +70,7 @@ class LMStage(Stage):
 
     def __init__(self, cfg, info) -> None:
         super().__init__(cfg, info)
+        self.data_report = ""
         self.text_tok, self.layout, sequences, groups = self._load_data()
         self.train_set, self.eval_set = split_heldout(sequences, groups, cfg.data.heldout_fraction)
         if not self.train_set:
@@ -95,7 +96,8 @@ class LMStage(Stage):
             return tok, layout, seqs, [i // 5 for i in range(len(seqs))]
         from finetune_embodied.train.stages.lm_data import dataset_sequences
 
-        return dataset_sequences(self.cfg, self.info)
+        tok, layout, seqs, groups, self.data_report = dataset_sequences(self.cfg, self.info)
+        return tok, layout, seqs, groups
 
     def _load_vision_tokenizer(self):
         if not self.cfg.tokenizer:
@@ -212,6 +214,8 @@ class LMStage(Stage):
         return out, logits
 
     def evaluate(self, model) -> dict[str, float]:
+        from emu_ros.image_metrics import object_position_error, psnr
+
         samples = self.eval_samples()
         if not samples:
             return {}
@@ -219,6 +223,8 @@ class LMStage(Stage):
         text_ok = text_tot = exact = n_text = 0
         code_ok = code_tot = 0
         psnrs: list[float] = []
+        pos_errs: list[float] = []
+        found = n_obj = 0
         ce_sum = w_sum = 0.0
         lo, hi = self.layout.visual_offset, self.layout.visual_offset + self.layout.num_visual_codes
         for i in range(0, len(samples), bs):
@@ -245,8 +251,14 @@ class LMStage(Stage):
                 code_ok += int((pred_codes == true_codes).sum())
                 code_tot += true_codes.size
                 if self.vision is not None:
-                    imgs = self.vision.decode_codes(np.stack([pred_codes, true_codes]))
-                    psnrs.append(float(psnr(imgs[:1], imgs[1:])[0]))
+                    # Both through the same decoder: measures the LM, not the tokenizer's own error.
+                    pred_img, true_img = self.vision.decode(np.stack([pred_codes, true_codes]))
+                    psnrs.append(min(psnr(pred_img, true_img), 100.0))
+                    pe = object_position_error(pred_img, true_img)
+                    found += pe.matched
+                    n_obj += pe.num_objects
+                    if pe.matched:
+                        pos_errs.append(pe.mean_px)
         out = {
             "loss": ce_sum / max(w_sum, 1e-8),
             "text_token_acc": text_ok / max(text_tot, 1),
@@ -256,6 +268,8 @@ class LMStage(Stage):
         }
         if psnrs:
             out["subgoal_psnr_db"] = float(np.mean(psnrs))
+            out["subgoal_object_found_frac"] = found / n_obj if n_obj else float("nan")
+            out["subgoal_object_pos_err_px"] = float(np.mean(pos_errs)) if pos_errs else float("nan")
         return out
 
 

@@ -1,0 +1,161 @@
+"""Stage ``tokenizer``: train the default vision tokenizer (``emu_ros.tokenizers.fsq``) on camera frames.
+
+Loss: ``emu_ros.tokenizers.fsq.fsq_loss`` (L1 + MSE + edge term) on the reconstruction through the
+quantiser. FSQ's quantiser has no parameters, so there is no codebook or commitment loss to add:
+the quantisation is trained through the straight-through rounding inside the reconstruction loss;
+codebook usage is logged instead (``code_usage``: fraction of the codes used in the batch).
+Held-out evaluation: reconstruction PSNR and object-position error (``emu_ros.image_metrics``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_embodied.train.checkpoint import CheckpointError, load_weights
+from finetune_embodied.train.stages.base import Stage, split_heldout
+
+VISION_DIR = "vision_tokenizer"  # inside a tokenizer-stage checkpoint: a loadable tokenizer directory
+
+
+def load_vision_tokenizer(path: str | Path, device: str = "cpu"):
+    """A vision tokenizer from its directory, or from a tokenizer-stage checkpoint holding one."""
+    from emu_ros.tokenizers import load_vision_tokenizer as _load
+
+    p = Path(path)
+    if (p / VISION_DIR).is_dir():
+        p = p / VISION_DIR
+    return _load(p, device=device)
+
+
+def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int], str]:
+    """Frames (resized) and their episode index from a LeRobot v3 dataset; the skip report text."""
+    from emu_ros.tokenizers import resize_frame
+    from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
+
+    d = cfg.data
+    reader = LeRobotV3Reader(d.path, on_error=d.on_error)
+    key = camera_key(reader.camera_keys, d.camera, d.path)
+    frames: list[np.ndarray] = []
+    groups: list[int] = []
+    for ep in reader.iter_episodes():
+        video = ep.images[key]
+        idx = np.arange(len(video))
+        if d.frames_per_episode and len(idx) > d.frames_per_episode:
+            idx = np.sort(rng.choice(idx, size=d.frames_per_episode, replace=False))
+        for i in idx:
+            frames.append(resize_frame(video[i], (d.image_size, d.image_size)))
+            groups.append(ep.episode_index)
+    return frames, groups, reader.report.summary()
+
+
+def camera_key(keys: list[str], wanted: str, where: str) -> str:
+    """The full feature key of the camera to read (``""`` = the first one)."""
+    if not keys:
+        raise ValueError(f"dataset {where}: no camera (video) features")
+    if not wanted:
+        return keys[0]
+    for k in (wanted, f"observation.images.{wanted}"):
+        if k in keys:
+            return k
+    raise ValueError(f"dataset {where}: no camera {wanted!r}; it has {keys}")
+
+
+class TokenizerStage(Stage):
+    name = "tokenizer"
+
+    def __init__(self, cfg, info) -> None:
+        super().__init__(cfg, info)
+        d = cfg.data
+        rng = np.random.default_rng(cfg.seed)
+        self.data_report = ""
+        if d.source == "synthetic":
+            from finetune_embodied.train.synthetic import synthetic_frames
+
+            frames = list(synthetic_frames(d.num_synthetic, d.image_size, cfg.seed))
+            groups = list(range(len(frames)))
+        else:
+            frames, groups, self.data_report = frames_from_dataset(cfg, rng)
+        if not frames:
+            raise ValueError(f"stage 'tokenizer': no frames in {d.path or 'the synthetic source'} ({self.data_report})")
+        self.train_set, self.eval_set = split_heldout(frames, groups, d.heldout_fraction)
+        self.model: torch.nn.Module | None = None
+
+    def fsq_config(self):
+        from emu_ros.tokenizers.fsq import FSQConfig
+
+        overrides = dict(self.cfg.model)
+        size = overrides.pop("image_size", self.cfg.data.image_size)
+        if size != self.cfg.data.image_size:
+            raise ValueError(f"model.image_size {size} != data.image_size {self.cfg.data.image_size}")
+        try:
+            return FSQConfig(image_size=size, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model (FSQConfig): {exc}") from None
+
+    def build_model(self) -> torch.nn.Module:
+        from emu_ros.tokenizers.fsq import FSQAutoencoder
+
+        self.model = FSQAutoencoder(self.fsq_config())
+        return self.model
+
+    def model_config(self) -> dict[str, Any]:
+        return {"kind": "fsq", "fsq": self.fsq_config().to_dict()}
+
+    def load_init(self, model: torch.nn.Module, path: str | Path) -> None:
+        p = Path(path)
+        p = p / VISION_DIR if (p / VISION_DIR).is_dir() else p
+        if not (p / "model.safetensors").is_file():
+            raise CheckpointError(f"init_from {str(path)!r}: no tokenizer weights (model.safetensors)")
+        missing, unexpected = model.load_state_dict(load_weights(p / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"init_from {str(path)!r} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def collate(self, samples: list[np.ndarray]) -> dict[str, Any]:
+        x = torch.from_numpy(np.stack(samples)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
+        return {"images": x}
+
+    def loss(self, model, batch, gen):
+        from emu_ros.tokenizers.fsq import fsq_loss
+
+        recon, codes = model(batch["images"])
+        loss, parts = fsq_loss(recon.float(), batch["images"])
+        parts.pop("loss", None)
+        n_codes = self.fsq_config().num_codes
+        parts["code_usage"] = float(torch.unique(codes).numel()) / min(n_codes, codes.numel())
+        return loss, parts
+
+    def evaluate(self, model) -> dict[str, float]:
+        from emu_ros.image_metrics import object_position_error, psnr
+
+        samples = self.eval_samples()
+        if not samples:
+            return {}
+        psnrs, errs, found, total = [], [], 0, 0
+        bs = self.cfg.eval.batch_size
+        for i in range(0, len(samples), bs):
+            x = self.collate(samples[i : i + bs])["images"].to(self.info.device)
+            recon, _ = model(x)
+            imgs = ((recon.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for pred, ref in zip(imgs, samples[i : i + bs]):
+                psnrs.append(min(psnr(pred, ref), 100.0))
+                pe = object_position_error(pred, ref)
+                found += pe.matched
+                total += pe.num_objects
+                if pe.matched:
+                    errs.append(pe.mean_px)
+        out = {"recon_psnr_db": float(np.mean(psnrs)), "samples": float(len(samples))}
+        out["object_found_frac"] = found / total if total else float("nan")
+        out["object_pos_err_px"] = float(np.mean(errs)) if errs else float("nan")
+        return out
+
+    def write_files(self, directory: Path) -> None:
+        """A loadable tokenizer directory next to the checkpoint weights (what the LM stages read)."""
+        from emu_ros.tokenizers.fsq import FSQTokenizer
+
+        if self.model is not None:
+            FSQTokenizer(copy.deepcopy(self.model).cpu()).save(directory / VISION_DIR)

@@ -1,0 +1,76 @@
+"""Each stage trains end to end through the one loop on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finetune_embodied.train.checkpoint import load_checkpoint
+from finetune_embodied.train.config import load_config
+from finetune_embodied.train.loop import train
+from finetune_embodied.train.metrics import read_metrics
+from finetune_embodied.train.stages.tokenizer_stage import load_vision_tokenizer
+
+
+def _train_losses(run_dir, key="loss"):
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train" and r.get(key) is not None]
+
+
+def test_tokenizer_stage_learns_and_saves_a_loadable_tokenizer(tmp_path):
+    cfg = load_config(None, [
+        "stage=tokenizer", "data.source=synthetic", "data.num_synthetic=8", "data.heldout_fraction=0.25",
+        "data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "optim.batch_size=6",
+        "optim.max_steps=25", "optim.lr=3e-3", "optim.warmup_steps=2", "log_every=5", "eval.every=25",
+        f"checkpoint.dir={tmp_path / 'tok'}",
+    ])
+    res = train(cfg, progress=False)
+    losses = _train_losses(res.run_dir)
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert res.final_eval["recon_psnr_db"] > 15 and "object_pos_err_px" in res.final_eval
+    tok = load_vision_tokenizer(res.checkpoint)  # the checkpoint holds a loadable tokenizer directory
+    assert tok.num_codes == 25 and tok.code_grid() == (8, 8)
+    frames = load_checkpoint(res.checkpoint)["weights"]
+    assert any(k.startswith("encoder.") for k in frames)
+
+
+def test_dida_stage_starts_from_next_token_and_learns_parallel_cells(tiny_lm):
+    nt = train(tiny_lm("nt", "optim.max_steps=6"), progress=False)
+    cfg = tiny_lm("dida", "stage=dida", f"init_from={nt.checkpoint}", "optim.max_steps=24",
+                  "data.num_synthetic=10", "optim.batch_size=8", "eval.every=24")
+    res = train(cfg, progress=False)
+    rows = [r for r in read_metrics(res.run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert rows[-1]["dida_loss"] < 0.7 * rows[0]["dida_loss"], [r["dida_loss"] for r in rows]
+    assert rows[-1]["lm_loss"] < rows[0]["lm_loss"] * 1.05  # text does not drift while adapting
+    assert {"next_step_text_acc", "subgoal_code_acc"} <= set(res.final_eval)
+    # It really started from the next-token weights (not from scratch).
+    w0 = load_checkpoint(nt.checkpoint)["weights"]["model.embed_tokens.weight"]
+    cfg2 = tiny_lm("dida0", "stage=dida", f"init_from={nt.checkpoint}", "optim.max_steps=1", "optim.lr=1e-9")
+    w1 = load_checkpoint(train(cfg2, progress=False).checkpoint)["weights"]["model.embed_tokens.weight"]
+    assert torch.allclose(w0, w1, atol=1e-6)
+
+
+def test_init_from_a_mismatched_model_is_refused(tiny_lm):
+    nt = train(tiny_lm("nt", "optim.max_steps=1"), progress=False)
+    cfg = tiny_lm("wide", "stage=dida", f"init_from={nt.checkpoint}",
+                  "model={hidden_size: 96, num_layers: 2, num_heads: 3, num_kv_heads: 1, head_dim: 32}")
+    with pytest.raises(Exception, match="does not fit|size mismatch"):
+        train(cfg, progress=False)
+
+
+def test_lora_trains_adapters_only(tiny_lm):
+    pytest.importorskip("peft")
+    nt = train(tiny_lm("nt", "optim.max_steps=2"), progress=False)
+    cfg = tiny_lm("lora", f"init_from={nt.checkpoint}", "lora.enabled=true", "lora.r=4",
+                  "lora.target_modules=[q_proj, v_proj]", "optim.max_steps=3")
+    res = train(cfg, progress=False)
+    w = load_checkpoint(res.checkpoint)["weights"]
+    assert any("lora_A" in k for k in w)
+    base = load_checkpoint(nt.checkpoint)["weights"]
+    # Frozen base weights are unchanged; only adapters moved.
+    k = "base_model.model.model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(w[k], base["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_bf16_on_cpu_is_refused(tiny_lm):
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        train(tiny_lm("bf", "precision=bf16", "optim.max_steps=1"), progress=False)
