@@ -1,0 +1,177 @@
+"""The constraint state machine every decoder shares (text AR, image AR, DiDA).
+
+Two phases. In TEXT, visual ids and the structural image tokens are forbidden; BOI opens an image
+(at most ``max_images`` per answer) and EOS ends the answer. In IMAGE the block is fully
+determined by ``TokenLayout.image_block(h, w)`` for the caller's grid (the vision tokenizer's):
+the size header, IMG, EOL (and Emu3's EOF) and EOI are forced; every cell accepts visual ids only.
+So a decoder can never emit a block ``TokenLayout.parse_image`` rejects.
+
+Forced tokens need no forward pass (nothing is sampled); decoders queue them and run them through
+the model together with the next token that does need logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+import torch
+
+from emu_ros.layout import TokenLayout
+
+__all__ = ["ConstraintError", "DecodeConstraint", "Phase"]
+
+
+class ConstraintError(ValueError):
+    """A token violates the answer grammar (a decoder bug, never a model output: decoders mask first)."""
+
+
+class Phase(str, Enum):
+    TEXT = "text"
+    IMAGE = "image"
+    DONE = "done"
+
+
+class DecodeConstraint:
+    """Grammar of one answer: text, then optionally images of a fixed grid, then text, then EOS."""
+
+    def __init__(
+        self,
+        layout: TokenLayout,
+        grid: tuple[int, int],
+        max_images: int = 1,
+        min_images: int = 0,
+        max_text_tokens: int | None = None,
+        end_after_image: bool = False,
+        forbid_in_text: Iterable[int] = (),
+        final_ids: Iterable[int] = (),
+        text_before_image: bool = False,
+    ) -> None:
+        self.layout = layout
+        self.block = layout.image_block(*grid)
+        if not 0 <= min_images <= max_images:
+            raise ValueError(f"need 0 <= min_images <= max_images, got {min_images}, {max_images}")
+        self.max_images = max_images
+        self.min_images = min_images  # EOS is illegal until this many images were emitted
+        self.max_text_tokens = max_text_tokens  # per text run; when reached, BOI (if owed) or EOS is forced
+        self.end_after_image = end_after_image  # answer grammar "text IMAGE EOS": EOS forced after EOI
+        self._fixed = dict(zip(self.block.fixed_offsets.tolist(), self.block.fixed_ids.tolist()))
+        # Never legal in text: visual codes (id range, see _text_mask), padding/mask, BOS, and the
+        # structural tokens that only exist inside an image block.
+        self._text_forbidden = {layout.pad, layout.mask_id, layout.bos, layout.img, layout.eoi, layout.eol, layout.eof}
+        self._text_forbidden.update(int(t) for t in forbid_in_text)
+        # A final marker (compact's <done>) may only open the answer, and EOS is forced after it.
+        self.final_ids = {int(t) for t in final_ids}
+        self.text_before_image = text_before_image  # no BOI as the first token of a text run
+        self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
+        self.phase = Phase.TEXT
+        self.offset = 0  # position inside the current image block (BOI = 0)
+        self.images_done = 0
+        self.text_run = 0  # tokens sampled in the current text run
+        self.tokens: list[int] = []
+
+    # ---- queries -----------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    @property
+    def at_image_start(self) -> bool:
+        """True right after BOI was emitted: the next token is the first of the size header."""
+        return self.phase is Phase.IMAGE and self.offset == 1
+
+    def forced(self) -> int | None:
+        """The only legal next token, or None when the model must choose."""
+        if self.phase is Phase.IMAGE:
+            return self._fixed.get(self.offset)
+        if self.phase is Phase.TEXT:
+            if self.tokens and self.tokens[-1] in self.final_ids:
+                return self.layout.eos
+            if self.end_after_image and self.images_done > 0:
+                return self.layout.eos
+            if self.max_text_tokens is not None and self.text_run >= self.max_text_tokens:
+                return self.layout.boi if self.images_done < self.min_images else self.layout.eos
+        return None
+
+    def allowed_mask(self, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(vocab_size,) bool: which ids may be sampled next (the model's vocab may exceed the layout's)."""
+        if self.phase is Phase.DONE:
+            raise ConstraintError("the answer is complete (EOS emitted); nothing may follow")
+        if self.phase is Phase.IMAGE:
+            kind = "cell"
+        elif self.images_done >= self.max_images:
+            kind = "text_noimg"  # no BOI any more
+        elif self.images_done < self.min_images:
+            kind = "text_noeos"  # an image is still owed: no EOS yet
+        else:
+            kind = "text"
+        first = not self.tokens and self.phase is Phase.TEXT
+        run_start = self.phase is Phase.TEXT and self.text_run == 0
+        key = (kind, vocab_size, str(device), first, run_start)
+        if key not in self._masks:
+            lay = self.layout
+            mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            if kind == "cell":
+                mask[lay.visual_offset : lay.visual_offset + lay.num_visual_codes] = True
+            else:
+                mask[: lay.visual_offset] = True  # text and specials only
+                mask[sorted(self._text_forbidden)] = False
+                if kind == "text_noimg":
+                    mask[lay.boi] = False
+                if kind == "text_noeos":
+                    mask[lay.eos] = False
+                if run_start and self.text_before_image:
+                    mask[lay.boi] = False
+                if not first and self.final_ids:
+                    mask[sorted(self.final_ids)] = False
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set disallowed ids to -inf in logits (..., V)."""
+        allowed = self.allowed_mask(logits.shape[-1], logits.device)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def is_allowed(self, token: int) -> bool:
+        forced = self.forced()
+        if forced is not None:
+            return token == forced
+        if self.phase is Phase.DONE:
+            return False
+        lay = self.layout
+        if self.phase is Phase.IMAGE:
+            return bool(lay.is_visual(token))
+        if not 0 <= token < lay.visual_offset or token in self._text_forbidden:
+            return False
+        if token == lay.eos and self.images_done < self.min_images:
+            return False
+        if token == lay.boi and self.text_before_image and self.text_run == 0:
+            return False
+        if token in self.final_ids and self.tokens:
+            return False
+        return not (token == lay.boi and self.images_done >= self.max_images)
+
+    # ---- transitions -------------------------------------------------------------------------
+    def advance(self, token: int) -> None:
+        """Consume one emitted token; ConstraintError if the grammar does not allow it."""
+        token = int(token)
+        if not self.is_allowed(token):
+            raise ConstraintError(f"token {token} is not allowed in phase {self.phase.value} at offset {self.offset}")
+        self.tokens.append(token)
+        lay = self.layout
+        if self.phase is Phase.TEXT:
+            if token == lay.eos:
+                self.phase = Phase.DONE
+            elif token == lay.boi:
+                self.phase, self.offset = Phase.IMAGE, 1
+            else:
+                self.text_run += 1
+        else:  # IMAGE
+            self.offset += 1
+            if self.offset == self.block.length:  # EOI consumed
+                self.phase, self.offset, self.text_run = Phase.TEXT, 0, 0
+                self.images_done += 1
+
+    def advance_all(self, tokens: Iterable[int]) -> None:
+        for t in tokens:
+            self.advance(t)

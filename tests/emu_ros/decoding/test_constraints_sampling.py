@@ -1,0 +1,81 @@
+"""The constraint grammar and the samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emu_ros.decoding import ConstraintError, DecodeConstraint, Phase, filter_logits, make_generator, sample
+from emu_ros.layout import emu3, emu35
+
+
+@pytest.mark.parametrize("preset", [emu35, emu3])
+def test_image_block_is_forced_except_cells(preset):
+    lay = preset()
+    cons = DecodeConstraint(lay, (2, 3))
+    text_mask = cons.allowed_mask(lay.vocab_size)
+    assert not text_mask[lay.visual_offset :].any() and text_mask[lay.boi] and not text_mask[lay.eoi]
+    with pytest.raises(ConstraintError):
+        cons.advance(lay.visual_offset)  # a visual id in text
+    cons.advance(lay.boi)
+    emitted = [lay.boi]
+    while cons.phase is Phase.IMAGE:
+        forced = cons.forced()
+        if forced is None:
+            mask = cons.allowed_mask(lay.vocab_size)
+            assert mask.sum() == lay.num_visual_codes and not mask[lay.eol]
+            with pytest.raises(ConstraintError):
+                cons.advance(lay.eol)
+            forced = lay.visual_offset + 7
+        cons.advance(forced)
+        emitted.append(forced)
+    assert lay.parse_image(emitted).tolist() == [[7, 7, 7], [7, 7, 7]]
+    assert cons.images_done == 1 and not cons.allowed_mask(lay.vocab_size + 5)[lay.boi]  # max_images=1
+
+
+def test_min_images_and_final_ids():
+    from emu_ros.layout import compact
+
+    lay = compact(10, 16)
+    done = lay.extra["done"]
+    cons = DecodeConstraint(lay, (1, 1), min_images=1, max_text_tokens=2, final_ids=[done], text_before_image=True)
+    first = cons.allowed_mask(lay.vocab_size)
+    assert first[done] and not first[lay.eos] and not first[lay.boi]
+    cons.advance(lay.visual_offset - 1)  # a word
+    assert not cons.allowed_mask(lay.vocab_size)[done] and cons.allowed_mask(lay.vocab_size)[lay.boi]
+    cons.advance(lay.visual_offset - 2)
+    assert cons.forced() == lay.boi  # text budget spent and an image is owed
+    final = DecodeConstraint(lay, (1, 1), min_images=1, final_ids=[done])
+    final.advance(done)
+    assert final.forced() == lay.eos
+    final.advance(lay.eos)
+    assert final.done
+    with pytest.raises(ConstraintError):
+        final.allowed_mask(lay.vocab_size)
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [False, False, True, True]
+    # top_p 0.7: 0.5 then 0.3 reaches 0.8 >= 0.7; the rest are dropped
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [False, False, True, True]
+    assert torch.isinf(filter_logits(logits, top_p=0.4)).tolist() == [False, True, True, True]
+    probs = torch.softmax(filter_logits(logits, temperature=0.5), -1)
+    assert probs[0] > 0.5  # lower temperature sharpens
+
+
+def test_sample_greedy_and_seeded():
+    logits = torch.randn(100, 32, generator=torch.Generator().manual_seed(0))
+    ids, p, pmax = sample(logits, temperature=0.0)
+    assert torch.equal(ids, logits.argmax(-1)) and torch.allclose(p, pmax)
+    a = sample(logits, 1.0, generator=make_generator(7))[0]
+    b = sample(logits, 1.0, generator=make_generator(7))[0]
+    c = sample(logits, 1.0, generator=make_generator(8))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    top1 = sample(logits, 1.0, top_k=1, generator=make_generator(1))[0]
+    assert torch.equal(top1, logits.argmax(-1))
+    # the empirical distribution follows the softmax
+    draws = sample(torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20_000, 3), 1.0, generator=make_generator(2))[0]
+    freq = np.bincount(draws.numpy(), minlength=3) / 20_000
+    assert np.allclose(freq, [0.7, 0.2, 0.1], atol=0.02)
