@@ -12,6 +12,8 @@ from sim_envs.base import SkillError, TabletopEnv, Waypoint
 # id -> (entry point, max_episode_steps)
 _REGISTRY: dict[str, tuple[str, int]] = {
     "sim_envs/TableClear-v0": ("sim_envs.table_clear:TableClearEnv", 800),
+    "sim_envs/FoldCloth-v0": ("sim_envs.fold_cloth:FoldClothEnv", 600),
+    "sim_envs/SortBlocks-v0": ("sim_envs.sort_blocks:SortBlocksEnv", 800),
 }
 ENV_IDS: tuple[str, ...] = tuple(_REGISTRY)
 

@@ -20,7 +20,7 @@ from gymnasium import spaces
 
 from emu_guide.types import ActionGoal, CameraModel, PlanStep, StepResult
 from sim_envs.camera import make_camera
-from sim_envs.render import TABLE_STYLES, Painter, draw_gripper, sample_lighting, table_background
+from sim_envs.render import TABLE_STYLES, GripperSprite, Painter, sample_lighting, table_background
 
 
 class SkillError(ValueError):
@@ -44,7 +44,10 @@ def normalize_name(name: str | None) -> str:
     for article in ("the ", "a ", "an "):
         if s.startswith(article):
             s = s[len(article) :]
-    return s
+    return _ALIASES.get(s, s)
+
+
+_ALIASES = {"center": "centre"}  # spellings accepted for the same name
 
 
 class TabletopEnv(gym.Env):
@@ -165,6 +168,7 @@ class TabletopEnv(gym.Env):
         rng = self.np_random
         self.camera = make_camera(self.resolution, rng, self.camera_jitter)
         self._painter = Painter(self.camera)
+        self._gripper = GripperSprite(self._painter, self.resolution)
         self.table_style = str(TABLE_STYLES[int(rng.integers(len(TABLE_STYLES)))])
         self.lighting = sample_lighting(rng)
         self.ee = self.HOME.copy()
@@ -213,7 +217,7 @@ class TabletopEnv(gym.Env):
                 self._draw_scene_static(self._static)
             img = self._static.copy()
             self._draw_held(img)
-            draw_gripper(self._painter, img, self.ee, self.closed)
+            self._gripper.draw(img, self.ee, self.closed)
             self._frame = img
         return self._frame.copy()
 
@@ -354,6 +358,7 @@ class TabletopEnv(gym.Env):
     def _restore_state(self, state: dict[str, Any]) -> None:
         for name, value in copy.deepcopy(state).items():
             setattr(self, name, value)
+        self._held_prims = None
         self._static = None
         self._frame = None
 

@@ -55,12 +55,55 @@ class Lighting:
     shadow_dir: tuple[float, float]  # table-plane offset of a shadow per metre of object height
 
 
+class Prims:
+    """Recorded drawing primitives (world points + op + colour), replayed with one projection.
+
+    Drawing a moving thing (the gripper, the held object) primitive by primitive costs a numpy
+    projection per polygon; recording it once and replaying it translated costs one in all.
+    """
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, Colour, int]] = []  # (op, colour, thickness)
+        self.chunks: list[np.ndarray] = []
+        self.pts = np.zeros((0, 3))
+        self.bounds: list[tuple[int, int]] = []
+
+    def add(self, op: str, pts: np.ndarray, colour: Colour, thickness: int = 1) -> None:
+        self.ops.append((op, colour, thickness))
+        self.chunks.append(np.asarray(pts, dtype=np.float64))
+
+    def freeze(self) -> Prims:
+        self.pts = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 3))
+        ends = np.cumsum([len(c) for c in self.chunks])
+        self.bounds = [(int(e - len(c)), int(e)) for c, e in zip(self.chunks, ends)]
+        return self
+
+
 class Painter:
-    """Projects world points with the episode camera and draws filled shapes."""
+    """Projects world points with the episode camera and draws filled shapes.
+
+    With ``record`` set to a :class:`Prims`, drawing calls are recorded instead of drawn.
+    """
 
     def __init__(self, camera: CameraModel) -> None:
         self.camera = camera
         self.P = projection_matrix(camera)
+        self.record: Prims | None = None
+
+    def replay(self, img: np.ndarray, prims: Prims, offset: np.ndarray | None = None) -> None:
+        """Draw recorded primitives, all translated by ``offset`` (3,)."""
+        if not prims.ops:
+            return
+        pts = prims.pts if offset is None else prims.pts + offset
+        px = self._fixed(pts)
+        for (op, colour, thickness), (a, b) in zip(prims.ops, prims.bounds):
+            seg = px[a:b]
+            if op == "fill":
+                cv2.fillPoly(img, [seg], colour, cv2.LINE_AA, SHIFT)
+            elif op == "hull":
+                cv2.fillConvexPoly(img, cv2.convexHull(seg), colour, cv2.LINE_AA, SHIFT)
+            else:
+                cv2.line(img, (int(seg[0, 0]), int(seg[0, 1])), (int(seg[1, 0]), int(seg[1, 1])), colour, thickness, cv2.LINE_AA, SHIFT)
 
     def project(self, pts: np.ndarray) -> np.ndarray:
         """(N, 3) world points -> (N, 2) pixels."""
@@ -72,14 +115,23 @@ class Painter:
 
     def fill(self, img: np.ndarray, pts: np.ndarray, colour: Colour) -> None:
         """Fill the projected polygon of world points ``pts`` (N, 3)."""
+        if self.record is not None:
+            self.record.add("fill", pts, colour)
+            return
         cv2.fillPoly(img, [self._fixed(pts)], colour, cv2.LINE_AA, SHIFT)
 
     def fill_hull(self, img: np.ndarray, pts: np.ndarray, colour: Colour) -> None:
         """Fill the convex hull of the projected points (the silhouette of a convex solid)."""
+        if self.record is not None:
+            self.record.add("hull", pts, colour)
+            return
         hull = cv2.convexHull(self._fixed(pts))
         cv2.fillConvexPoly(img, hull, colour, cv2.LINE_AA, SHIFT)
 
     def line(self, img: np.ndarray, a: np.ndarray, b: np.ndarray, colour: Colour, thickness: int = 1) -> None:
+        if self.record is not None:
+            self.record.add("line", np.stack([a, b]), colour, thickness)
+            return
         p = self._fixed(np.stack([a, b]))
         cv2.line(img, tuple(int(x) for x in p[0]), tuple(int(x) for x in p[1]), colour, thickness, cv2.LINE_AA, SHIFT)
 
@@ -181,13 +233,48 @@ _GRIPPER_METAL = (92, 96, 108)
 _FINGER = (60, 62, 70)
 
 
-def draw_gripper(painter: Painter, img: np.ndarray, ee: np.ndarray, closed: bool) -> None:
-    """Arm link, wrist and two fingers at end-effector position ``ee`` (the fingertip centre)."""
-    x, y, z = float(ee[0]), float(ee[1]), float(ee[2])
-    painter.soft_spot(img, x, y, 0.035, 0.35 * max(0.2, 1.0 - z / 0.4))
-    wrist = np.array([x, y, z + 0.07])
-    painter.line(img, GRIPPER_BASE, wrist, _GRIPPER_METAL, thickness=max(2, img.shape[0] // 32))
-    gap = 0.012 if closed else 0.03
-    for side in (-1.0, 1.0):
-        painter.box(img, x, y + side * gap, z, 0.014, 0.008, 0.06, 0.0, shade(_FINGER, 0.8), _FINGER)
-    painter.box(img, x, y, z + 0.055, 0.03, 2 * gap + 0.016, 0.02, 0.0, shade(_GRIPPER_METAL, 0.8), _GRIPPER_METAL)
+def record_gripper(painter: Painter, closed: bool) -> Prims:
+    """The fingers and wrist at end-effector position (0, 0, 0), to be replayed translated."""
+    prims = Prims()
+    painter.record = prims
+    try:
+        gap = 0.012 if closed else 0.03
+        for side in (-1.0, 1.0):
+            painter.box(None, 0.0, side * gap, 0.0, 0.014, 0.008, 0.06, 0.0, shade(_FINGER, 0.8), _FINGER)  # type: ignore[arg-type]
+        painter.box(None, 0.0, 0.0, 0.055, 0.03, 2 * gap + 0.016, 0.02, 0.0, shade(_GRIPPER_METAL, 0.8), _GRIPPER_METAL)  # type: ignore[arg-type]
+    finally:
+        painter.record = None
+    return prims.freeze()
+
+
+class GripperSprite:
+    """Per-episode cache for drawing the arm and gripper quickly."""
+
+    def __init__(self, painter: Painter, resolution: int) -> None:
+        self.painter = painter
+        self.prims = {False: record_gripper(painter, False), True: record_gripper(painter, True)}
+        self.base_px = painter.project(GRIPPER_BASE[None, :])[0]
+        self.thickness = max(2, resolution // 32)
+        # Shadow kernel: radius of 3.5 cm at the table centre, in pixels.
+        rad = float(np.linalg.norm(painter.project(np.array([[0.035, 0.0, 0.0]])) - painter.project(np.zeros((1, 3)))))
+        self.shadow_r = max(1, int(np.ceil(rad)))
+        yy, xx = np.mgrid[-self.shadow_r : self.shadow_r + 1, -self.shadow_r : self.shadow_r + 1]
+        self.shadow_kernel = np.clip(1.2 - np.sqrt(xx**2 + yy**2) / rad, 0.0, 1.0).astype(np.float32)
+
+    def draw(self, img: np.ndarray, ee: np.ndarray, closed: bool) -> None:
+        x, y, z = float(ee[0]), float(ee[1]), float(ee[2])
+        pts = self.painter.project(np.array([[x, y, 0.0], [x, y, z + 0.07]]))
+        # soft shadow on the table under the gripper, fainter when it is high
+        strength = 0.35 * max(0.2, 1.0 - z / 0.4)
+        cu, cv = int(round(pts[0, 0])), int(round(pts[0, 1]))
+        r = self.shadow_r
+        h, w = img.shape[:2]
+        u0, u1, v0, v1 = max(0, cu - r), min(w, cu + r + 1), max(0, cv - r), min(h, cv + r + 1)
+        if u0 < u1 and v0 < v1:
+            k = self.shadow_kernel[v0 - (cv - r) : v1 - (cv - r), u0 - (cu - r) : u1 - (cu - r)]
+            roi = img[v0:v1, u0:u1]
+            roi[:] = (roi * (1.0 - strength * k)[..., None]).astype(np.uint8)
+        a = np.round(self.base_px * SCALE).astype(int)
+        b = np.round(pts[1] * SCALE).astype(int)
+        cv2.line(img, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), _GRIPPER_METAL, self.thickness, cv2.LINE_AA, SHIFT)
+        self.painter.replay(img, self.prims[closed], np.array([x, y, z]))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sim_envs.base import SkillError, TabletopEnv, Waypoint
-from sim_envs.render import Colour, Painter, circle_points, rect_points, shade
+from sim_envs.render import Colour, Painter, Prims, circle_points, rect_points, shade
 
 # Named colours items can take (RGB). Names are what the plan sentences say.
 PALETTE: dict[str, Colour] = {
@@ -161,6 +161,7 @@ class RigidTabletopEnv(TabletopEnv):
             self.held = best
             self._grasp_offset = self.ee - self.items[best].pos
             self.items[best].location = "gripper"
+            self._held_prims = None
             self._invalidate_static()
 
     def _on_open(self) -> None:
@@ -204,8 +205,21 @@ class RigidTabletopEnv(TabletopEnv):
             self._draw_item(img, it)
 
     def _draw_held(self, img: np.ndarray) -> None:
-        if self.held is not None:
-            self._draw_item(img, self.items[self.held])
+        if self.held is None:
+            return
+        it = self.items[self.held]
+        cached = getattr(self, "_held_prims", None)
+        if cached is None or cached[0] != it.name:
+            # Record the item's primitives once per grasp, then replay them translated each frame.
+            prims = Prims()
+            self._painter.record = prims
+            try:
+                self._draw_item(img, it)
+            finally:
+                self._painter.record = None
+            cached = (it.name, it.pos.copy(), prims.freeze())
+            self._held_prims = cached
+        self._painter.replay(img, cached[2], it.pos - cached[1])
 
     # ------------------------------------------------------------------ skills
     def grasp_height(self, it: Item) -> float:
@@ -226,11 +240,13 @@ class RigidTabletopEnv(TabletopEnv):
         """Carry the held item above (x, y), lower it until its bottom is just above ``rest_z``, release."""
         assert self.held is not None
         release_z = rest_z + float(self._grasp_offset[2]) + 0.008
+        travel = max(self.TRAVEL_Z, release_z + 0.05)  # clear a tall stack
         return [
-            Waypoint(np.array([x, y, self.TRAVEL_Z]), True, "above target"),
+            Waypoint(np.array([self.ee[0], self.ee[1], travel]), True, "raise"),
+            Waypoint(np.array([x, y, travel]), True, "above target"),
             Waypoint(np.array([x, y, release_z]), True, "lower"),
             Waypoint(np.array([x, y, release_z]), False, "release"),
-            Waypoint(np.array([x, y, self.TRAVEL_Z]), False, "retreat"),
+            Waypoint(np.array([x, y, travel]), False, "retreat"),
         ]
 
     def free_slot(self, rec: Receptacle, exclude: str | None = None) -> tuple[float, float]:
@@ -243,6 +259,16 @@ class RigidTabletopEnv(TabletopEnv):
             if not taken:
                 return sx, sy
         return rec.centre
+
+    def free_table_spot(self, x: float, y: float, item: Item) -> bool:
+        """Whether ``item`` released above (x, y) would land on bare table (no receptacle, no item)."""
+        if not (abs(x) < 0.3 and abs(y) < 0.42) or any(r.contains(x, y, -0.03) for r in self.receptacles):
+            return False
+        return all(
+            np.hypot(it.pos[0] - x, it.pos[1] - y) > it.radius + item.radius + 0.01
+            for it in self.items
+            if it is not item
+        )
 
     def _privileged_extra(self) -> dict[str, Any]:
         objects = {}
