@@ -143,7 +143,9 @@ def _encode(layout: TokenLayout, text_tok: TextTokenizer, text: str, what: str) 
     unk = layout.extra.get("unk")
     for i in ids:
         if i >= layout.visual_offset or (i in specials and i != unk):
-            raise ValueError(f"{what} {text!r} encodes to id {i}, a special or visual id: special-token text is not allowed")
+            raise ValueError(
+                f"{what} {text!r} encodes to id {i}, a special or visual id: special-token text is not allowed"
+            )
     return ids
 
 
@@ -289,9 +291,11 @@ def build_answer(
     unknown = text_tok.unknown_words(step_text)
     if unknown:
         raise ValueError(f"step_text {step_text!r} has words the text tokenizer does not know: {unknown}")
-    return _encode(layout, text_tok, step_text, "step_text") + _frame_block(layout, subgoal_codes, "subgoal_codes") + [
-        layout.eos
-    ]
+    return (
+        _encode(layout, text_tok, step_text, "step_text")
+        + _frame_block(layout, subgoal_codes, "subgoal_codes")
+        + [layout.eos]
+    )
 
 
 def parse_step(
@@ -390,4 +394,6 @@ def build_training_sequence(
     for s, e in layout.find_images(input_ids):
         h, w = layout.parse_image(input_ids[s:e]).shape
         spans.append(ImageSpan(start=s, end=e, height=h, width=w, is_target=s >= p))
-    return TrainingSequence(input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans, prompt_length=p)
+    return TrainingSequence(
+        input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans, prompt_length=p
+    )

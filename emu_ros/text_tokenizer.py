@@ -219,7 +219,9 @@ class HFTextTokenizer:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(
+            [int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
 
     def unknown_words(self, text: str) -> list[str]:
         unk = getattr(self.tokenizer, "unk_token_id", None)
@@ -232,7 +234,9 @@ class HFTextTokenizer:
         """Id of a token string in this tokenizer's vocabulary, or None."""
         tid = self.tokenizer.convert_tokens_to_ids(token)
         unk = getattr(self.tokenizer, "unk_token_id", None)
-        return None if tid is None or (unk is not None and tid == unk and token != self.tokenizer.unk_token) else int(tid)
+        return (
+            None if tid is None or (unk is not None and tid == unk and token != self.tokenizer.unk_token) else int(tid)
+        )
 
     def check_layout(self, layout: Any) -> None:
         """Raise TextTokenizerError when the tokenizer's named specials disagree with ``layout``.
@@ -245,7 +249,9 @@ class HFTextTokenizer:
             if tid is not None and tid != getattr(layout, field_name):
                 wrong.append(f"{token} is {tid} here but {field_name}={getattr(layout, field_name)} in {layout.name!r}")
         if wrong:
-            raise TextTokenizerError(f"tokenizer {self.source or '(in memory)'} does not match the layout: " + "; ".join(wrong))
+            raise TextTokenizerError(
+                f"tokenizer {self.source or '(in memory)'} does not match the layout: " + "; ".join(wrong)
+            )
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory)

@@ -213,7 +213,9 @@ def test_training_sequence(which, word_tok, hf_tok):
     layout, tok = setups(word_tok, hf_tok)[which]
     frame = np.full((3, 3), 7)
     sub = np.full((3, 3), 9)
-    seq = build_training_sequence(layout, tok, "pick up the red cup", [], frame, "place the red cup in the bin", sub, False)
+    seq = build_training_sequence(
+        layout, tok, "pick up the red cup", [], frame, "place the red cup in the bin", sub, False
+    )
     prompt = build_prompt(layout, tok, "pick up the red cup", [], frame)
     answer = build_answer(layout, tok, "place the red cup in the bin", sub, False)
     p = len(prompt)
@@ -228,7 +230,9 @@ def test_training_sequence(which, word_tok, hf_tok):
     assert np.array_equal(layout.parse_image(seq.input_ids[target.start : target.end]), sub)
     assert target.end == len(seq) - 1  # EOS follows the subgoal image
 
-    final = build_training_sequence(layout, tok, "pick up the red cup", ["pick up the red cup"], frame, None, None, True)
+    final = build_training_sequence(
+        layout, tok, "pick up the red cup", ["pick up the red cup"], frame, None, None, True
+    )
     assert [s.is_target for s in final.image_spans] == [False]
     assert parse_step(layout, tok, final.input_ids[final.prompt_length :]).is_final
     with pytest.raises(ValueError, match="visual_loss_weight"):

@@ -34,7 +34,17 @@ def make_tiny_hf_tokenizer(directory, extra_specials=()):
 
 
 def test_split_words_lowercases_and_splits_punctuation():
-    assert split_words("Pick up the Red cup, then STOP.") == ["pick", "up", "the", "red", "cup", ",", "then", "stop", "."]
+    assert split_words("Pick up the Red cup, then STOP.") == [
+        "pick",
+        "up",
+        "the",
+        "red",
+        "cup",
+        ",",
+        "then",
+        "stop",
+        ".",
+    ]
     assert split_words("robot's arm") == ["robot's", "arm"]
 
 
