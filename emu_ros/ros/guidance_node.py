@@ -70,6 +70,7 @@ PARAMETERS: dict[str, ParamSpec] = {
     "frame_timeout_s": ParamSpec(5.0, "how long a goal waits for a fresh camera frame (> 0)"),
     "max_frame_age_s": ParamSpec(0.0, "frames older than this (receive time) are not planned from (0 = no limit)"),
     "stats_rate_hz": ParamSpec(1.0, "rate of ~/frame_stats messages (> 0)"),
+    "plan_images": ParamSpec("last", "subgoal images in Plan messages and results: all, last or none (feedback always has its own)"),
 }
 
 # Parameters whose change takes effect at the next goal by reloading the backend.
@@ -105,6 +106,7 @@ def validate_parameter(name: str, value: Any) -> str | None:
         "frame_timeout_s": (lambda v: v > 0, "must be > 0"),
         "max_frame_age_s": (lambda v: v >= 0, "must be >= 0"),
         "stats_rate_hz": (lambda v: 0.0 < v <= 100.0, "must be in (0, 100]"),
+        "plan_images": (lambda v: v in ("all", "last", "none"), "must be all, last or none"),
         "image_topic": (bool, "must not be empty"),
         "plan_topic": (bool, "must not be empty"),
         "action_goal_topic": (bool, "must not be empty"),
@@ -473,16 +475,26 @@ def _make_node_class() -> type:
             goal_handle.publish_feedback(feedback)
             if step.goal is not None:
                 self.goal_pub.publish(convert.action_goal_msg(self.factory, step.goal))
-            self.plan_pub.publish(convert.plan_msg(self.factory, plan))
+            self.plan_pub.publish(self._plan_msg(plan))
             self.steps_published += 1
+
+        def _plan_msg(self, plan: Any) -> Any:
+            """Plan message with subgoal images per ``plan_images`` (a long run would otherwise grow each message)."""
+            msg = convert.plan_msg(self.factory, plan)
+            keep = self._p("plan_images")
+            for i, step in enumerate(msg.steps):
+                if keep == "none" or (keep == "last" and i != len(msg.steps) - 1):
+                    step.subgoal_image = convert.empty_image_msg(self.factory, plan.stamp, plan.frame_id)
+            return msg
 
         def _result(self, run: GuideRun | None, instruction: str, status: PlanStatus, error: str) -> Any:
             from emu_guide.types import Plan
 
             plan = run.finish(status, error) if run is not None else Plan(instruction=instruction or "?", status=status, error=error)
+            plan_msg = self._plan_msg(plan)
             if run is not None:
-                self.plan_pub.publish(convert.plan_msg(self.factory, plan))
-            return Guide.Result(plan=convert.plan_msg(self.factory, plan), status=status.value, error_message=error)
+                self.plan_pub.publish(plan_msg)
+            return Guide.Result(plan=plan_msg, status=status.value, error_message=error)
 
         def destroy_node(self) -> None:
             if self._backend is not None:
