@@ -64,3 +64,30 @@ def test_gripper_and_motion_cues():
 def test_match_keyframes_is_one_to_one():
     s = match_keyframes([10, 11, 30], [10, 20, 31], tolerance=1)
     assert (s.true_positives, s.precision, s.recall) == (2, 2 / 3, 2 / 3)
+
+
+def test_keyframes_on_expert_episodes_with_mistakes():
+    """Recorded-style episodes (expert with injected mistakes/recoveries): boundaries = label changes."""
+    from sim_envs.expert import ScriptedExpert
+
+    tp = detected = actual = mistakes = 0
+    for seed in (0, 1):
+        env = gym.make("sim_envs/TableClear-v0", resolution=64)
+        obs, _ = env.reset(seed=seed)
+        expert = ScriptedExpert(env, mistake_rate=0.3, seed=seed)
+        states, labels = [obs["state"]], []
+        while not expert.done:
+            action, _, text = expert.next_action()
+            obs, *_ = env.step(action)
+            states.append(obs["state"])
+            labels.append(text)
+        env.close()
+        mistakes += expert.mistakes
+        labels = [labels[0]] + labels  # frame t > 0 carries the label of the action that led to it
+        ends = [t for t in range(len(labels)) if t == len(labels) - 1 or labels[t + 1] != labels[t]]
+        keys = keyframes_from_state(np.asarray(states))
+        s = match_keyframes(keys, ends, tolerance=2)
+        tp, detected, actual = tp + s.true_positives, detected + s.detected, actual + s.actual
+    print(f"with mistakes: precision {tp / detected:.2f} recall {tp / actual:.2f} over {actual} subtask ends")
+    assert mistakes > 0
+    assert tp / detected >= 0.85 and tp / actual >= 0.85
