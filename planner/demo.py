@@ -1,0 +1,94 @@
+"""``emu-guide demo``: one guided closed-loop episode in simulation, printed live, with a visual report.
+
+Default backend: the shipped default model (``torch``) when ``emu_ros/default_model`` holds one,
+otherwise the ``oracle`` backend, with a printed notice. The report folder (default
+``runs/demo``) gets plan.txt, a contact sheet PNG, metrics.json and, with ``--video``, an MP4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from emu_guide.paths import artifacts_root
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from planner.envs import TASKS
+
+    parser.add_argument("--backend", default="auto",
+                        help="auto (shipped model if present, else oracle) | torch | oracle | emu3 | vllm")
+    parser.add_argument("--task", default="table_clear", help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="held-out episode seed (default: the first held-out seed)")
+    parser.add_argument("--decode", default="dida", choices=("dida", "ar"), help="subgoal image decoding")
+    parser.add_argument("--model-path", default=None, help="model directory for model backends")
+    parser.add_argument("--device", default="cpu", help="torch device for model backends")
+    parser.add_argument("--out", default=None, help="report folder (default: runs/demo)")
+    parser.add_argument("--video", action="store_true", help="also write an MP4 of the episode")
+    parser.add_argument("--time-limit", type=float, default=170.0, help="episode wall-clock limit in seconds")
+
+
+def _print_step(rec: object) -> None:
+    from planner.report import format_goal
+
+    t = rec.latency_ms  # type: ignore[attr-defined]
+    total = t.get("total", float("nan"))
+    mark = {"done": "ok", "final": "DONE", "failed": "FAIL", "final_rejected": "FAIL", "limit": "LIMIT"}
+    print(f"[{rec.call:2d}] {rec.text}")  # type: ignore[attr-defined]
+    if rec.outcome not in ("final", "final_rejected"):  # type: ignore[attr-defined]
+        print(f"     goal: {format_goal(rec.goal)}")  # type: ignore[attr-defined]
+    extra = f", parse+ground {t['planner']:.1f} ms" if "planner" in t else ""
+    print(f"     plan {total:.1f} ms{extra} -> {mark.get(rec.outcome, rec.outcome)}"  # type: ignore[attr-defined]
+          + (f" ({rec.reason})" if rec.outcome not in ("done", "final") else ""), flush=True)  # type: ignore[attr-defined]
+
+
+def main(args: argparse.Namespace) -> int:
+    from emu_ros.backends.base import BackendError, DecodeOptions
+    from planner.envs import make_backend, make_env, resolve_backend
+    from planner.metrics import aggregate
+    from planner.monitor import MonitorConfig
+    from planner.report import write_report
+    from planner.runner import RunnerConfig, run_episode
+    from sim_envs.seeds import HELDOUT_SEEDS, check_seed
+
+    t0 = time.perf_counter()
+    seed = HELDOUT_SEEDS[0] if args.seed is None else args.seed
+    try:
+        check_seed("heldout", seed)
+    except ValueError as exc:
+        print(f"error: {exc} (the demo runs held-out episodes only)", file=sys.stderr)
+        return 2
+    name, notice = resolve_backend(args.backend)
+    if notice:
+        print(notice, flush=True)
+    try:
+        if name == "oracle":
+            env = make_env(args.task)
+            backend = make_backend("oracle", env)
+        else:
+            backend = make_backend(name, None, model_path=args.model_path, device=args.device)
+            env = make_env(args.task, resolution=backend.image_size[0])
+    except (BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else artifacts_root() / "demo"
+    config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit))
+    print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
+          f"{'oracle' if backend.name == 'oracle' else args.decode}", flush=True)
+    result = run_episode(env, backend, seed, config, on_step=_print_step)
+    print(f"instruction: {result.instruction}")
+    summary = aggregate([result.to_dict()])
+    paths = write_report(out, [result], summary=summary, video=args.video)
+    backend.close()
+    env.close()
+    verdict = "SUCCESS" if result.success else "FAILED"
+    lat = summary["latency_ms_p50"]
+    print(f"{verdict}: {result.completed_steps}/{result.num_gt_steps} steps, {result.replans} re-plans, "
+          f"planning p50 {lat:.1f} ms/step, episode {result.wall_s:.1f} s ({result.stop_reason})")
+    print(f"report: {out}  ({', '.join(sorted(p.name for p in paths.values()))}); total {time.perf_counter() - t0:.1f} s")
+    return 0 if result.success else 1

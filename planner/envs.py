@@ -1,0 +1,63 @@
+"""Task names, environment and backend construction shared by ``emu-guide demo`` and ``bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from emu_guide.paths import shipped_model_dir
+
+__all__ = ["TASKS", "env_id", "has_shipped_model", "make_backend", "make_env", "resolve_backend"]
+
+# short name -> registered Gymnasium id
+TASKS: dict[str, str] = {
+    "table_clear": "sim_envs/TableClear-v0",
+    "fold_cloth": "sim_envs/FoldCloth-v0",
+    "sort_blocks": "sim_envs/SortBlocks-v0",
+}
+
+
+def env_id(task: str) -> str:
+    """Short task name or a registered id -> the registered id."""
+    if task in TASKS:
+        return TASKS[task]
+    if task in TASKS.values():
+        return task
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)} (or {', '.join(TASKS.values())})")
+
+
+def make_env(task: str, resolution: int | None = None) -> Any:
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the ids)
+
+    kwargs = {} if resolution is None else {"resolution": int(resolution)}
+    return gym.make(env_id(task), **kwargs)
+
+
+def has_shipped_model(path: Path | None = None) -> bool:
+    """Whether a trained default model is shipped (a config file next to weights)."""
+    d = path or shipped_model_dir()
+    return d.is_dir() and any(d.glob("*.json")) and any(d.glob("*.safetensors"))
+
+
+def resolve_backend(name: str) -> tuple[str, str]:
+    """'auto' -> ('torch', '') when a default model is shipped, else ('oracle', notice)."""
+    if name != "auto":
+        return name, ""
+    if has_shipped_model():
+        return "torch", ""
+    return "oracle", (
+        f"NOTICE: no trained default model in {shipped_model_dir()} yet; using the ORACLE backend "
+        "(plan steps and subgoal images from the simulator's privileged state, no model)."
+    )
+
+
+def make_backend(name: str, env: Any, model_path: str | None = None, device: str = "cpu") -> Any:
+    """Instantiate a backend by name; the oracle gets the env, model backends the model path."""
+    from emu_ros.backends.base import load_backend
+
+    if name == "oracle":
+        return load_backend("oracle", env=env)
+    path = model_path or str(shipped_model_dir())
+    return load_backend(name, model_path=path, device=device)

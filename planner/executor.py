@@ -1,0 +1,92 @@
+"""Executors: what runs an ActionGoal. The sim skill controller here; the ROS layer adds its own.
+
+An executor only executes and observes; deciding whether a step worked, retrying and re-planning
+is the monitor's job (``planner.monitor``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from emu_guide.types import ActionGoal, Frame, StepResult
+
+__all__ = ["Executor", "ExecutorError", "SimExecutor"]
+
+
+class ExecutorError(RuntimeError):
+    """The executor itself is broken (not: the goal failed, which is a StepResult with success=False)."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs goals on a robot or a simulator and reports what the camera sees."""
+
+    name: str
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        """Run one goal to completion (or failure); never raises for a goal that simply failed."""
+        ...
+
+    def check(self, goal: ActionGoal) -> bool | None:
+        """Whether the goal's effect holds now, or None when this executor has no checker
+        (the monitor then compares the new frame with the predicted subgoal image)."""
+        ...
+
+    def observe(self) -> Frame:
+        """The current camera frame."""
+        ...
+
+
+def _skill_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a sim skill raises for a bad goal (SkillError names the valid choices)."""
+    errors: list[type[BaseException]] = [ValueError, KeyError]
+    try:
+        from sim_envs import SkillError  # type: ignore[attr-defined]
+
+        errors.insert(0, SkillError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class SimExecutor:
+    """Runs goals through ``env.unwrapped.execute_skill`` (the scripted controllers)."""
+
+    name = "sim"
+
+    def __init__(self, env: Any, use_checker: bool = True) -> None:
+        self.env = env
+        self.sim = getattr(env, "unwrapped", env)
+        for member in ("execute_skill", "render", "camera"):
+            if not hasattr(self.sim, member):
+                raise ExecutorError(f"SimExecutor: the environment has no {member!r}; it needs a sim_envs env")
+        self.use_checker = use_checker  # False: judge steps by frames only, as on a robot without a checker
+        self._errors = _skill_errors()
+        self._t0 = time.monotonic()
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        t0 = time.perf_counter()
+        try:
+            result = self.sim.execute_skill(goal)
+        except self._errors as exc:
+            return StepResult(goal.step_index, False, reason=f"{type(exc).__name__}: {exc}",
+                              duration_s=time.perf_counter() - t0)
+        if not isinstance(result, StepResult):
+            raise ExecutorError(f"execute_skill returned {type(result).__name__}, expected StepResult")
+        if not result.duration_s:
+            result.duration_s = time.perf_counter() - t0
+        return result
+
+    def check(self, goal: ActionGoal) -> bool | None:
+        if not self.use_checker or not hasattr(self.sim, "check_step"):
+            return None
+        try:
+            return bool(self.sim.check_step(goal))
+        except self._errors:
+            return False  # a goal the checker cannot even interpret is not done
+
+    def observe(self) -> Frame:
+        cam = self.sim.camera
+        stamp = float(getattr(self.sim, "sim_time", time.monotonic() - self._t0))
+        return Frame(self.sim.render(), stamp=stamp, frame_id=cam.frame_id)

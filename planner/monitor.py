@@ -1,0 +1,215 @@
+"""Execution monitor: send a goal, decide whether the step is done, retry, ask for a re-plan.
+
+Every decision goes into ``events`` (a JSON-serialisable list) with the reason, so a report can
+say exactly why an episode went the way it did.
+
+Is a step done?
+1. The executor's checker, when it has one (the simulator's geometric checker).
+2. Otherwise the new frame against the predicted subgoal image: among the pixels the subgoal
+   says will change (|subgoal - before| large), the fraction where the new frame is now closer
+   to the subgoal than to the frame before, minus a penalty for changes the subgoal did not
+   predict (``subgoal_progress``). A model's subgoal image is never pixel-exact, so this asks
+   "did the predicted change happen?", not "are the images equal?".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emu_guide.types import ActionGoal, Frame, GoalStatus, PlanStep, StepResult
+from planner.executor import Executor
+
+__all__ = ["Event", "ExecutionMonitor", "MonitorConfig", "StepOutcome", "subgoal_progress"]
+
+
+@dataclass
+class MonitorConfig:
+    max_retries: int = 1  # re-sends of the same goal after a failed attempt (then a re-plan)
+    max_replans: int = 3  # re-plans allowed for one step before the episode fails
+    max_attempts: int = 60  # executed goals per episode, all attempts together (step limit)
+    max_planning_calls: int = 80  # backend calls per episode
+    time_limit_s: float = 300.0  # wall clock per episode
+    progress_threshold: float = 0.5  # subgoal_progress needed when there is no checker
+    change_threshold: int = 40  # per-pixel max-channel difference that counts as "changed" (0-255)
+    min_confidence: float = 0.0  # grounding confidence below this -> re-plan (robots: > 0; the sim acts by name)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.max_replans < 0:
+            raise ValueError(f"max_retries/max_replans must be >= 0, got {self.max_retries}, {self.max_replans}")
+        if self.max_attempts < 1 or self.max_planning_calls < 1:
+            raise ValueError("max_attempts and max_planning_calls must be >= 1")
+        if self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+        if not 0.0 <= self.progress_threshold <= 1.0:
+            raise ValueError(f"progress_threshold must be in [0, 1], got {self.progress_threshold}")
+
+
+@dataclass
+class Event:
+    """One decision: when (seconds since the episode began), what, for which step, and why."""
+
+    t: float
+    kind: str  # plan | parse | ground | execute | check | retry | replan | limit | final | error
+    step: int
+    why: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepOutcome:
+    status: str  # "done" | "failed" (re-plan) | "limit" (episode must stop)
+    attempts: int
+    reason: str
+    before: Frame
+    after: Frame
+    results: list[StepResult] = field(default_factory=list)
+    progress: float | None = None  # subgoal_progress of the last check, when frames decided
+
+
+def _resize_like(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if image.shape == shape:
+        return image
+    import cv2
+
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def subgoal_progress(before: np.ndarray, after: np.ndarray, subgoal: np.ndarray, change_threshold: int = 40) -> float:
+    """How far ``after`` went from ``before`` towards ``subgoal`` (0..1; images HxWx3 uint8).
+
+    Among the pixels the subgoal says will change, the fraction now closer to the subgoal than to
+    ``before``, minus half the share of unpredicted changes (relative to the predicted area).
+    A subgoal predicting no change at all scores by whether nothing changed.
+    """
+    subgoal = _resize_like(subgoal, after.shape)
+    if before.shape != after.shape:
+        raise ValueError(f"before {before.shape} and after {after.shape} frames differ in shape")
+    b = before.astype(np.int16)
+    a = after.astype(np.int16)
+    s = subgoal.astype(np.int16)
+    predicted = np.abs(s - b).max(axis=2) > change_threshold  # (H, W) where the subgoal differs
+    happened = np.abs(a - b).max(axis=2) > change_threshold
+    n_pred = int(predicted.sum())
+    if n_pred < 4:
+        return float(1.0 - min(1.0, happened.sum() / max(16, happened.size * 0.01)))
+    to_goal = np.abs(a - s).sum(axis=2)
+    to_before = np.abs(a - b).sum(axis=2)
+    moved = (to_goal < to_before) & predicted
+    unexpected = happened & ~predicted
+    score = moved.sum() / n_pred - 0.5 * min(1.0, unexpected.sum() / n_pred)
+    return float(max(0.0, min(1.0, score)))
+
+
+class ExecutionMonitor:
+    """Runs one plan step through an executor with retries; records every decision."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        config: MonitorConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.executor = executor
+        self.config = config or MonitorConfig()
+        self.clock = clock
+        self.events: list[Event] = []
+        self.t_start = clock()
+        self.attempts = 0  # goals executed this episode
+        self.planning_calls = 0
+
+    # -- record keeping -----------------------------------------------------------------------
+    def record(self, kind: str, step: int, why: str, **data: Any) -> Event:
+        ev = Event(t=round(self.clock() - self.t_start, 6), kind=kind, step=step, why=why, data=_jsonable(data))
+        self.events.append(ev)
+        return ev
+
+    def events_json(self) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in self.events]
+
+    # -- limits -------------------------------------------------------------------------------
+    def limit_reached(self) -> str | None:
+        """The reason the episode must stop now, or None."""
+        c = self.config
+        elapsed = self.clock() - self.t_start
+        if elapsed > c.time_limit_s:
+            return f"time limit: {elapsed:.1f} s > {c.time_limit_s:.1f} s"
+        if self.attempts >= c.max_attempts:
+            return f"step limit: {self.attempts} goals executed (max_attempts={c.max_attempts})"
+        if self.planning_calls >= c.max_planning_calls:
+            return f"planning limit: {self.planning_calls} backend calls (max_planning_calls={c.max_planning_calls})"
+        return None
+
+    # -- the decision -------------------------------------------------------------------------
+    def is_done(self, goal: ActionGoal, before: Frame, after: Frame, subgoal: np.ndarray | None) -> tuple[bool, str, float | None]:
+        """(done, why, progress) for a step after an attempt."""
+        checked = self.executor.check(goal)
+        if checked is not None:
+            return checked, "checker says done" if checked else "checker says not done", None
+        if subgoal is None:
+            return False, "no checker and no subgoal image: cannot confirm the step", None
+        p = subgoal_progress(before.image, after.image, subgoal, self.config.change_threshold)
+        done = p >= self.config.progress_threshold
+        cmp = ">=" if done else "<"
+        return done, f"frame vs predicted subgoal: progress {p:.2f} {cmp} {self.config.progress_threshold}", p
+
+    def run_step(self, step: PlanStep, goal: ActionGoal, before: Frame) -> StepOutcome:
+        """Execute ``goal`` (up to 1 + max_retries attempts) and decide whether ``step`` is done."""
+        idx = step.index
+        if goal.status != GoalStatus.OK:
+            self.record("replan", idx, f"goal is {goal.status.value}: {goal.reason}", text=step.text)
+            return StepOutcome("failed", 0, f"goal {goal.status.value}: {goal.reason}", before, before)
+        if goal.confidence < self.config.min_confidence:
+            why = f"grounding confidence {goal.confidence:.2f} < {self.config.min_confidence}"
+            self.record("replan", idx, why, text=step.text)
+            return StepOutcome("failed", 0, why, before, before)
+        results: list[StepResult] = []
+        after = before
+        progress = None
+        reason = ""
+        for attempt in range(1 + self.config.max_retries):
+            limit = self.limit_reached()
+            if limit:
+                self.record("limit", idx, limit)
+                return StepOutcome("limit", attempt, limit, before, after, results, progress)
+            self.attempts += 1
+            result = self.executor.execute(goal)
+            results.append(result)
+            after = self.executor.observe()
+            self.record("execute", idx, result.reason or ("skill finished" if result.success else "skill failed"),
+                        attempt=attempt, success=result.success, duration_s=result.duration_s, goal=goal.to_dict())
+            done, reason, progress = self.is_done(goal, before, after, step.subgoal_image)
+            if not result.success and done:
+                reason = f"{reason} (the skill reported failure: {result.reason})"
+            self.record("check", idx, reason, done=done, progress=progress)
+            if done:
+                return StepOutcome("done", attempt + 1, reason, before, after, results, progress)
+            if attempt < self.config.max_retries:
+                self.record("retry", idx, f"attempt {attempt + 1} not done: {reason}")
+        why = f"not done after {len(results)} attempt(s): {reason}"
+        self.record("replan", idx, why)
+        return StepOutcome("failed", len(results), why, before, after, results, progress)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only (numpy scalars and arrays converted, enums to their value)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"<array {value.shape} {value.dtype}>"
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "value") and isinstance(getattr(value, "value", None), str):
+        return value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
