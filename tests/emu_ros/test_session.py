@@ -1,0 +1,49 @@
+"""GuidanceSession over the real torch backend with a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu_ros.backends.base import BackendError, DecodeOptions, load_backend
+from emu_ros.session import GuidanceSession, SessionError
+from tests.emu_ros.backends.conftest import make_model_dir, one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    return load_backend("torch", model_path=make_model_dir(tmp_path_factory.mktemp("m")))
+
+
+@pytest.fixture
+def frame():
+    import numpy as np
+
+    from emu_guide.types import Frame
+
+    return Frame(image=np.full((40, 40, 3), 90, np.uint8))
+
+
+def test_session_history_and_replan(backend, frame):
+    s = GuidanceSession(backend, "clear the table", DecodeOptions(seed=1, dida_steps=2, max_text_tokens=6))
+    step = s.next_step(frame)
+    assert step.index == 0 and s.pending is step
+    if step.is_final:
+        with pytest.raises(SessionError):
+            s.mark_done(step)
+        return
+    s.mark_done(step)
+    assert s.history == [step] and s.pending is None
+    with pytest.raises(SessionError, match="no pending"):
+        s.mark_done()
+    nxt = s.next_step(frame)
+    assert nxt.index == 1
+    s.replan()
+    assert s.pending is None and len(s.history) == 1
+    assert s.plan().steps == [step]
+
+
+def test_session_rejects_unknown_instruction(backend):
+    with pytest.raises(BackendError, match="flamingo"):
+        GuidanceSession(backend, "feed the flamingo")
+    with pytest.raises(SessionError, match="empty"):
+        GuidanceSession(backend, "")
