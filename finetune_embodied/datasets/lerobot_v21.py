@@ -58,6 +58,8 @@ class LeRobotV21Reader:
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict] = self.info["features"]
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        if any(f.get("dtype") == "image" for f in self.features.values()):
+            raise DatasetError("image (PNG-in-parquet) features are not supported; re-encode as video", self.root / "meta/info.json")
         self.chunks_size = int(self.info.get("chunks_size", 1000))
         task_rows = _read_jsonl(self.root / LEGACY_TASKS_PATH)
         self.tasks_by_index = {int(r["task_index"]): str(r["task"]) for r in task_rows}
