@@ -127,17 +127,19 @@ def replay_bag(
     max_steps: int = 20,
     storage: str = "mcap",
     on_step_executed: Any = None,
+    image_size: tuple[int, int] | None = None,
 ) -> ReplaySummary:
     """Plan from the frames of ``bag`` (one step per frame at most every ``every_s`` bag seconds).
 
     All camera messages are copied to ``out`` unchanged; a Plan (the plan so far) and an ActionGoal
     follow each planned frame, stamped with that frame. ``on_step_executed(step)`` is called after
-    each step (the oracle's sim mirror executes the goal there). A backend error ends the replay
+    each step (the oracle's sim mirror executes the goal there). ``image_size`` (h, w): resize
+    frames to it before the backend (default: the backend's own input size). A backend error ends the replay
     with status "failed" and the error in the last Plan, never a traceback mid-bag.
     """
     from emu_ros.backends.base import BackendError
 
-    run = GuideRun(backend, instruction, options=options or DecodeOptions(), max_steps=max_steps)
+    run = GuideRun(backend, instruction, options=options or DecodeOptions(), max_steps=max_steps, image_size=image_size)
     summary = ReplaySummary(out=str(out))
     last_planned_ns: int | None = None
     with BagOut(out, storage) as writer:
@@ -274,6 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--every-s", type=float, default=0.0, help="plan at most once per this many bag seconds")
     parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W (default: the backend's)")
     parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
 
 
@@ -307,7 +310,8 @@ def main(args: argparse.Namespace) -> int:
                 backend = load_backend(args.backend, **kwargs)
             mode = args.decode_mode or ("oracle" if args.backend == "oracle" else "dida")
             options = DecodeOptions(mode=mode, dida_steps=args.decode_steps, guidance_scale=args.guidance_scale)
-            summary = replay_bag(args.bag, args.out, backend, args.instruction, options, args.topic, args.every_s, args.max_steps, args.storage, on_step)
+            summary = replay_bag(args.bag, args.out, backend, args.instruction, options, args.topic, args.every_s, args.max_steps, args.storage, on_step,
+                                 tuple(args.image_size) if args.image_size else None)
     except (ValueError, FileNotFoundError, FileExistsError, BackendError) as exc:
         print(f"emu-guide replay: {exc}")
         return 2
