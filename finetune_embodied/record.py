@@ -149,7 +149,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             action=np.stack(actions).astype(np.float32),
             subtasks=np.array(subtasks),
             meta=np.array(json.dumps({"task": task, "seed": seed, "instruction": instruction, "success": success,
-                                      "mistakes": expert.mistakes, "error": error})),
+                                      "mistakes": expert.mistakes, "error": error, **shard_settings(cfg)})),
         )
     os.replace(tmp, path)  # atomic: the shard is complete or absent
     return {"task": task, "seed": seed, "frames": len(images), "success": success, "mistakes": expert.mistakes,
@@ -161,12 +161,25 @@ def _worker(job: tuple[str, int, RecordConfig]) -> dict:
     return record_episode(task, seed, cfg)
 
 
-def load_shard(path: Path):
-    """A shard -> (Episode, meta dict)."""
+def shard_settings(cfg: RecordConfig) -> dict:
+    """The settings an episode depends on: a resumed run must use the same ones."""
+    return {"resolution": cfg.resolution, "mistake_rate": cfg.mistake_rate, "max_steps": cfg.max_steps}
+
+
+def load_shard(path: Path, cfg: RecordConfig | None = None):
+    """A shard -> (Episode, meta dict); with ``cfg``, refuse a shard recorded with other settings."""
     from finetune_embodied.datasets import Episode
 
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
+        if cfg is not None:
+            want = shard_settings(cfg)
+            got = {k: meta.get(k) for k in want}
+            if got != want:
+                raise ValueError(
+                    f"shard {path} was recorded with {got}, this run asks for {want}: "
+                    f"use another --out or delete {path.parent}"
+                )
         ep = Episode(task=meta["instruction"], images={CAMERA: z["images"]}, state=z["state"], action=z["action"],
                      subtasks=[str(s) for s in z["subtasks"]])
     return ep, meta
@@ -186,7 +199,7 @@ def consolidate(cfg: RecordConfig) -> dict:
                              robot_type="sim_envs_tabletop", with_subtasks=True)
     try:
         for task, seed in cfg.jobs():
-            ep, meta = load_shard(shard_path(cfg.shard_dir, task, seed))
+            ep, meta = load_shard(shard_path(cfg.shard_dir, task, seed), cfg)
             if not meta["success"]:
                 excluded.append({"task": task, "seed": seed, "reason": meta["error"] or "task not completed"})
                 continue
@@ -219,6 +232,8 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     for stale in out.parent.glob(f"{out.name}.tmp-*"):  # a consolidation that was interrupted
         shutil.rmtree(stale, ignore_errors=True)
+    for partial in cfg.shard_dir.glob(".*.tmp"):  # a shard whose worker was killed while writing
+        partial.unlink(missing_ok=True)
     jobs = cfg.jobs()
     todo = [(t, s) for t, s in jobs if not shard_path(cfg.shard_dir, t, s).is_file()]
     t0 = time.perf_counter()

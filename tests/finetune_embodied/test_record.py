@@ -90,3 +90,8 @@ def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
     # A re-run with nothing missing records nothing and rebuilds the same dataset.
     again = rec.record(cfg, progress=False)
     assert again["episodes_recorded_now"] == 0 and open_dataset(out).num_frames == reader.num_frames
+    # Resuming with other settings would mix episodes of two recipes: refused, dataset left intact.
+    other = rec.RecordConfig(out=str(out), episodes_per_task=5, seed_offset=7, mistake_rate=0.0)
+    with pytest.raises(ValueError, match="was recorded with"):
+        rec.record(other, progress=False)
+    assert open_dataset(out).num_frames == reader.num_frames
