@@ -78,7 +78,8 @@ def plan_episode(
     keyframes: Sequence[int] | None = None,
     step_texts: Sequence[str] | None = None,
 ) -> list[StepSample]:
-    """The samples of one episode: per step its first frame plus ``mid_samples_per_step`` frames drawn
+    """The samples of one episode: per step one at its boundary (the last frame of the previous step,
+    where that one is complete; frame 0 for the first step) plus ``mid_samples_per_step`` frames drawn
     inside it (without replacement, never the step's last frame: there the step is already done),
     then the final "done" sample on the last frame."""
     if mid_samples_per_step < 0:
@@ -87,15 +88,19 @@ def plan_episode(
     segs = episode_segments(ep, keyframes, step_texts)
     out: list[StepSample] = []
     done: list[str] = []
+    prev_end = 0
     for text, first, last in segs:
         hist = _recent(done, max_history)
-        out.append(StepSample(ep.episode_index, first, hist, text, last, False, False))
-        inside = np.arange(first + 1, last)  # strictly inside the step
+        # Boundary sample: the frame where the previous step was just completed (what the guidance
+        # loop sees after executing it), or frame 0 for the first step.
+        out.append(StepSample(ep.episode_index, prev_end, hist, text, last, False, False))
+        inside = np.arange(max(first, prev_end + 1), last)  # in progress: started, not yet done
         if len(inside) and mid_samples_per_step:
             picks = rng.choice(inside, size=min(mid_samples_per_step, len(inside)), replace=False)
             for f in sorted(int(p) for p in picks):
                 out.append(StepSample(ep.episode_index, f, hist, text, last, False, True))
         done.append(text)
+        prev_end = last
     out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done, max_history), None, None, True, False))
     return out
 

@@ -31,12 +31,13 @@ def test_plan_covers_boundaries_mid_step_and_done():
     plan = plan_episode(ep, mid_samples_per_step=2, rng=np.random.default_rng(0))
     starts, ends = [0, 7, 13], [6, 12, 17]
     boundary = [s for s in plan if not s.mid_step and not s.is_final]
-    assert [(s.frame_index, s.step_text, s.keyframe_index) for s in boundary] == list(zip(starts, STEPS, ends))
+    # A step's boundary sample is the frame where the previous step is complete (its last frame).
+    assert [(s.frame_index, s.step_text, s.keyframe_index) for s in boundary] == list(zip([0, 6, 12], STEPS, ends))
     mids = [s for s in plan if s.mid_step]
     assert len(mids) == 6
     for s in mids:
         i = STEPS.index(s.step_text)
-        assert starts[i] < s.frame_index < ends[i] and s.keyframe_index == ends[i]
+        assert max(starts[i], 1) <= s.frame_index < ends[i] and s.keyframe_index == ends[i]
         assert s.history == tuple(STEPS[:i])
     final = plan[-1]
     assert final.is_final and final.frame_index == 17 and final.history == tuple(STEPS) and final.step_text is None
@@ -49,7 +50,7 @@ def test_plan_from_keyframes_for_unlabeled_episode():
     with pytest.raises(ValueError, match="no subtask labels"):
         plan_episode(ep)
     plan = plan_episode(ep, 0, keyframes=[4, 17], step_texts=["a", "b"])
-    assert [(s.frame_index, s.keyframe_index, s.step_text) for s in plan[:2]] == [(0, 4, "a"), (5, 17, "b")]
+    assert [(s.frame_index, s.keyframe_index, s.step_text) for s in plan[:2]] == [(0, 4, "a"), (4, 17, "b")]
     with pytest.raises(ValueError, match="strictly increasing"):
         plan_episode(ep, 0, keyframes=[9, 4], step_texts=["a", "b"])
 
@@ -66,8 +67,8 @@ def built():
 
 def test_decoding_sample_answer_returns_step_and_keyframe_codes(built):
     episodes, text_tok, vision, layout, ds = built
-    # ep0: 3 boundaries + 2 mid per step + done; ep1 (4, 9, 3 frames): its last step has one inner frame.
-    assert len(ds) == (3 + 6 + 1) + (3 + 5 + 1)
+    # 3 boundaries + 2 mid-step samples per step + done, per episode.
+    assert len(ds) == 2 * (3 + 6 + 1)
     seen_mid = seen_final = 0
     for sample, seq in zip(ds.samples, ds.sequences):
         ep = episodes[sample.episode_index]
@@ -86,7 +87,7 @@ def test_decoding_sample_answer_returns_step_and_keyframe_codes(built):
         np.testing.assert_array_equal(layout.parse_image(seq.input_ids[cond[0].start:cond[0].end]),
                                       vision.encode(ep.images[CAM][sample.frame_index][None])[0])
         seen_mid += sample.mid_step
-    assert seen_final == 2 and seen_mid == 11
+    assert seen_final == 2 and seen_mid == 12
 
 
 def test_loss_weights_and_labels(built):
