@@ -152,6 +152,8 @@ class ColorShapeDetector:
         cos_e = math.sqrt(max(0.0, 1 - sin_e**2))  # vertical faces shrink by this
         apps: dict[str, Appearance] = {}
         for name, o in state.get("objects", {}).items():
+            if "rgb" not in o:  # e.g. cloth parts: regions of one garment, not separable by colour
+                continue
             kind, r, h = o.get("kind", ""), float(o.get("radius", 0.03)), float(o.get("height", 0.0))
             area, elong = _visible_blob(kind, r, h, sin_e, cos_e)
             apps[name] = Appearance(tuple(o["rgb"]), area_m2=area, elongation=elong, height_m=h / 2, kind=kind)
@@ -159,8 +161,11 @@ class ColorShapeDetector:
             lx, ly = rec.size
             apps[rec.name] = Appearance(tuple(rec.rgb), area_m2=lx * ly * sin_e, height_m=float(rec.floor),
                                         fixed=True, kind=getattr(rec, "kind", ""))
-        if not apps:
-            return cls.from_names([*sim.object_names(), *sim.target_names()])
+        if not any(not a.fixed for a in apps.values()):
+            raise ValueError(
+                f"ColorShapeDetector: the {getattr(sim, 'task_name', 'environment')} objects have no colour "
+                f"model ({', '.join(sim.object_names())}); this detector cannot ground them"
+            )
         return cls(apps, camera=cam)
 
     # -- segmentation -------------------------------------------------------------------------

@@ -311,7 +311,8 @@ def _parse_ref(phrase: str, names: tuple[str, ...], vocab_words: set[str], what:
             if ordinal is not None:
                 return f"two ordinals in {what} phrase {text!r}"
             ordinal = ORDINALS[w]
-        elif w in ("on", "of", "at", "to", "side", "hand", "most", "in", "closer", "camera", "robot", "table"):
+        elif w in ("on", "of", "at", "to", "side", "hand", "most", "in", "closer", "camera", "robot", "table") and (
+                w not in vocab_words):
             continue
         else:
             kept.append(w)

@@ -128,8 +128,14 @@ def run_episode(
     monitor = ExecutionMonitor(executor, config.monitor)
     vocab = Vocabulary.from_env(env)
     grounder = None
+    no_detector = ""
     if config.ground:
-        grounder = Grounder(detector or ColorShapeDetector.for_env(env), sim.camera, strict=config.strict_grounding)
+        try:
+            detector = detector or ColorShapeDetector.for_env(env)
+        except ValueError as exc:  # a task whose objects this detector cannot see (cloth parts)
+            no_detector = str(exc)
+        else:
+            grounder = Grounder(detector, sim.camera, strict=config.strict_grounding)
     ctx = ParseContext()
     history: list[PlanStep] = []
     records: list[StepRecord] = []
@@ -139,6 +145,8 @@ def run_episode(
     success = False
     frame = executor.observe()
     monitor.record("start", 0, "episode reset", seed=seed, instruction=sim.instruction, gt_steps=len(gt_plan))
+    if no_detector:
+        monitor.record("ground", 0, f"grounding off: {no_detector}")
 
     while True:
         limit = monitor.limit_reached()
