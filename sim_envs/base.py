@@ -171,6 +171,8 @@ class TabletopEnv(gym.Env):
         self._gripper = GripperSprite(self._painter, self.resolution)
         self.table_style = str(TABLE_STYLES[int(rng.integers(len(TABLE_STYLES)))])
         self.lighting = sample_lighting(rng)
+        self._prims_cache: dict[str, Any] = {}  # recorded drawing primitives (colours depend on the light)
+        self._held_prims = None
         self.ee = self.HOME.copy()
         self.closed = False
         self._sample_task(rng)

@@ -307,10 +307,19 @@ class FoldClothEnv(TabletopEnv):
         Pixels just outside a higher layer's edge are darkened (the fold's shadow), and the
         cloth is blended over the table through a slightly blurred coverage mask.
         """
-        h, w = img.shape[:2]
+        H, W = img.shape[:2]
         L = self.lighting
         pts = np.concatenate([self.P, np.zeros((len(self.P), 1))], axis=1)
         px = self._painter.project(pts)
+        # Work in the cloth's bounding box (plus blur and shadow margins) only.
+        pad = int(np.ceil(self._radius_px)) + 6
+        u0, v0 = np.maximum(np.floor(px.min(axis=0)).astype(int) - pad, 0)
+        u1, v1 = np.minimum(np.ceil(px.max(axis=0)).astype(int) + pad, [W, H])
+        if u0 >= u1 or v0 >= v1:
+            return
+        img = img[v0:v1, u0:u1]  # a view: drawing into it draws into the frame
+        px = px - [u0, v0]
+        h, w = img.shape[:2]
         order = np.argsort(self.layer, kind="stable")
         r = self._radius_px
         k = int(np.ceil(r))

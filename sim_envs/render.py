@@ -155,14 +155,24 @@ class Painter:
         self.fill(img, topc, top)
 
     def shadow(self, img: np.ndarray, footprints: list[np.ndarray], strength: float = 0.35) -> None:
-        """Darken ``img`` under the given table-plane polygons (N, 3) with soft edges (in place)."""
-        if not footprints:
-            return
-        mask = np.zeros(img.shape[:2], dtype=np.uint8)
-        cv2.fillPoly(mask, [self._fixed(f) for f in footprints], 255, cv2.LINE_AA, SHIFT)
-        mask = cv2.GaussianBlur(mask, (5, 5), 0)
-        factor = 1.0 - strength * (mask.astype(np.float32) / 255.0)
-        img[:] = np.clip(img * factor[..., None], 0, 255).astype(np.uint8)
+        """Darken ``img`` under the given table-plane polygons (N, 3) with soft edges (in place).
+
+        Works on each polygon's bounding box only (a full-image blur per redraw would dominate).
+        """
+        h, w = img.shape[:2]
+        for f in footprints:
+            px = self.project(f)
+            u0, v0 = np.floor(px.min(axis=0)).astype(int) - 3
+            u1, v1 = np.ceil(px.max(axis=0)).astype(int) + 4
+            u0, v0, u1, v1 = max(0, u0), max(0, v0), min(w, u1), min(h, v1)
+            if u0 >= u1 or v0 >= v1:
+                continue
+            mask = np.zeros((v1 - v0, u1 - u0), dtype=np.uint8)
+            local = np.round((px - [u0, v0]) * SCALE).astype(np.int32)
+            cv2.fillPoly(mask, [local], 255, cv2.LINE_AA, SHIFT)
+            mask = cv2.GaussianBlur(mask, (5, 5), 0)
+            roi = img[v0:v1, u0:u1]
+            roi[:] = (roi * (1.0 - (strength / 255.0) * mask.astype(np.float32))[..., None]).astype(np.uint8)
 
     def soft_spot(self, img: np.ndarray, x: float, y: float, r: float, strength: float) -> None:
         """A small round shadow (the gripper's) darkening a region of interest (fast, per frame)."""

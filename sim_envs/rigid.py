@@ -202,7 +202,23 @@ class RigidTabletopEnv(TabletopEnv):
         self._painter.shadow(img, self._shadow_polys(resting))
         # Painter's order: low before high, far (large x) before near.
         for it in sorted(resting, key=lambda it: (round(it.pos[2], 3), -it.pos[0])):
-            self._draw_item(img, it)
+            self._painter.replay(img, self._item_prims(it))
+
+    def _item_prims(self, it: Item) -> Prims:
+        """The item's drawing primitives at its current pose (recorded once per pose)."""
+        cache: dict[str, tuple[tuple, Prims]] = self._prims_cache  # emptied at every reset
+        key = (float(it.pos[0]), float(it.pos[1]), float(it.pos[2]), it.yaw)
+        hit = cache.get(it.name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        prims = Prims()
+        self._painter.record = prims
+        try:
+            self._draw_item(None, it)  # type: ignore[arg-type]
+        finally:
+            self._painter.record = None
+        cache[it.name] = (key, prims.freeze())
+        return cache[it.name][1]
 
     def _draw_held(self, img: np.ndarray) -> None:
         if self.held is None:
@@ -211,13 +227,7 @@ class RigidTabletopEnv(TabletopEnv):
         cached = getattr(self, "_held_prims", None)
         if cached is None or cached[0] != it.name:
             # Record the item's primitives once per grasp, then replay them translated each frame.
-            prims = Prims()
-            self._painter.record = prims
-            try:
-                self._draw_item(img, it)
-            finally:
-                self._painter.record = None
-            cached = (it.name, it.pos.copy(), prims.freeze())
+            cached = (it.name, it.pos.copy(), self._item_prims(it))
             self._held_prims = cached
         self._painter.replay(img, cached[2], it.pos - cached[1])
 

@@ -9,7 +9,7 @@ from sim_envs.base import SkillError, Waypoint
 from sim_envs.render import rect_points, shade
 from sim_envs.rigid import PALETTE, Item, Receptacle, RigidTabletopEnv, grid_slots, sample_positions
 
-BLOCK_SIZES = {"small": 0.032, "big": 0.046}
+BLOCK_SIZES = {"small": 0.04, "big": 0.056}
 BLOCK_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple")
 BINS = {"left bin": 0.25, "middle bin": 0.0, "right bin": -0.25}  # name -> y (left is +y)
 

@@ -73,7 +73,7 @@ class TableClearEnv(RigidTabletopEnv):
         colours = [c for c, rgb in PALETTE.items() if np.abs(np.asarray(rgb) - table_rgb).sum() > 120]
         used: set[str] = set()
         radii = [KINDS[k][1] for k in kinds]
-        positions = sample_positions(rng, radii, (-0.28, 0.11), (-0.36, 0.36))
+        positions = sample_positions(rng, radii, (-0.28, 0.11), (-0.33, 0.33))
         self.items = []
         for kind, xy in zip(kinds, positions):
             choices = [c for c in colours if f"{c} {kind}" not in used]
