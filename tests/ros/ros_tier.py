@@ -122,6 +122,7 @@ def node_args(python: Path, module: str, params: dict) -> list[str]:
     args = [str(python), "-m", module, "--ros-args"]
     for name, value in params.items():
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        text = text or "''"  # an empty string needs YAML quotes on the command line
         args += ["-p", f"{name}:={text}"]
     return args
 

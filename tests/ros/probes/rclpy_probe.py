@@ -333,6 +333,13 @@ def scenario_load(probe: Probe, args: dict) -> dict:
             "frame_age_s": ages, "frame_in_to_feedback_s": latency, "final_status": result.result.status}  # fmt: skip
 
 
+def scenario_goal(probe: Probe, args: dict) -> dict:
+    """Only send a one-shot goal (frames come from someone else, e.g. the cyclonedds client)."""
+    time.sleep(args.get("delay_s", 0.0))
+    handle = probe.send_goal(args["instruction"], mode=0, max_steps=args.get("max_steps", 1))
+    return {"result": result_dict(handle), "stats": probe.stats[-1] if probe.stats else None}
+
+
 def scenario_serialize(probe: Probe, args: dict) -> dict:
     """rclpy (de)serialization of the same values/bytes rosbags produced, for cross-checking."""
     from rclpy.serialization import deserialize_message, serialize_message
