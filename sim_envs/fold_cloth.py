@@ -280,11 +280,19 @@ class FoldClothEnv(TabletopEnv):
         parts = {}
         for name, idx in self._tracked.items():
             pos = np.array([*self.P[idx], 0.0])
-            parts[name] = {"position": pos.tolist(), "pixel": list(self.pixel_of(pos)), "target": FOLDS[name]}
-        targets = {
-            name: {"position": [*self._target_points[name].tolist(), 0.0], "pixel": list(self.pixel_of(np.array([*self._target_points[name], 0.0]))), "for_part": name}
-            for name in FOLDS
-        }
+            goal = np.array([*self._target_points[name], 0.0])
+            parts[name] = {
+                "position": pos.tolist(),  # the part's tracked particle now
+                "pixel": list(self.pixel_of(pos)),
+                "target": FOLDS[name],
+                "target_position": goal.tolist(),  # where that particle goes when the part is folded
+                "target_pixel": list(self.pixel_of(goal)),
+            }
+        targets = {}
+        for tname in TARGETS:  # a target name means a different point per part: list them all
+            points = {part: parts[part]["target_position"] for part, t in FOLDS.items() if t == tname}
+            mean = np.mean(list(points.values()), axis=0)
+            targets[tname] = {"position": mean.tolist(), "pixel": list(self.pixel_of(mean)), "for_parts": points}
         return {
             "objects": parts,
             "targets": targets,

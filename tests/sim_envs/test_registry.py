@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -66,6 +68,8 @@ def test_contract_members(env_id: str) -> None:
     assert u.steps_done() == 0 and not u.task_success()
     ps = u.privileged_state()
     assert ps["task_name"] == u.task_name and ps["num_steps"] == len(plan)
+    json.dumps(ps)  # plain data: the oracle backend and reports serialise it
+    assert set(ps["objects"]) == set(names) and set(ps["targets"]) >= set(targets) - set(names)
     np.testing.assert_array_equal(u.render(), obs["image"])
 
 

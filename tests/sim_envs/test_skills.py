@@ -62,3 +62,26 @@ def test_wrong_receptacle_is_not_success(table: sim_envs.TabletopEnv) -> None:
     assert table.privileged_state()["objects"][name]["location"] == wrong
     assert not table.check_step(ActionGoal("place", name, target=dest))  # ... which is not the plan's step
     assert not table.check_step(ActionGoal("pick", name))
+
+
+def test_fold_cloth_skill_errors() -> None:
+    env = gym.make("sim_envs/FoldCloth-v0", resolution=64).unwrapped
+    env.reset(seed=1_000_000)
+    with pytest.raises(SkillError, match="valid verbs: fold"):
+        env.execute_skill(ActionGoal("pick", "left sleeve"))
+    with pytest.raises(SkillError, match="valid objects: .*left sleeve"):
+        env.execute_skill(ActionGoal("fold", "collar flap", target="centre"))
+    with pytest.raises(SkillError, match="valid target for the left sleeve: centre"):
+        env.execute_skill(ActionGoal("fold", "left sleeve", target="bottom"))
+    assert env.execute_skill(ActionGoal("fold", "left sleeve", target="center")).success  # US spelling
+
+
+def test_sort_blocks_skill_errors() -> None:
+    env = gym.make("sim_envs/SortBlocks-v0", resolution=64).unwrapped
+    for seed in range(1_000_000, 1_000_010):
+        env.reset(seed=seed)
+        name = env.object_names()[0]
+        with pytest.raises(SkillError, match="valid targets: " + ", ".join(t for t in env.target_names() if t != name)):
+            env.check_step(ActionGoal("place", name, target="floor"))
+        with pytest.raises(SkillError, match="valid verbs: pick, place, stack"):
+            env.check_step(ActionGoal("fold", name))
