@@ -146,7 +146,8 @@ class LocalModelBackend:
                 uncond = build_unconditional_prompt(self.layout, self.text, instruction, done_texts, codes, task=self.task)
         except ValueError as exc:
             raise BackendError(f"{self.name}: cannot build the prompt: {exc}") from None
-        limit = getattr(getattr(self.lm, "config", None), "max_position_embeddings", None)
+        config = getattr(self.lm, "config", None)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
         grid = tuple(codes.shape)
         needed = len(prompt) + options.max_text_tokens + self.layout.image_block(*grid).length + 1
         if limit is not None and needed > limit:
@@ -155,6 +156,7 @@ class LocalModelBackend:
                 f" context of {limit} positions (history of {len(history)} steps too long?)"
             )
         answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
+                                 text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
                                  **answer_grammar(self.layout))  # fmt: skip
         self.last_answer = answer
         try:

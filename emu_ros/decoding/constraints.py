@@ -46,6 +46,7 @@ class DecodeConstraint:
         forbid_in_text: Iterable[int] = (),
         final_ids: Iterable[int] = (),
         text_before_image: bool = False,
+        text_id_limit: int | None = None,
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -63,6 +64,9 @@ class DecodeConstraint:
         # A final marker (compact's <done>) may only open the answer, and EOS is forced after it.
         self.final_ids = {int(t) for t in final_ids}
         self.text_before_image = text_before_image  # no BOI as the first token of a text run
+        # Text ids the text tokenizer can decode: ids below min(limit, visual_offset); specials still pass.
+        self.text_id_limit = layout.visual_offset if text_id_limit is None else min(int(text_id_limit), layout.visual_offset)
+        self._specials = {layout.eos, layout.boi, *self.final_ids}
         self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
@@ -114,7 +118,8 @@ class DecodeConstraint:
             if kind == "cell":
                 mask[lay.visual_offset : lay.visual_offset + lay.num_visual_codes] = True
             else:
-                mask[: lay.visual_offset] = True  # text and specials only
+                mask[: self.text_id_limit] = True  # text the tokenizer can decode, and specials
+                mask[sorted(self._specials)] = True
                 mask[sorted(self._text_forbidden)] = False
                 if kind == "text_noimg":
                     mask[lay.boi] = False
@@ -142,6 +147,8 @@ class DecodeConstraint:
         if self.phase is Phase.IMAGE:
             return bool(lay.is_visual(token))
         if not 0 <= token < lay.visual_offset or token in self._text_forbidden:
+            return False
+        if token >= self.text_id_limit and token not in self._specials:
             return False
         if token == lay.eos and self.images_done < self.min_images:
             return False

@@ -80,6 +80,7 @@ def generate_answer(
     forbid_in_text: Sequence[int] = (),
     final_ids: Sequence[int] = (),
     text_before_image: bool = False,
+    text_id_limit: int | None = None,
     confidence_noise: float = 2.0,
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
@@ -100,7 +101,7 @@ def generate_answer(
     cons = DecodeConstraint(
         layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
         end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
-        text_before_image=text_before_image,
+        text_before_image=text_before_image, text_id_limit=text_id_limit,
     )  # fmt: skip
     times = {"prefill": 0.0, "text": 0.0, "image": 0.0}
     text_conf: list[float] = []
