@@ -5,18 +5,20 @@ repeated ``temporal_downsample_factor`` times along time inside ``Emu3VQVAE.enco
 video tokenizer) and the first decoded frame is the image. Pixels are in [-1, 1] (Emu3's image
 processor: rescale 1/255, mean = std = 0.5).
 
-A directory saved with ``Emu3VQVAE.save_pretrained`` (config.json, model_type ``emu3_vqgan``)
-loads directly; always ``local_files_only``.
+Loads a directory saved with ``Emu3VQVAE.save_pretrained`` (config.json, model_type
+``emu3_vqgan``) or a full Emu3 checkpoint (model_type ``emu3``, e.g. BAAI/Emu3-Gen-hf downloaded
+beforehand): only its ``vqmodel.*`` tensors are read. Always local files.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from emu_ros.tokenizers.base import VisionTokenizer, VisionTokenizerError
+from emu_ros.tokenizers.base import VisionTokenizer, VisionTokenizerError, load_state_strict
 
 __all__ = ["Emu3VQTokenizer"]
 
@@ -62,6 +64,7 @@ class Emu3VQTokenizer(VisionTokenizer):
     def load(
         cls, directory: str | Path, device: str = "cpu", image_size: tuple[int, int] | None = None, **kwargs: Any
     ) -> Emu3VQTokenizer:
+        """A saved ``Emu3VQVAE`` directory, or a full Emu3 checkpoint (its ``vqmodel.*`` weights only)."""
         from transformers.models.emu3.modeling_emu3 import Emu3VQVAE
 
         path = Path(directory)
@@ -69,6 +72,12 @@ class Emu3VQTokenizer(VisionTokenizer):
             raise VisionTokenizerError(f"Emu3 VQ-VAE: no config.json in {path}")
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise VisionTokenizerError(f"Emu3 VQ-VAE: no weights (*.safetensors) in {path}")
+        try:
+            doc = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise VisionTokenizerError(f"Emu3 VQ-VAE: {path / 'config.json'} is not valid JSON: {exc}") from exc
+        if doc.get("model_type") == "emu3":
+            return cls(_vq_from_full_checkpoint(path, doc), image_size=image_size, device=device)
         try:
             model, info = Emu3VQVAE.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
         except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError for bad checkpoints
@@ -79,3 +88,34 @@ class Emu3VQTokenizer(VisionTokenizer):
             detail = ", ".join(f"{k}: {len(v)} (e.g. {v[:3]})" for k, v in bad.items() if v)
             raise VisionTokenizerError(f"Emu3 VQ-VAE: weights in {path} do not match its config: {detail}")
         return cls(model, image_size=image_size, device=device)
+
+
+_VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")  # hub format (BAAI/Emu3-*-hf) and transformers' in-memory names
+
+
+def _vq_from_full_checkpoint(path: Path, doc: dict) -> Any:
+    """Build ``Emu3VQVAE`` from a full Emu3 checkpoint's ``vq_config`` and load only its tokenizer weights."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import Emu3VQVAEConfig
+    from transformers.models.emu3.modeling_emu3 import Emu3VQVAE
+
+    if not isinstance(doc.get("vq_config"), dict):
+        raise VisionTokenizerError(f"Emu3 checkpoint {path}: config.json has no vq_config")
+    model = Emu3VQVAE(Emu3VQVAEConfig(**doc["vq_config"]))
+    state: dict[str, torch.Tensor] = {}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise VisionTokenizerError(f"Emu3 checkpoint {path}: only safetensors weights are supported")
+    for f in files:  # shards: read only the tokenizer's tensors
+        try:
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    for prefix in _VQ_PREFIXES:
+                        if key.startswith(prefix):
+                            state[key[len(prefix) :]] = st.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise VisionTokenizerError(f"Emu3 checkpoint: cannot read {f}: {exc}") from exc
+    if not state:
+        raise VisionTokenizerError(f"Emu3 checkpoint {path}: no tensors named {' or '.join(_VQ_PREFIXES)}*")
+    load_state_strict(model, state, str(path))
+    return model.eval()

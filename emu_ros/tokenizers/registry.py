@@ -16,7 +16,7 @@ def load_vision_tokenizer(directory: str | Path, device: str = "cpu", **kwargs: 
 
     - ``config.yaml`` + ``model.ckpt`` -> Emu3.5 IBQ
     - ``config.json`` with ``"kind": "fsq"`` -> our FSQ default
-    - ``config.json`` of a transformers Emu3 VQ-VAE (``model_type`` ``emu3_vqgan``) -> Emu3
+    - ``config.json`` of a transformers Emu3 VQ-VAE (``emu3_vqgan``) or a full Emu3 model (``emu3``) -> Emu3
     """
     path = Path(directory)
     if not path.is_dir():
@@ -36,7 +36,7 @@ def load_vision_tokenizer(directory: str | Path, device: str = "cpu", **kwargs: 
         from emu_ros.tokenizers.fsq import FSQTokenizer
 
         return FSQTokenizer.load(path, device=device, **kwargs)
-    if doc.get("model_type") == "emu3_vqgan":
+    if doc.get("model_type") in ("emu3_vqgan", "emu3"):
         from emu_ros.tokenizers.emu3_vq import Emu3VQTokenizer
 
         return Emu3VQTokenizer.load(path, device=device, **kwargs)

@@ -66,3 +66,29 @@ def test_load_errors(tiny, tmp_path):
     (tmp_path / "bad" / "model.safetensors").unlink()
     with pytest.raises(VisionTokenizerError, match="no weights"):
         Emu3VQTokenizer.load(tmp_path / "bad")
+
+
+def test_loads_the_tokenizer_out_of_a_full_emu3_checkpoint(tmp_path):
+    """A saved Emu3ForConditionalGeneration (tiny, random): only its vqmodel.* weights are read."""
+    import torch
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    vq = dict(codebook_size=64, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2],
+              num_res_blocks=1, attn_resolutions=[], hidden_size=64, num_attention_heads=1)  # fmt: skip
+    text = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    full = Emu3ForConditionalGeneration(Emu3Config(vq_config=vq, text_config=text, vocabulary_map={})).eval()
+    full.save_pretrained(str(tmp_path / "full"))
+    tok = load_vision_tokenizer(tmp_path / "full")
+    assert isinstance(tok, Emu3VQTokenizer) and tok.num_codes == 64
+    wrapped = Emu3VQTokenizer(full.model.vqmodel)  # the in-memory way
+    x = np.random.default_rng(1).integers(0, 256, size=(1, 8, 8, 3), dtype=np.uint8)
+    codes = wrapped.encode(x)
+    assert np.array_equal(tok.encode(x), codes) and np.array_equal(tok.decode(codes), wrapped.decode(codes))
+
+    cfg = json.loads((tmp_path / "full" / "config.json").read_text())
+    cfg["vq_config"]["embed_dim"] = 8
+    (tmp_path / "full" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VisionTokenizerError, match="shape mismatch"):
+        Emu3VQTokenizer.load(tmp_path / "full")
