@@ -192,7 +192,7 @@ class Painter:
 
 
 TABLE_STYLES = ("light wood", "dark wood", "grey laminate", "green cloth", "white marble")
-_TABLE_BASE = {
+TABLE_BASE: dict[str, Colour] = {  # base RGB of each table style
     "light wood": (196, 160, 112),
     "dark wood": (120, 84, 56),
     "grey laminate": (150, 150, 146),
@@ -214,7 +214,7 @@ def sample_lighting(rng: np.random.Generator) -> Lighting:
 def table_background(camera: CameraModel, rng: np.random.Generator, style: str, light: Lighting) -> np.ndarray:
     """The table (textured, lit, perspective-correct) and the floor around it: HxWx3 uint8."""
     X, Y = table_coordinates(camera)
-    base = np.asarray(_TABLE_BASE[style], dtype=np.float32) * rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    base = np.asarray(TABLE_BASE[style], dtype=np.float32) * rng.uniform(0.9, 1.1, size=3).astype(np.float32)
     ph = rng.uniform(0, 2 * np.pi, size=4)
     if style.endswith("wood"):  # grain: wavy stripes along y
         t = 0.5 + 0.5 * np.sin(90.0 * Y + 1.5 * np.sin(7.0 * X + ph[0]) + 0.8 * np.sin(23.0 * X + ph[1]))

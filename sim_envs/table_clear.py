@@ -6,7 +6,7 @@ import numpy as np
 
 from emu_guide.types import ActionGoal, PlanStep
 from sim_envs.base import SkillError, Waypoint
-from sim_envs.render import TABLE_STYLES, circle_points, rect_points, shade
+from sim_envs.render import TABLE_BASE, circle_points, rect_points, shade
 from sim_envs.rigid import PALETTE, Item, Receptacle, RigidTabletopEnv, grid_slots, sample_positions
 
 # kind -> (receptacle it belongs in, footprint radius m, height m)
@@ -69,7 +69,7 @@ class TableClearEnv(RigidTabletopEnv):
         kinds = [str(rng.choice([k for k, v in KINDS.items() if v[0] == r])) for r in RECEPTACLES]
         kinds += [str(rng.choice(list(KINDS))) for _ in range(NUM_ITEMS - len(kinds))]
         rng.shuffle(kinds)
-        table_rgb = np.asarray(_table_rgb(self.table_style))
+        table_rgb = np.asarray(TABLE_BASE[self.table_style])
         colours = [c for c, rgb in PALETTE.items() if np.abs(np.asarray(rgb) - table_rgb).sum() > 120]
         used: set[str] = set()
         radii = [KINDS[k][1] for k in kinds]
@@ -185,14 +185,9 @@ class TableClearEnv(RigidTabletopEnv):
                 loc = np.stack([pts[:, 0] * 0.026, pts[:, 1] * 0.017], axis=1)
                 rot = np.array([[ax, ay], [-ay, ax]])
                 xy = loc @ rot + np.array([hx + ax * 0.006, hy + ay * 0.006])
+                centre = xy.mean(axis=0)
                 p.fill(img, np.concatenate([xy, pts[:, 2:]], axis=1), metal)
-                p.fill(img, np.concatenate([xy * 0.0 + (xy - xy.mean(0)) * 0.6 + xy.mean(0), pts[:, 2:]], axis=1), shade(metal, 0.82))
+                p.fill(img, np.concatenate([centre + 0.6 * (xy - centre), pts[:, 2:]], axis=1), shade(metal, 0.82))  # the bowl
             else:
                 p.box(img, hx + ax * 0.005, hy + ay * 0.005, z, 0.07, 0.018, it.height * 0.5, it.yaw, shade(metal, 0.7), metal)
 
-
-def _table_rgb(style: str) -> tuple[float, float, float]:
-    from sim_envs.render import _TABLE_BASE
-
-    assert style in TABLE_STYLES
-    return _TABLE_BASE[style]
