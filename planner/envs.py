@@ -36,9 +36,9 @@ def make_env(task: str, resolution: int | None = None) -> Any:
 
 
 def has_shipped_model(path: Path | None = None) -> bool:
-    """Whether a trained default model is shipped (a config file next to weights)."""
+    """Whether a trained default model is shipped (a model directory: guidance.json + lm/ + tokenizers)."""
     d = path or shipped_model_dir()
-    return d.is_dir() and any(d.glob("*.json")) and any(d.glob("*.safetensors"))
+    return (d / "guidance.json").is_file() and (d / "lm").is_dir()
 
 
 def resolve_backend(name: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """Closed-loop episode runner: backend -> parse -> ground -> monitor/executor -> next frame.
 
-One call of ``run_episode`` is one guided episode in simulation. The loop is the guidance
-session's (instruction + history of done steps + current frame -> next step), kept here so the
-planner depends only on the backend interface (``emu_ros.backends.base``).
+One call of ``run_episode`` is one guided episode in simulation. Planning goes through
+``emu_ros.session.GuidanceSession`` (instruction + history of done steps + current frame -> next
+step): a step the monitor confirms is ``mark_done``; a failed or rejected one is dropped with
+``replan`` and the backend is asked again from the new frame.
 
 Metrics per episode (``EpisodeResult``) are computed against the simulator's ground truth, which
 the loop itself never reads to make decisions (only the oracle backend does, by design).
@@ -19,6 +20,7 @@ import numpy as np
 
 from emu_guide.types import ActionGoal, GoalStatus, PlanStep
 from emu_ros.backends.base import BackendError, DecodeOptions, GuidanceBackend
+from emu_ros.session import GuidanceSession, SessionError
 from planner.executor import Executor, SimExecutor
 from planner.grounding import ColorShapeDetector, Detector, Grounder, GroundingInfo
 from planner.metrics import psnr, subgoal_position_error
@@ -137,7 +139,6 @@ def run_episode(
         else:
             grounder = Grounder(detector, sim.camera, strict=config.strict_grounding)
     ctx = ParseContext()
-    history: list[PlanStep] = []
     records: list[StepRecord] = []
     replans = retries = 0
     replans_this_step = 0
@@ -147,19 +148,25 @@ def run_episode(
     monitor.record("start", 0, "episode reset", seed=seed, instruction=sim.instruction, gt_steps=len(gt_plan))
     if no_detector:
         monitor.record("ground", 0, f"grounding off: {no_detector}")
+    try:
+        session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, config.decode)
+    except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
+        monitor.record("error", 0, f"session refused the instruction: {exc}")
+        stop_reason = f"session refused the instruction: {exc}"
+        session = None
 
-    while True:
+    while session is not None:
         limit = monitor.limit_reached()
         if limit:
-            monitor.record("limit", len(history), limit)
+            monitor.record("limit", len(session.history), limit)
             stop_reason = limit
             break
         k = int(sim.steps_done())
         gt = gt_plan[k] if k < len(gt_plan) else None
         monitor.planning_calls += 1
         try:
-            step = backend.next_step(frame, sim.instruction, history, config.decode)
-        except BackendError as exc:
+            step = session.next_step(frame)
+        except (BackendError, SessionError) as exc:
             monitor.record("error", k, f"backend error: {exc}")
             stop_reason = f"backend error: {exc}"
             break
@@ -193,6 +200,7 @@ def run_episode(
             records.append(rec)
             if on_step:
                 on_step(rec)
+            session.replan()
             replans += 1
             replans_this_step += 1
             if replans_this_step > config.monitor.max_replans:
@@ -232,9 +240,8 @@ def run_episode(
             on_step(rec)
         frame = outcome.after
         if outcome.status == "done":
-            history.append(PlanStep(index=len(history), text=step.text, subgoal_image=step.subgoal_image,
-                                    subgoal_tokens=step.subgoal_tokens, goal=goal, decode_mode=step.decode_mode,
-                                    timings_ms=step.timings_ms))
+            step.goal = goal  # the grounded goal that was executed
+            session.mark_done(step)
             ctx.last_object = goal.object
             if goal.verb == "pick":
                 ctx.held_object = goal.object
@@ -245,6 +252,7 @@ def run_episode(
             stop_reason = outcome.reason
             break
         else:
+            session.replan()
             replans += 1
             replans_this_step += 1
             if replans_this_step > config.monitor.max_replans:

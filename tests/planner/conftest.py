@@ -27,3 +27,21 @@ class FailingExecutorForTest:
 
     def observe(self) -> Frame:
         return self.inner.observe()
+
+
+def make_tiny_model_dir(path, corpus: list[str], image_size: int = 32, seed: int = 0):
+    """A real but untrained model directory (random Qwen3 + random FSQ + word tokenizer over ``corpus``):
+    it runs the torch backend end to end; its answers are noise."""
+    from emu_ros.backends.torch_backend import save_model_dir
+    from emu_ros.layout import compact
+    from emu_ros.lm import LMConfig, build_lm
+    from emu_ros.text_tokenizer import WordTokenizer
+    from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
+
+    text = WordTokenizer.build(corpus)
+    vision = FSQTokenizer.from_config(
+        FSQConfig(image_size=image_size, levels=(4, 4), channels=(8, 8, 8), res_blocks=0, out_channels=8), seed=seed)
+    layout = compact(text.vocab_size, vision.num_codes)
+    cfg = LMConfig(vocab_size=layout.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                   head_dim=16, intermediate_size=64)
+    return save_model_dir(path, build_lm(cfg, seed=seed), vision, text, layout, lm_config=cfg)
