@@ -6,7 +6,8 @@ what one core delivers, even on a shared machine) and per wall-clock second, on 
 two action streams: the scripted expert's (the recording workload: objects grasped, carried,
 released, cloth folded) and uniform random actions. ``render ms`` is the cost of composing one
 frame from the cached static layer (what a step pays), ``redraw ms`` the cost of redrawing the
-static layer too (paid when something is grasped, released or folded), ``reset ms`` a reset.
+static layer too (paid when something is grasped, released or folded), ``reset ms`` a reset
+(these three in CPU milliseconds of the thread).
 
 Success: the scripted expert on held-out seeds, through the low-level interface (with and
 without injected mistakes) and through the skill interface (``solve``).
@@ -46,9 +47,9 @@ def _time_expert(env: Any, steps: int, seed0: int) -> dict[str, float]:
     step_t, step_cpu, n, seed = 0.0, 0.0, 0, seed0
     render_t, redraw_t, reset_t, n_render, n_reset = 0.0, 0.0, 0.0, 0, 0
     while n < steps:
-        t = time.perf_counter()
+        t = time.thread_time()
         env.reset(seed=seed)
-        reset_t += time.perf_counter() - t
+        reset_t += time.thread_time() - t
         n_reset += 1
         seed += 1
         expert = ScriptedExpert(env)
@@ -61,13 +62,13 @@ def _time_expert(env: Any, steps: int, seed0: int) -> dict[str, float]:
             n += 1
             if n % 10 == 0:  # frame composition from the cached static layer, then a full redraw
                 u._frame = None
-                t = time.perf_counter()
+                t = time.thread_time()
                 u.render()
-                t1 = time.perf_counter()
+                t1 = time.thread_time()
                 u._frame, u._static = None, None
                 u.render()
                 render_t += t1 - t
-                redraw_t += time.perf_counter() - t1
+                redraw_t += time.thread_time() - t1
                 n_render += 1
     return {
         "expert_steps_per_s": n / step_t,
