@@ -32,3 +32,22 @@ def test_sync_vector_env_autoreset(env_id: str) -> None:
     np.testing.assert_allclose(obs["state"][:, :3], np.tile(home, (2, 1)), atol=1e-6)
     assert not truncated.any() and (reward == 0).all()
     envs.close()
+
+
+def test_async_vector_env_matches_single_env() -> None:
+    """Worker processes (fork) give the same observations as a single env with the same seed."""
+    env_id = "sim_envs/SortBlocks-v0"
+    envs = gym.vector.AsyncVectorEnv(
+        [lambda: gym.make(env_id, resolution=64) for _ in range(2)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
+    obs, _ = envs.reset(seed=[1_000_000, 1_000_001])
+    single = gym.make(env_id, resolution=64)
+    ref, _ = single.reset(seed=1_000_001)
+    np.testing.assert_array_equal(obs["image"][1], ref["image"])
+    action = np.array([0.5, -0.5, -1.0, -1.0], dtype=np.float32)
+    obs, *_ = envs.step(np.tile(action, (2, 1)))
+    ref, *_ = single.step(action)
+    np.testing.assert_array_equal(obs["image"][1], ref["image"])
+    np.testing.assert_array_equal(obs["state"][1], ref["state"])
+    envs.close()
