@@ -60,8 +60,10 @@ def sample(
         ids = probs.argmax(dim=-1)
     else:
         probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        ids = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        # Exponential race: argmax(p / E), E ~ Exp(1) i.i.d., picks i with probability p_i (the
+        # Gumbel-max trick in another form); one vectorised pass, faster than multinomial on CPU.
+        race = torch.empty_like(probs).exponential_(generator=generator)
+        ids = (probs / race).argmax(dim=-1)
     prob_of_id = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return ids, prob_of_id, probs.max(dim=-1).values
 
