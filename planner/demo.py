@@ -80,8 +80,9 @@ def main(args: argparse.Namespace) -> int:
     config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit))
     print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
           f"{'oracle' if backend.name == 'oracle' else args.decode}", flush=True)
+    env.reset(seed=seed)  # run_episode resets with the same seed; this only shows the instruction first
+    print(f"instruction: {env.unwrapped.instruction!r}", flush=True)
     result = run_episode(env, backend, seed, config, on_step=_print_step)
-    print(f"instruction: {result.instruction}")
     summary = aggregate([result.to_dict()])
     paths = write_report(out, [result], summary=summary, video=args.video)
     backend.close()

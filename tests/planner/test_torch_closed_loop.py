@@ -57,3 +57,14 @@ def test_demo_with_the_torch_backend(model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "backend torch" in out and "FAILED" in out
     assert (tmp_path / "plan.txt").exists()
+
+
+def test_bench_runs_dida_and_ar_side_by_side(model_dir, tmp_path):
+    from planner import bench
+
+    report = bench.run_bench(["table_clear"], 1, ["torch"], ["dida", "ar"], 1, tmp_path, model_path=str(model_dir),
+                             time_limit=20.0, progress=False)
+    assert [(s["backend"], s["decode"]) for s in report["summaries"]] == [("torch", "dida"), ("torch", "ar")]
+    assert {e["decode_mode"] for e in report["episodes"]} == {"dida", "ar"}
+    assert all(s["success_rate"] == 0.0 and s["latency_ms_p50"] > 0 for s in report["summaries"])
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "success_at_k.png").exists()
