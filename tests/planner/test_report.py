@@ -75,3 +75,14 @@ def test_auto_backend_falls_back_to_the_oracle_with_a_notice(monkeypatch, tmp_pa
     name, notice = resolve_backend("auto")
     assert name == "oracle" and "NOTICE" in notice and "ORACLE" in notice
     assert resolve_backend("torch") == ("torch", "")
+
+
+def test_planner_never_imports_rclpy_nor_torch_for_the_oracle():
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; [importlib.import_module('planner.' + m) for m in "
+            "('parse', 'grounding', 'executor', 'monitor', 'runner', 'metrics', 'report', 'demo', 'bench', 'envs')]; "
+            "print('rclpy' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
