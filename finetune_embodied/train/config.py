@@ -70,6 +70,7 @@ class DataConfig:
     frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
+    extra_texts: list[str] = field(default_factory=list)  # more texts for the word vocabulary (e.g. all instruction paraphrases)
     on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
     synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
     synthetic_codes: int = 64  # synthetic LM data: visual codebook size
@@ -84,6 +85,8 @@ class DataConfig:
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
+        _check(isinstance(self.extra_texts, list) and all(isinstance(t, str) for t in self.extra_texts),
+               f"data.extra_texts must be a list of strings, got {self.extra_texts!r}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
         _check(self.synthetic_grid >= 1, f"data.synthetic_grid must be >= 1, got {self.synthetic_grid!r}")
         _check(self.synthetic_codes >= 2, f"data.synthetic_codes must be >= 2, got {self.synthetic_codes!r}")

@@ -50,7 +50,7 @@ def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray]
         for i in idx:
             frames.append(resize_frame(video[i], (d.image_size, d.image_size)))
             groups.append(ep.episode_index)
-    return frames, groups, reader.report.summary()
+    return frames, groups, reader.report.summary() if reader.report.count else ""
 
 
 def camera_key(keys: list[str], wanted: str, where: str) -> str:

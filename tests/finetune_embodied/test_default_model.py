@@ -1,0 +1,58 @@
+"""The reproduce-the-default pipeline end to end, at toy size: record -> 3 stages -> export -> TorchBackend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emu_guide.paths import PROJECT_ROOT
+from finetune_embodied.default_model import run_pipeline, sim_instruction_texts
+
+TINY = "model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, head_dim: 32, intermediate_size: 128}"
+FAST = ["optim.max_steps=2", "eval.max_samples=2", "data.heldout_fraction=0.5"]
+
+
+@pytest.mark.slow
+def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
+    out = tmp_path / "export"
+    info = run_pipeline(
+        PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
+        stage_overrides={
+            "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
+            "next_token": [TINY, *FAST],
+            "dida": [TINY, *FAST],
+        },
+        record_overrides={"resolution": 32, "tasks": ["table_clear"], "workers": 1},
+    )
+    assert not info["smoke"].get("error"), info["smoke"]
+    assert json.loads((out / "guidance.json").read_text())["layout"] == "compact"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "python -m finetune_embodied.default_model" in card and "| dida | 2 |" in card
+    assert info["export"]["weights_mb"] < 20
+    # A second run resumes: nothing is re-recorded or re-trained.
+    again = run_pipeline(
+        PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
+        stage_overrides={
+            "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
+            "next_token": [TINY, *FAST],
+            "dida": [TINY, *FAST],
+        },
+        record_overrides={"resolution": 32, "tasks": ["table_clear"], "workers": 1},
+    )
+    assert again["record"]["episodes_recorded_now"] == 2 and again["wall_s"] == info["wall_s"]
+
+
+def test_vocabulary_covers_every_sim_instruction():
+    texts = sim_instruction_texts()
+    assert "clear the table" in texts and len(texts) >= 6
+    assert all(isinstance(t, str) and t for t in texts)
+
+
+def test_bad_pipeline_config(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("recrod: {}\n")
+    with pytest.raises(ValueError, match="unknown sections"):
+        run_pipeline(bad, tmp_path / "o", tmp_path / "w")
+    assert not Path(tmp_path / "o").exists()
