@@ -66,12 +66,24 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(vals, q)) if vals else None
 
 
-def success_at_k(completed: Sequence[int], max_k: int) -> list[float]:
-    """CALVIN-style: fraction of episodes that completed at least k consecutive steps, k = 1..max_k."""
+def success_at_k(completed: Sequence[int], max_k: int, lengths: Sequence[int] | None = None) -> list[float]:
+    """CALVIN-style: fraction of episodes that completed at least k consecutive steps, k = 1..max_k.
+
+    With ``lengths`` (plan length per episode; tasks with plans of varying length) the fraction is
+    over the episodes whose plan has at least k steps, so a short plan done in full is not a failure
+    at larger k. Entries with no such episode are None.
+    """
     if not completed:
         return [0.0] * max_k
     arr = np.asarray(completed)
-    return [float((arr >= k).mean()) for k in range(1, max_k + 1)]
+    lens = np.full(len(arr), max_k) if lengths is None else np.asarray(lengths)
+    if lens.shape != arr.shape:
+        raise ValueError(f"success_at_k: {len(arr)} episodes but {len(lens)} lengths")
+    out: list[float] = []
+    for k in range(1, max_k + 1):
+        eligible = lens >= k
+        out.append(float((arr[eligible] >= k).mean()) if eligible.any() else None)  # type: ignore[arg-type]
+    return out
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -95,7 +107,9 @@ def aggregate(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "all_steps_correct_rate": sum(e["all_steps_correct"] for e in episodes) / n,
         "avg_completed_steps": float(np.mean([e["completed_steps"] for e in episodes])),
         "num_gt_steps_max": max_k,
-        "success_at_k": success_at_k([e["completed_steps"] for e in episodes], max_k),
+        "avg_gt_steps": float(np.mean([e["num_gt_steps"] for e in episodes])),
+        "success_at_k": success_at_k([e["completed_steps"] for e in episodes], max_k,
+                                     [e["num_gt_steps"] for e in episodes]),
         "step_text_exact": _mean([s["text_exact"] for s in planned]),
         "step_goal_accuracy": _mean([s["goal_correct"] for s in planned]),
         "subgoal_psnr_db": _mean([s["subgoal_psnr"] for s in planned]),

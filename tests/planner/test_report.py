@@ -53,6 +53,10 @@ def test_report_files_are_valid(episode, tmp_path):
 def test_success_at_k_is_calvin_style():
     assert success_at_k([0, 1, 3, 3], 3) == [0.75, 0.5, 0.5]
     assert success_at_k([], 2) == [0.0, 0.0]
+    # plans of different lengths: a 2-step plan done in full is not a failure at k = 3
+    assert success_at_k([2, 3, 1], 3, lengths=[2, 4, 4]) == [1.0, 2 / 3, 0.5]
+    with pytest.raises(ValueError, match="lengths"):
+        success_at_k([1, 2], 2, lengths=[2])
 
 
 def test_demo_command_runs_an_episode(tmp_path, capsys):
