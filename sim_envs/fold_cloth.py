@@ -78,8 +78,8 @@ class FoldClothEnv(TabletopEnv):
     "fold the top down to the bottom", "fold the left half onto the right half". Instructions
     that say so start with the right (and end folding the right half onto the left half).
     Each step is checked geometrically: the part's tracked particle must lie within 2 cm of the
-    target point. While a part is held, frames show the cloth as before the fold (the fold
-    appears on release).
+    target point. While a part is held, each frame shows the fold it would make if released at
+    the gripper's position, so the flap follows the gripper across the shirt.
 
     See :class:`sim_envs.base.TabletopEnv` for spaces, rewards and episode end.
     """
@@ -171,6 +171,14 @@ class FoldClothEnv(TabletopEnv):
         self.instruction = str(pool[int(rng.integers(len(pool)))])
         px_per_m = np.linalg.norm(self._painter.project(np.array([[0, 0, 0.0]])) - self._painter.project(np.array([[0, SPACING, 0.0]]))) / SPACING
         self._radius_px = 0.78 * SPACING * px_per_m
+        k = int(np.ceil(self._radius_px))
+        dy, dx = np.mgrid[-k : k + 1, -k : k + 1]
+        disk = dx**2 + dy**2 <= (self._radius_px + 0.35) ** 2
+        self._stencil_k = k
+        self._stencil_dx, self._stencil_dy = dx[disk].astype(np.int32), dy[disk].astype(np.int32)
+        self._kernel3 = np.ones((3, 3), np.uint8)
+        sx, sy = self.lighting.shadow_dir
+        self._shadow_shift = self._painter.project(np.array([[sx * 0.012, sy * 0.012, 0.0]]))[0] - self._painter.project(np.zeros((1, 3)))[0]
 
     def object_names(self) -> list[str]:
         return list(FOLDS)
@@ -308,59 +316,70 @@ class FoldClothEnv(TabletopEnv):
 
     # ------------------------------------------------------------------ drawing
     def _draw_scene_static(self, img: np.ndarray) -> None:
+        self._splat_cloth(img, self.P, self.layer, self.flipped)
+
+    def _draw_held(self, img: np.ndarray) -> None:
+        """While a part is held, show the fold it would make if released here (the flap follows the gripper)."""
+        if self.grasp is None:
+            return
+        p = self.grasp[1]
+        q = self.ee[:2]
+        if np.linalg.norm(q - p) < 0.005:
+            return
+        P, layer, flipped = self.P.copy(), self.layer.copy(), self.flipped.copy()
+        fold_particles(P, layer, flipped, p, q.copy())
+        img[:] = self._background
+        self._splat_cloth(img, P, layer, flipped)
+
+    def _splat_cloth(self, img: np.ndarray, P: np.ndarray, layer: np.ndarray, flipped: np.ndarray) -> None:
         """Splat the particles as small disks, top layer winning, then composite anti-aliased.
 
         Vectorised painter's algorithm: particles are written in ascending layer order into an
         id map (NumPy assigns repeated indices in order, so the last, i.e. topmost, wins).
         Pixels just outside a higher layer's edge are darkened (the fold's shadow), and the
-        cloth is blended over the table through a slightly blurred coverage mask.
+        cloth is blended over the table through a slightly blurred coverage mask. Only the
+        cloth's bounding box is touched.
         """
         H, W = img.shape[:2]
         L = self.lighting
-        pts = np.concatenate([self.P, np.zeros((len(self.P), 1))], axis=1)
-        px = self._painter.project(pts)
-        # Work in the cloth's bounding box (plus blur and shadow margins) only.
-        pad = int(np.ceil(self._radius_px)) + 6
-        u0, v0 = np.maximum(np.floor(px.min(axis=0)).astype(int) - pad, 0)
-        u1, v1 = np.minimum(np.ceil(px.max(axis=0)).astype(int) + pad, [W, H])
+        n = len(P)
+        px = self._painter.project(np.concatenate([P, np.zeros((n, 1))], axis=1))
+        pad = self._stencil_k + 6  # splat radius + blur and shadow margins
+        lo = np.floor(px.min(axis=0)).astype(int) - pad
+        hi = np.ceil(px.max(axis=0)).astype(int) + pad
+        u0, v0, u1, v1 = max(0, lo[0]), max(0, lo[1]), min(W, hi[0]), min(H, hi[1])
         if u0 >= u1 or v0 >= v1:
             return
-        img = img[v0:v1, u0:u1]  # a view: drawing into it draws into the frame
-        px = px - [u0, v0]
-        h, w = img.shape[:2]
-        order = np.argsort(self.layer, kind="stable")
-        r = self._radius_px
-        k = int(np.ceil(r))
-        dy, dx = np.mgrid[-k : k + 1, -k : k + 1]
-        disk = dx**2 + dy**2 <= (r + 0.35) ** 2
-        dx, dy = dx[disk], dy[disk]
-        cu = np.round(px[order, 0]).astype(np.int64)
-        cv = np.round(px[order, 1]).astype(np.int64)
-        uu = (cu[:, None] + dx[None, :]).ravel()
-        vv = (cv[:, None] + dy[None, :]).ravel()
-        ids = np.repeat(order, len(dx))
+        roi = img[v0:v1, u0:u1]  # a view: drawing into it draws into the frame
+        h, w = roi.shape[:2]
+        order = np.argsort(layer, kind="stable")
+        cu = np.round(px[order, 0]).astype(np.int32) - u0
+        cv = np.round(px[order, 1]).astype(np.int32) - v0
+        uu = (cu[:, None] + self._stencil_dx[None, :]).ravel()
+        vv = (cv[:, None] + self._stencil_dy[None, :]).ravel()
+        ids = np.repeat(order.astype(np.int32), len(self._stencil_dx))
         ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-        idmap = np.full((h, w), -1, dtype=np.int64)
-        idmap[vv[ok], uu[ok]] = ids[ok]
-        cloth = idmap >= 0
-        idx = np.where(cloth, idmap, 0)
+        idmap = np.full(h * w, n, dtype=np.int32)  # n = "no cloth" (a zero row below)
+        idmap[(vv * w + uu)[ok]] = ids[ok]
+        idmap = idmap.reshape(h, w)
+        cloth = idmap < n
 
-        spot = np.exp(-((self.P[:, 0] - L.spot_xy[0]) ** 2 + (self.P[:, 1] - L.spot_xy[1]) ** 2) / (2 * 0.35**2))
-        light = 1.05 * L.gain * (L.ambient + (1 - L.ambient) * spot) * (1.0 + 0.025 * np.minimum(self.layer, 6))
-        cols = (self._colours * np.where(self.flipped, 0.8, 1.0)[:, None] * light[:, None]).astype(np.float32)
-        colour = cols[idx] * cloth[..., None]
-        layer_map = np.where(cloth, self.layer[idx], -1.0).astype(np.float32)
-        rim = cv2.dilate(layer_map, np.ones((3, 3), np.uint8)) > layer_map + 0.5
+        spot = np.exp(-((P[:, 0] - L.spot_xy[0]) ** 2 + (P[:, 1] - L.spot_xy[1]) ** 2) / (2 * 0.35**2))
+        light = 1.05 * L.gain * (L.ambient + (1 - L.ambient) * spot) * (1.0 + 0.025 * np.minimum(layer, 6))
+        cols = np.zeros((n + 1, 3), dtype=np.float32)
+        cols[:n] = self._colours * (np.where(flipped, 0.8, 1.0) * light)[:, None]
+        layers = np.full(n + 1, -1.0, dtype=np.float32)
+        layers[:n] = layer
+        colour = np.take(cols, idmap, axis=0)  # (h, w, 3), zero off the cloth
+        layer_map = np.take(layers, idmap)
+        rim = cv2.dilate(layer_map, self._kernel3) > layer_map + 0.5
         colour[rim & cloth] *= 0.72  # lower layer just outside a fold edge
 
-        # drop shadow of the whole shirt on the table
-        sx, sy = L.shadow_dir
-        shift = self._painter.project(np.array([[sx * 0.012, sy * 0.012, 0.0]]))[0] - self._painter.project(np.zeros((1, 3)))[0]
         mask = cloth.astype(np.float32)
-        M = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+        M = np.float32([[1, 0, self._shadow_shift[0]], [0, 1, self._shadow_shift[1]]])
         shadow = cv2.GaussianBlur(cv2.warpAffine(mask, M, (w, h)), (5, 5), 0)
-        base = img.astype(np.float32) * (1.0 - 0.3 * shadow)[..., None]
         alpha = cv2.GaussianBlur(mask, (3, 3), 0.6)
-        smooth = cv2.GaussianBlur(colour, (3, 3), 0.6) / np.maximum(alpha, 1e-3)[..., None]
-        out = base * (1.0 - alpha[..., None]) + smooth * alpha[..., None]
-        img[:] = np.clip(out, 0, 255).astype(np.uint8)
+        keep = (1.0 - 0.3 * shadow) * (1.0 - alpha)  # table: shadowed, and covered by the cloth's coverage
+        # blur(colour) is the coverage-weighted cloth colour: colour * alpha, premultiplied
+        out = roi.astype(np.float32) * cv2.merge([keep, keep, keep]) + cv2.GaussianBlur(colour, (3, 3), 0.6)
+        roi[:] = np.clip(out, 0, 255).astype(np.uint8)
