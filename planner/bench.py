@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheets-per-config", type=int, default=2,
                         help="also write sheets for the first N episodes of each configuration")
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
+    parser.add_argument("--no-checker", action="store_true",
+                        help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -75,7 +77,8 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"])
     mode = "dida" if job["decode"] == "oracle" else job["decode"]
-    config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]))
+    config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
+                          use_checker=job["use_checker"])
     result = run_episode(env, backend, job["seed"], config)
     d = result.to_dict(with_steps=True)
     d.pop("events", None)
@@ -112,6 +115,7 @@ def run_bench(
     sheets_per_config: int = 2,
     time_limit: float = 300.0,
     progress: bool = True,
+    use_checker: bool = True,
 ) -> dict[str, Any]:
     """Run every (task, backend, decode, seed) episode; write bench.json and the plots; return the JSON."""
     from tqdm import tqdm
@@ -131,7 +135,7 @@ def run_bench(
     configs = _configs(backends, decodes)
     jobs = [
         {"task": t, "backend": b, "decode": m, "seed": s, "model_path": model_path, "time_limit": time_limit,
-         "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets")}
+         "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker}
         for t in tasks for (b, m) in configs for i, s in enumerate(seeds)
     ]
     t0 = time.perf_counter()
@@ -164,6 +168,7 @@ def run_bench(
         "command": "emu-guide bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
         "seeds": {"split": "heldout", "first": seeds[0], "count": len(seeds)},
         "workers": workers,
+        "monitor": "checker" if use_checker else "frames only (frame vs predicted subgoal)",
         "wall_s": wall,
         "summaries": summaries,
         "episodes": sorted(results, key=lambda r: (r["task"], r["backend"], r["decode_mode"], r["seed"])),
@@ -246,7 +251,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run_bench(args.tasks, args.episodes, backends, args.decode, args.workers, out,
                            seed_offset=args.seed_offset, model_path=args.model_path, sheets=args.sheets,
-                           sheets_per_config=args.sheets_per_config, time_limit=args.time_limit)
+                           sheets_per_config=args.sheets_per_config, time_limit=args.time_limit,
+                           use_checker=not args.no_checker)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

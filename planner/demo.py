@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report folder (default: runs/demo)")
     parser.add_argument("--video", action="store_true", help="also write an MP4 of the episode")
     parser.add_argument("--time-limit", type=float, default=170.0, help="episode wall-clock limit in seconds")
+    parser.add_argument("--no-checker", action="store_true",
+                        help="judge steps by frame vs predicted subgoal only (no simulator checker)")
 
 
 def _print_step(rec: object) -> None:
@@ -77,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else artifacts_root() / "demo"
-    config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit))
+    config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
+                          use_checker=not args.no_checker)
     print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
           f"{'oracle' if backend.name == 'oracle' else args.decode}", flush=True)
     env.reset(seed=seed)  # run_episode resets with the same seed; this only shows the instruction first

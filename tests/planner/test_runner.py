@@ -80,3 +80,15 @@ def test_unparseable_step_is_never_executed_and_replanned():
     result = run_episode(env, stubborn, HELDOUT_SEEDS[7], RunnerConfig(monitor=MonitorConfig(max_replans=2)))
     env.close()
     assert not result.success and "gave up" in result.stop_reason and result.planning_calls == 3
+
+
+def test_frames_only_monitoring_closes_the_loop():
+    """No simulator checker: every step is judged by the new frame against the predicted subgoal."""
+    env = make_env("table_clear")
+    result = run_episode(env, OracleBackend(env), HELDOUT_SEEDS[8], RunnerConfig(use_checker=False))
+    env.close()
+    assert result.success and result.replans == 0
+    checks = [e for e in result.events if e["kind"] == "check"]
+    assert checks and all("frame vs predicted subgoal" in e["why"] for e in checks)
+    assert all(e["data"]["progress"] >= 0.5 for e in checks)
+    assert result.steps[-1].reason == "backend says done (no checker consulted)"
