@@ -10,7 +10,8 @@ PSNR but is what a planner needs). Method, on sim-style frames (flat coloured ob
    ``min_pixels`` are dropped. Hue is invariant to the renderer's brightness shading; grey, white,
    black and metal parts (the table, cutlery heads) are ignored by design.
 2. Each reference region (largest first) is matched to the nearest unmatched prediction region of
-   the same hue; a reference region with none is *missing*.
+   the same hue (optionally no farther than ``max_match_px``); a reference region with none is
+   *missing*.
 3. The error of a match is the distance between region centroids in pixels, and in metres when a
    ``CameraModel`` is given (both centroids cast onto the table plane ``z = plane_z`` with
    ``CameraModel.pixel_to_plane``).
@@ -129,8 +130,13 @@ def object_position_error(
     detector: Detector | None = None,
     hue_tol: float = 8.0,
     min_pixels: int = 4,
+    max_match_px: float | None = None,
 ) -> PositionError:
-    """Where objects are in ``pred`` vs in ``target`` (both (H, W, 3) uint8); see the module doc."""
+    """Where objects are in ``pred`` vs in ``target`` (both (H, W, 3) uint8); see the module doc.
+
+    ``max_match_px``: a same-hue prediction region farther than this from a reference object does
+    not match it (the object counts as missing); None = no limit.
+    """
     pred, target = _check_pair(pred, target)
     if camera is not None and (camera.width, camera.height) != (target.shape[1], target.shape[0]):
         raise ValueError(f"camera is {camera.width}x{camera.height} but images are {target.shape[1]}x{target.shape[0]}")
@@ -139,7 +145,8 @@ def object_position_error(
     if detector is not None:
         ref, got = detector(target), detector(pred)
         for name, uv in ref.items():
-            if name in got:
+            far = name in got and max_match_px is not None and np.hypot(*np.subtract(uv, got[name])) > max_match_px
+            if name in got and not far:
                 pairs[name] = (tuple(uv), tuple(got[name]))
             else:
                 missing.append(name)
@@ -154,6 +161,8 @@ def object_position_error(
                 for j, pb in enumerate(cand)
                 if j not in used and _hue_diff(pb.hue, rb.hue) <= hue_tol
             ]
+            if max_match_px is not None:
+                options = [o for o in options if o[0] <= max_match_px]
             if not options:
                 missing.append(name)
                 continue

@@ -2,6 +2,7 @@
 
     python -m emu_ros.tokenizers.bench speed [--tokenizer DIR]
     python -m emu_ros.tokenizers.bench train-eval --steps 1500 --episodes 40
+    python -m emu_ros.tokenizers.bench eval --tokenizer DIR
 
 Both print a table and write JSON (and, for train-eval, a PNG of reconstructions) under
 ``runs/bench/``. train-eval trains on ``train``-split sim frames and scores ``heldout`` frames.
@@ -106,6 +107,24 @@ def cmd_train_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from emu_ros.tokenizers.evaluate import evaluate_tokenizer, save_reconstruction_png, sim_frames
+    from emu_ros.tokenizers.registry import load_vision_tokenizer
+
+    torch.set_num_threads(args.threads)
+    tok = load_vision_tokenizer(args.tokenizer)
+    held = sim_frames("heldout", episodes_per_env=args.heldout_episodes)
+    result, recon = evaluate_tokenizer(tok, held, return_reconstructions=True)
+    step = max(1, len(recon) // 12)
+    png = save_reconstruction_png(held.frames[::step], recon[::step], artifacts_root() / "bench" / "tokenizer_eval.png")
+    r = result.to_dict()
+    print(f"{'metric':<22} value")
+    for k, v in r.items():
+        print(f"{k:<22} {v if not isinstance(v, float) else round(v, 4)}")
+    print(f"wrote {_write('tokenizer_eval.json', {'tokenizer_dir': str(args.tokenizer), 'heldout': r})}, {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -119,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--episodes", type=int, default=40, help="train episodes per task")
     te.add_argument("--heldout-episodes", type=int, default=8, help="held-out episodes per task")
     te.add_argument("--threads", type=int, default=1)
+    ev = sub.add_parser("eval", help="score a saved tokenizer on held-out sim frames")
+    ev.add_argument("--tokenizer", required=True, help="a saved tokenizer directory")
+    ev.add_argument("--heldout-episodes", type=int, default=8, help="held-out episodes per task")
+    ev.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    return cmd_speed(args) if args.cmd == "speed" else cmd_train_eval(args)
+    return {"speed": cmd_speed, "train-eval": cmd_train_eval, "eval": cmd_eval}[args.cmd](args)
 
 
 if __name__ == "__main__":

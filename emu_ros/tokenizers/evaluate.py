@@ -73,7 +73,7 @@ class TokenizerEval:
     position_error_px: float  # mean over matched objects of all frames
     position_error_m: float | None  # same on the table plane (None without cameras)
     objects: int  # objects found in the originals
-    missing_rate: float  # fraction of those not found in the reconstructions
+    missing_rate: float  # fraction of those not found (within max_match_cells) in the reconstructions
     code_usage: float  # fraction of the codebook used on these frames
     code_perplexity: float  # exp(entropy) of the code histogram
     ms_per_frame: float  # encode + decode wall clock, batched
@@ -88,8 +88,13 @@ def evaluate_tokenizer(
     cameras: list[CameraModel] | None = None,
     batch_size: int = 32,
     return_reconstructions: bool = False,
+    max_match_cells: float = 2.0,
 ) -> TokenizerEval | tuple[TokenizerEval, np.ndarray]:
-    """Reconstruct ``frames`` (N, H, W, 3) uint8 through the tokenizer and score the result."""
+    """Reconstruct ``frames`` (N, H, W, 3) uint8 through the tokenizer and score the result.
+
+    An object whose reconstruction lies more than ``max_match_cells`` code cells away (16 px for the
+    default tokenizer) counts as missing rather than as a large position error.
+    """
     if isinstance(frames, FrameSet):
         cameras = cameras if cameras is not None else frames.cameras
         frames = frames.frames
@@ -111,7 +116,7 @@ def evaluate_tokenizer(
     px, m, objects, missing = [], [], 0, 0
     for i, (a, b) in enumerate(zip(frames, recon)):
         cam = cameras[i] if cameras is not None else None
-        err = object_position_error(b, a, camera=cam)
+        err = object_position_error(b, a, camera=cam, max_match_px=max_match_cells * tokenizer.downsample)
         objects += err.num_objects
         missing += len(err.missing)
         px += list(err.per_object_px.values())

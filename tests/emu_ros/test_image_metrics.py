@@ -78,3 +78,13 @@ def test_custom_detector_matches_by_name():
     assert err.per_object_px["red cup"] == pytest.approx(10, abs=0.3)
     empty = object_position_error(np.full_like(target, 150), target, detector=detector)
     assert empty.missing == ["red cup"] and math.isnan(empty.mean_px)
+
+
+def test_max_match_distance_turns_far_matches_into_missing():
+    target = scene([(RED, (20, 30), 6)])
+    far = scene([(RED, (70, 70), 6)])
+    assert object_position_error(far, target).matched == 1
+    gated = object_position_error(far, target, max_match_px=16)
+    assert gated.matched == 0 and len(gated.missing) == 1
+    near = object_position_error(scene([(RED, (24, 33), 6)]), target, max_match_px=16)
+    assert near.matched == 1 and near.mean_px == pytest.approx(5, abs=0.3)
