@@ -180,7 +180,9 @@ class HFTextTokenizer:
 
     kind = "hf"
 
-    # Emu3 / Emu3.5 names of the layout's specials (checked by ``check_layout`` when present).
+    # Emu3 / Emu3.5 names of the layout's specials (checked by ``check_layout`` when present). In
+    # their tokenizer, specials start at 151643 (<|endoftext|>), <|extra_k|> is 151646 + k, and the
+    # image tokens follow <|extra_204|>.
     EMU_SPECIAL_NAMES = {
         "bos": "<|extra_203|>",
         "eos": "<|extra_204|>",
@@ -197,16 +199,23 @@ class HFTextTokenizer:
         self.source = source
 
     @classmethod
-    def load(cls, directory: str | Path) -> HFTextTokenizer:
+    def load(cls, directory: str | Path, trust_remote_code: bool = False) -> HFTextTokenizer:
+        """Load a local tokenizer directory.
+
+        Emu3.5's and Emu3's own tokenizer directories ship their tokenizer class as code
+        (``tokenization_emu3.py``, tiktoken-based): they need ``trust_remote_code=True`` (the code
+        is read from the directory, never downloaded) and the ``tiktoken`` package.
+        """
         path = Path(directory)
         if not path.is_dir():
             raise TextTokenizerError(f"tokenizer directory {path} does not exist")
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         except Exception as exc:  # transformers raises OSError/ValueError/KeyError for bad dirs
-            raise TextTokenizerError(f"cannot load a transformers tokenizer from {path}: {exc}") from exc
+            hint = "" if trust_remote_code else " (a tokenizer shipped as code needs trust_remote_code=True)"
+            raise TextTokenizerError(f"cannot load a transformers tokenizer from {path}: {exc}{hint}") from exc
         return cls(tok, source=str(path))
 
     @property
