@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--large-hidden", type=int, default=1024, help="emu35-shaped width (head_dim 128, 8:1 q:kv heads)")
     parser.add_argument("--large-layers", type=int, default=4)
     parser.add_argument("--full-step-repeats", type=int, default=15, help="timed full next steps (default model)")
+    parser.add_argument("--full-step-k", type=int, nargs="+", default=[4, 8], help="DiDA steps K for the full step")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--out", default=None, help="JSON path (default: <runs>/bench/decode.json)")
 
@@ -133,6 +134,7 @@ def decode_one_image(model, layout, prompt: list[int], grid: tuple[int, int], mo
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         with PeakRSS() as mem:
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             if mode == "dida":
                 block, _ = decode_image_dida(state, cons, steps=steps, temperature=1.0, top_k=0, generator=gen)
@@ -140,9 +142,10 @@ def decode_one_image(model, layout, prompt: list[int], grid: tuple[int, int], mo
                 block, _ = decode_image_ar(state, cons, 1.0, 1.0, 0, 1.0, gen)
             _sync(device)
             elapsed = time.perf_counter() - t0
+            cpu = time.thread_time() - c0
     layout.parse_image(block)  # the grammar guarantees this; checked anyway
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else mem.added_mb
-    return dict(ms=1e3 * elapsed, forwards=runner.counts["image"], peak_mb=peak)
+    return dict(ms=1e3 * elapsed, cpu_ms=1e3 * cpu, forwards=runner.counts["image"], peak_mb=peak)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -176,11 +179,13 @@ def bench_images(args: argparse.Namespace, device, dtype) -> tuple[list[dict], l
                     runs.append(decode_one_image(model, spec["layout"], prompt, (side, side), mode, args.dida_steps, r + 1))
                     bar.update(1)
                 times = [x["ms"] for x in runs]
+                cpu = [x["cpu_ms"] for x in runs]
                 rows.append(dict(
                     model=spec["name"], params=params, tokens=tokens, grid=[side, side], mode=mode,
                     dida_steps=args.dida_steps if mode == "dida" else None,
                     block_tokens=spec["layout"].image_block(side, side).length,
                     forwards=runs[0]["forwards"], p50_ms=_pct(times, 50), p95_ms=_pct(times, 95),
+                    cpu_p50_ms=_pct(cpu, 50),
                     runs=len(times), peak_mem_mb=max(x["peak_mb"] for x in runs),
                 ))  # fmt: skip
         del model
@@ -195,11 +200,12 @@ def bench_images(args: argparse.Namespace, device, dtype) -> tuple[list[dict], l
             # +1: the forward that caches the finished block if text followed (both modes need it)
             forward_ratio_with_commit=(ar["forwards"] + 1) / (dd["forwards"] + 1),
             speedup_p50=ar["p50_ms"] / dd["p50_ms"],
+            speedup_cpu_p50=ar["cpu_p50_ms"] / dd["cpu_p50_ms"],
         ))  # fmt: skip
     return rows, ratios
 
 
-def bench_full_step(args: argparse.Namespace, device, dtype) -> dict:
+def bench_full_step(args: argparse.Namespace, device, dtype, k: int) -> dict:
     """One full next step of the default model through TorchBackend's parts (random weights).
 
     Identical to ``TorchBackend.next_step`` except the grammar forbids the <done> answer, so every
@@ -229,11 +235,13 @@ def bench_full_step(args: argparse.Namespace, device, dtype) -> dict:
     frame = Frame(image=rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
     instruction = " ".join(words[:10])
     history = [PlanStep(index=i, text=" ".join(words[10 + 8 * i : 18 + 8 * i])) for i in range(3)]
-    opts = DecodeOptions(mode="dida", dida_steps=args.dida_steps, max_text_tokens=10, seed=0)
+    opts = DecodeOptions(mode="dida", dida_steps=k, max_text_tokens=10, seed=0)
     grammar = {**answer_grammar(layout), "final_ids": ()}
     forbid = list(grammar.pop("forbid_in_text")) + [layout.extra["done"]]
     runs, parts = [], []
+    cpu_runs = []
     for r in range(args.full_step_repeats + 2):
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         image = backend.prepare_frame(frame)
         codes = backend.vision.encode_one(image)
@@ -243,43 +251,48 @@ def bench_full_step(args: argparse.Namespace, device, dtype) -> dict:
         subgoal = backend.vision.decode_one(answer.image_codes)
         _sync(device)
         ms = 1e3 * (time.perf_counter() - t0)
+        cpu_ms = 1e3 * (time.thread_time() - c0)
         assert subgoal.shape == (96, 96, 3)
         if r >= 2:  # two warm-up steps
             runs.append(ms)
+            cpu_runs.append(cpu_ms)
             parts.append(dict(answer.timings_ms, text_tokens=answer.tokens.index(layout.boi), prompt_tokens=len(prompt),
                               forwards=answer.forwards))  # fmt: skip
     mean = {k: statistics.mean(p[k] for p in parts) for k in ("prefill", "text", "image", "text_tokens", "prompt_tokens")}
     return dict(
-        p50_ms=_pct(runs, 50), p95_ms=_pct(runs, 95), runs=len(runs), dida_steps=args.dida_steps,
+        p50_ms=_pct(runs, 50), p95_ms=_pct(runs, 95), cpu_p50_ms=_pct(cpu_runs, 50), runs=len(runs),
+        dida_steps=k,
         grid=list(codes.shape), mean_parts_ms={k: v for k, v in mean.items() if k in ("prefill", "text", "image")},
         mean_text_tokens=mean["text_tokens"], prompt_tokens=mean["prompt_tokens"], forwards=parts[-1]["forwards"],
         other_ms=statistics.mean(runs) - sum(mean[k] for k in ("prefill", "text", "image")),
     )  # fmt: skip
 
 
-def _table(rows: list[dict], ratios: list[dict], full: dict | None) -> str:
+def _table(rows: list[dict], ratios: list[dict], fulls: list[dict]) -> str:
     lines = [
-        f"{'model':<13} {'params':>7} {'tokens':>6} {'mode':<5} {'fwd':>5} {'p50 ms':>9} {'p95 ms':>9} {'peak MB':>8}",
+        f"{'model':<13} {'params':>7} {'tokens':>6} {'mode':<5} {'fwd':>5} {'p50 ms':>9} {'p95 ms':>9} {'cpu p50':>9}"
+        f" {'peak MB':>8}",
     ]
     for r in rows:
         lines.append(
             f"{r['model']:<13} {r['params'] / 1e6:>6.1f}M {r['tokens']:>6} {r['mode']:<5} {r['forwards']:>5}"
-            f" {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['peak_mem_mb']:>8.1f}"
+            f" {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['cpu_p50_ms']:>9.1f} {r['peak_mem_mb']:>8.1f}"
         )
     lines.append("")
-    lines.append(f"{'model':<13} {'tokens':>6} {'fwd AR/DiDA':>12} {'(+commit)':>10} {'speedup p50':>12}")
+    lines.append(f"{'model':<13} {'tokens':>6} {'fwd AR/DiDA':>12} {'(+commit)':>10} {'speedup p50':>12} {'cpu speedup':>12}")
     for q in ratios:
         lines.append(
             f"{q['model']:<13} {q['tokens']:>6} {q['forward_ratio']:>11.1f}x {q['forward_ratio_with_commit']:>9.1f}x"
-            f" {q['speedup_p50']:>11.2f}x"
+            f" {q['speedup_p50']:>11.2f}x {q['speedup_cpu_p50']:>11.2f}x"
         )
-    if full:
-        p = full["mean_parts_ms"]
+    if fulls:
         lines.append("")
+    for full in fulls:
+        p = full["mean_parts_ms"]
         lines.append(
             f"full next step (default model, {full['prompt_tokens']:.0f}-token prompt, {full['mean_text_tokens']:.1f} text"
             f" tokens, {full['grid'][0]}x{full['grid'][1]} DiDA K={full['dida_steps']}): p50 {full['p50_ms']:.1f} ms,"
-            f" p95 {full['p95_ms']:.1f} ms  [prefill {p['prefill']:.1f} + text {p['text']:.1f} + image {p['image']:.1f}"
+            f" p95 {full['p95_ms']:.1f} ms, cpu p50 {full['cpu_p50_ms']:.1f} ms  [prefill {p['prefill']:.1f} + text {p['text']:.1f} + image {p['image']:.1f}"
             f" + encode/decode/prompt {full['other_ms']:.1f}]"
         )
     return "\n".join(lines)
@@ -322,14 +335,19 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     load_before = os.getloadavg()
     rows, ratios = bench_images(args, device, dtype)
-    full = bench_full_step(args, device, dtype) if "default" in args.models and args.full_step_repeats > 0 else None
+    fulls = []
+    if "default" in args.models and args.full_step_repeats > 0:
+        fulls = [bench_full_step(args, device, dtype, k) for k in args.full_step_k]
     at256 = next((q for q in ratios if q["model"] == "default" and q["tokens"] == 256), None)
     targets = {}
     if at256:
         targets["dida_32x_fewer_forwards_at_256"] = at256["forward_ratio"] >= 32
         targets["dida_4x_wallclock_at_256_default"] = at256["speedup_p50"] >= 4
-    if full:
-        targets["full_step_p50_le_100ms"] = full["p50_ms"] <= 100
+    for full in fulls:
+        targets[f"full_step_K{full['dida_steps']}_p50_le_100ms"] = full["p50_ms"] <= 100
+        targets[f"full_step_K{full['dida_steps']}_cpu_p50_le_100ms"] = full["cpu_p50_ms"] <= 100
+    if at256:
+        targets["dida_4x_cpu_time_at_256_default"] = at256["speedup_cpu_p50"] >= 4
     result = dict(
         host=dict(
             device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -337,13 +355,13 @@ def main(args: argparse.Namespace) -> int:
             loadavg_before=load_before, loadavg_after=os.getloadavg(),
         ),
         settings=dict(dida_steps=args.dida_steps, prompt_tokens=args.prompt_tokens, sizes=args.sizes),
-        images=rows, ratios=ratios, full_step=full, targets=targets,
+        images=rows, ratios=ratios, full_step=fulls, targets=targets,
     )  # fmt: skip
     out = Path(args.out) if args.out else artifacts_root() / "bench" / "decode.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     _plot(rows, out.with_suffix(".png"))
-    print(_table(rows, ratios, full))
+    print(_table(rows, ratios, fulls))
     print(f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (shared host: other work inflates times)")
     print("targets: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in targets.items()))
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -37,13 +37,10 @@ class ForwardCounter:
     phase: str = "prefill"
     counts: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+    def __post_init__(self) -> None:
+        first = next(self.model.parameters())
+        self.device: torch.device = first.device
+        self.dtype: torch.dtype = first.dtype  # of the additive masks (must match the activations)
 
     def __call__(self, input_ids, attention_mask, position_ids, cache, logits_index=None) -> torch.Tensor:
         self.counts[self.phase] = self.counts.get(self.phase, 0) + 1

@@ -60,10 +60,15 @@ def sample(
         ids = probs.argmax(dim=-1)
     else:
         probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-        # Exponential race: argmax(p / E), E ~ Exp(1) i.i.d., picks i with probability p_i (the
-        # Gumbel-max trick in another form); one vectorised pass, faster than multinomial on CPU.
-        race = torch.empty_like(probs).exponential_(generator=generator)
-        ids = (probs / race).argmax(dim=-1)
+        # Inverse-CDF draw: one uniform per row against the cumulative distribution (float64, so
+        # the tail of a 282k-wide vocabulary keeps its mass). One random number per row instead of
+        # one per entry: on CPU ~10x faster than multinomial for DiDA's (cells x codes) draws.
+        cdf = probs.double().cumsum(dim=-1)  # (..., V)
+        u = torch.rand((*probs.shape[:-1], 1), generator=generator, dtype=torch.float64, device=probs.device)
+        ids = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1)
+        ids = ids.clamp_max(probs.shape[-1] - 1)
+        # right=True never lands on a zero-mass id, except by rounding at the very top: guard it
+        ids = torch.where(probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) > 0, ids, probs.argmax(dim=-1))
     prob_of_id = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return ids, prob_of_id, probs.max(dim=-1).values
 
