@@ -9,6 +9,8 @@ import pytest
 from emu_guide.types import PlanStep
 from emu_ros.backends.base import BackendError, DecodeOptions, load_backend
 
+pytestmark = pytest.mark.slow  # builds a 12M-parameter Emu3 (184,622-id vocabulary): ~10 s on a loaded host
+
 
 def _tiny_tokenizer(directory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
