@@ -18,6 +18,7 @@ and store frames; the action server runs in its own reentrant group, where the b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import threading
@@ -439,7 +440,10 @@ def _make_node_class() -> type:
                 with self._backend_lock:
                     step = run.step(frame)
                 self._publish_step(goal_handle, run, step)
-                if not continuous or run.done:
+                if not continuous:
+                    run.assume_done(step)  # one-shot: plan the following steps ahead from the same view
+                    continue
+                if run.done:
                     continue
                 if self._p("wait_for_step_result") and step.goal is not None:
                     result = self._wait_result(step.goal.goal_id, stopped)
@@ -448,7 +452,7 @@ def _make_node_class() -> type:
                             return PlanStatus.CANCELED
                         run.plan.error = f"no StepResult for goal {step.goal.goal_id} within step_result_timeout_s"
                         return PlanStatus.FAILED
-                    run.record_result(step, bool(result.success))
+                    run.record_result(step, bool(result.success))  # a failed step is planned again
                     if result.success and self._sim_env is not None:
                         self._sim_env.unwrapped.execute_skill(step.goal)  # keep the oracle's mirror in step
                     if result.task_done:
@@ -477,6 +481,12 @@ def _make_node_class() -> type:
                 self.goal_pub.publish(convert.action_goal_msg(self.factory, step.goal))
             self.plan_pub.publish(self._plan_msg(plan))
             self.steps_published += 1
+            if self._p("plan_images") != "all" and len(plan.steps) > 1:
+                # Memory stays flat over long continuous runs: older steps in the plan record lose their
+                # images (already sent as feedback); backends keep their history (texts) untouched.
+                prev = plan.steps[-2]
+                if prev.subgoal_image is not None or prev.subgoal_tokens is not None:
+                    plan.steps[-2] = dataclasses.replace(prev, subgoal_image=None, subgoal_tokens=None)
 
         def _plan_msg(self, plan: Any) -> Any:
             """Plan message with subgoal images per ``plan_images`` (a long run would otherwise grow each message)."""

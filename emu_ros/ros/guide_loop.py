@@ -1,13 +1,14 @@
 """One guidance run (instruction -> plan steps with action goals), shared by the ROS node and bag replay.
 
 No rclpy here: the node drives a ``GuideRun`` from its action-server thread, ``replay`` drives it
-from bag frames, and both publish/write what it returns. The run owns the history of done steps
-and turns each backend step into an ``ActionGoal`` (the backend's own goal when it has one, else
-the planner's parse of the sentence).
+from bag frames, and both publish/write what it returns. The run wraps a ``GuidanceSession`` (the
+history of done steps) and turns each backend step into an ``ActionGoal`` (the backend's own goal
+when it has one, else the planner's parse of the sentence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,54 +35,67 @@ def resize_frame(frame: Frame, size: tuple[int, int]) -> Frame:
 
 @dataclass
 class GuideRun:
-    """The state of one guidance request: instruction, options, done steps, the plan so far.
+    """One guidance request: a ``GuidanceSession`` (instruction, done steps) plus the plan record.
 
-    ``step(frame)`` asks the backend for the next step; ``record_result`` tells the run whether
-    an executed step worked (a failed step is dropped from the history so it is planned again).
+    ``step(frame)`` asks the session for the next step and attaches its ``ActionGoal``. The caller
+    then says what became of it: ``record_result(step, success)`` when an executor reported (a
+    success joins the session's history, a failure is planned again), or ``assume_done(step)`` to
+    plan ahead from the same view (one-shot plans). A step neither confirmed nor assumed is
+    proposed again from the next frame. ``plan`` records every step produced, in order.
     """
 
     backend: Any  # emu_ros.backends.base.GuidanceBackend
     instruction: str
     options: DecodeOptions = field(default_factory=DecodeOptions)
-    max_steps: int = 20
+    max_steps: int = 20  # steps produced (proposals, including repeats) before the run stops
     image_size: tuple[int, int] | None = None  # (h, w) frames are resized to; None: the backend's
     vocabulary: Any = None  # planner.parse.Vocabulary for sentences the backend gave no goal for
-    history: list[PlanStep] = field(default_factory=list)  # steps accepted as done (or planned, one-shot)
     plan: Plan | None = None
-    frames_used: int = 0
+    session: Any = None  # emu_ros.session.GuidanceSession (created in __post_init__)
 
     def __post_init__(self) -> None:
-        if not self.instruction.strip():
-            raise ValueError("the instruction is empty")
+        from emu_ros.session import GuidanceSession
+
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        self.plan = Plan(instruction=self.instruction, model_id=str(getattr(self.backend, "model_id", "")))
+        # validates the instruction (empty, or words the model cannot encode) before any frame
+        self.session = GuidanceSession(self.backend, self.instruction, self.options, max_steps=self.max_steps)
+        self.plan = Plan(instruction=self.session.instruction, model_id=str(getattr(self.backend, "model_id", "")))
+
+    @property
+    def history(self) -> list[PlanStep]:
+        return self.session.history
 
     @property
     def done(self) -> bool:
         """The backend said the task is complete, or the step budget is spent."""
-        steps = self.plan.steps if self.plan else []
-        return bool(steps and steps[-1].is_final) or len(steps) >= self.max_steps
+        return bool(self.session.finished) or len(self.plan.steps) >= self.max_steps
 
     def step(self, frame: Frame) -> PlanStep:
-        """Plan the next step from ``frame``; raises BackendError (or ValueError) unchanged."""
+        """Plan the next step from ``frame``; BackendError / SessionError (a ValueError) propagate."""
         assert self.plan is not None
         size = self.image_size or tuple(getattr(self.backend, "image_size", (frame.height, frame.width)))
         frame_in = resize_frame(frame, (int(size[0]), int(size[1])))
         t0 = time.perf_counter()
-        step = self.backend.next_step(frame_in, self.instruction, list(self.history), self.options)
+        step = self.session.next_step(frame_in)
         step.goal = self._goal_for(step, frame)
         step.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1e3)
-        self.frames_used += 1
         self.plan.steps.append(step)
         self.plan.stamp, self.plan.frame_id = frame.stamp, frame.frame_id
-        self.history.append(step)
         return step
 
     def record_result(self, step: PlanStep, success: bool) -> None:
-        """An executor reported on ``step``: a failure removes it from the history (plan it again)."""
-        if not success and self.history and self.history[-1] is step:
-            self.history.pop()
+        """An executor reported on ``step``: success joins the history; failure plans it again."""
+        if self.session.pending is not step or step.is_final:
+            return
+        if success:
+            self.session.mark_done(step)
+        else:
+            self.session.replan()
+
+    def assume_done(self, step: PlanStep) -> None:
+        """Plan ahead: treat ``step`` as done without an executor's word (one-shot plans)."""
+        self.record_result(step, True)
 
     def finish(self, status: PlanStatus, error: str = "") -> Plan:
         assert self.plan is not None
@@ -93,12 +107,15 @@ class GuideRun:
         """The backend's goal, else the planner's parse of the sentence; stamped with the frame."""
         if step.is_final and step.goal is None:
             return None
+        index = len(self.plan.steps) if self.plan else step.index
         goal = step.goal
         if goal is None:
             from planner.parse import parse_step  # numpy-only planner module
 
-            goal = parse_step(step.text, self.vocabulary, step_index=len(self.plan.steps) if self.plan else 0)
-        goal.step_index = len(self.plan.steps) if self.plan else step.index
+            goal = parse_step(step.text, self.vocabulary, step_index=index)
+        else:
+            goal = dataclasses.replace(goal)  # the backend may hand out its cached plan's objects
+        goal.step_index = index
         goal.stamp = frame.stamp
         if not goal.goal_id:
             goal.goal_id = uuid.uuid4().hex

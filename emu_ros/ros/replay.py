@@ -132,8 +132,10 @@ def replay_bag(
     """Plan from the frames of ``bag`` (one step per frame at most every ``every_s`` bag seconds).
 
     All camera messages are copied to ``out`` unchanged; a Plan (the plan so far) and an ActionGoal
-    follow each planned frame, stamped with that frame. ``on_step_executed(step)`` is called after
-    each step (the oracle's sim mirror executes the goal there). ``image_size`` (h, w): resize
+    follow each planned frame, stamped with that frame. Each step counts as done by the next planned
+    frame (the recording's robot acted in between: choose ``every_s`` to match its step time);
+    ``on_step_executed(step)`` may execute it instead (the oracle's sim mirror) and return a
+    StepResult whose ``success`` decides. ``image_size`` (h, w): resize
     frames to it before the backend (default: the backend's own input size). A backend error ends the replay
     with status "failed" and the error in the last Plan, never a traceback mid-bag.
     """
@@ -156,7 +158,7 @@ def replay_bag(
             last_planned_ns = msg.timestamp_ns
             try:
                 step = run.step(msg.frame)
-            except (BackendError, ValueError) as exc:
+            except (BackendError, ValueError) as exc:  # SessionError is a ValueError
                 plan = run.finish(PlanStatus.FAILED, f"{type(exc).__name__}: {exc}")
                 writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, plan), msg.timestamp_ns + 1)
                 summary.status, summary.error = plan.status.value, plan.error
@@ -164,8 +166,11 @@ def replay_bag(
             t_out = msg.timestamp_ns + max(1, int(step.timings_ms.get("total", 0.0) * 1e6))
             if step.goal is not None:
                 writer.write(GOAL_TOPIC, convert.action_goal_msg(writer.factory, step.goal), t_out)
-            if on_step_executed is not None and not step.is_final:
-                on_step_executed(step)
+            if not step.is_final:
+                # The recording's robot acted before the next planned frame: the step counts as done,
+                # unless an executor (the oracle's sim mirror) says otherwise.
+                outcome = on_step_executed(step) if on_step_executed is not None else None
+                run.record_result(step, bool(getattr(outcome, "success", True)))
             if run.done:
                 run.finish(PlanStatus.SUCCEEDED)
                 summary.status = PlanStatus.SUCCEEDED.value

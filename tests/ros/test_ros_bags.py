@@ -90,9 +90,10 @@ def test_replay_counts_bad_frames_and_reports_backend_errors(tmp_path):
         w.write("/cam", bad, 2_000_000_000)
         w.write("/cam/compressed", convert.compressed_msg(w.factory, image, 3.0, fmt="png"), 3_000_000_000)
     backend = load_backend("oracle", env=env)
-    result = replay.replay_bag(bag, tmp_path / "out", backend, "clear", DecodeOptions(mode="oracle"), max_steps=5)
+    result = replay.replay_bag(bag, tmp_path / "out", backend, "clear", DecodeOptions(mode="oracle"), max_steps=5,
+                               on_step_executed=lambda step: env.unwrapped.execute_skill(step.goal))  # fmt: skip
     assert result.frames == 3 and result.frames_rejected == 1 and "bayer_rggb8" in result.rejected_reasons[0]
-    assert result.steps == 2  # one step per valid frame (the oracle repeats: nothing was executed)
+    assert result.steps == 2 and result.sentences[1] != result.sentences[0]  # one step per valid frame
     # frames resized to a size the oracle does not render: BackendError; the replay fails with its message
     small = tmp_path / "small"
     with replay.BagOut(small, "mcap") as w:

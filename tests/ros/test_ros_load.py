@@ -28,8 +28,12 @@ def test_60hz_frames_for_60s_while_planning(tmp_path):
     seconds = float(os.environ.get("EMU_ROS_LOAD_SECONDS", "60"))
     r = _bench().run_load(python, tmp_path, hz=60.0, seconds=seconds, size=(240, 320), bad_every=10, oneshot_trials=1)
     assert r["node_alive_after"] and r["final_status"] == "canceled"
-    # invalid frames: every one that arrived was rejected and counted (best-effort QoS may lose a few)
-    assert 0.9 * r["frames_sent_invalid"] <= r["frames_rejected"] <= r["frames_sent_invalid"]
+    # invalid frames are rejected and counted. Sensor-data QoS (best effort, keep last 5) lets the
+    # subscription queue overwrite samples while the node is busy, valid and invalid alike: the
+    # rejected share of what arrived matches the sent share (1 in bad_every)
+    assert 0 < r["frames_rejected"] <= r["frames_sent_invalid"]
+    share = r["frames_rejected"] / (r["frames_rejected"] + r["frames_received"])
+    assert abs(share - r["frames_sent_invalid"] / (r["frames_sent_invalid"] + r["frames_sent_valid"])) < 0.05
     reasons = " | ".join(r["rejected_by_reason"])
     for kind in ("unsupported image encoding", "data size", "image data is empty", "compressed image"):
         assert kind in reasons, (kind, reasons)

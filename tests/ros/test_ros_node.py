@@ -35,13 +35,13 @@ def node(graph):
 
 def test_frames_in_goal_out_feedback_result_plan_and_action_goal_topics(graph, node):
     python, env, _ = graph
-    out = run_probe(python, "oneshot", {"instruction": INSTRUCTION, "max_steps": 2}, env)
+    out = run_probe(python, "oneshot", {"instruction": INSTRUCTION, "max_steps": 1}, env)
     assert out["accepted"]
     res = out["result"]
     assert res["ros_status"] == 4 and res["status"] == "succeeded" and res["error"] == ""  # 4 = SUCCEEDED
     # feedback streams each step as it is produced, in order
     assert [fb["index"] for fb in out["feedback"]] == [s["index"] for s in res["steps"]]
-    assert out["steps_done"] == [1, 2]
+    assert out["steps_done"] == [1]
     first = out["feedback"][0]
     assert first["sentence"].startswith("pick up") and first["verb"] == "pick" and first["object"]
     assert first["decode_mode"] == "oracle" and first["image"] == [96, 96, "rgb8"]
@@ -50,11 +50,11 @@ def test_frames_in_goal_out_feedback_result_plan_and_action_goal_topics(graph, n
     assert all(round(s["stamp"] * 1e6) in published for s in out["feedback"])
     # Plan topic: one per step plus the final one, header = the source frame; ActionGoal topic: one per step
     plans = out["plans"]
-    assert [p["n"] for p in plans] == [1, 2, 2] and plans[-1]["status"] == "succeeded"
+    assert [p["n"] for p in plans] == [1, 1] and plans[0]["status"] == "running" and plans[-1]["status"] == "succeeded"
     assert all(p["frame_id"] == "probe_cam" and p["instruction"] == INSTRUCTION for p in plans)
     assert plans[0]["model_id"].startswith("oracle:")
     assert [g["goal_id"] for g in out["goals"]] == [fb["goal_id"] for fb in out["feedback"]]
-    assert len({g["goal_id"] for g in out["goals"]}) == 2
+    assert len(out["goals"]) == 1 and out["goals"][0]["verb"] == "pick"
     assert out["frame_in_to_feedback_s"] and 0 < out["frame_in_to_feedback_s"][0] < 5.0
 
 
@@ -105,10 +105,16 @@ def test_backend_error_aborts_the_goal_with_its_message_and_the_node_keeps_servi
     args = {"instruction": INSTRUCTION, "param": "sim_env_id", "bad": "sim_envs/NoSuchTask-v0", "good": ENV_ID}
     out = run_probe(python, "backend_error", args, env)
     assert out["set_bad"][0] and out["set_good"][0]
-    failed = out["failed"]
+    failed = out["failed"]  # the backend cannot load: every goal says why
     assert failed["ros_status"] == 6 and failed["status"] == "failed"
     assert "backend 'oracle' failed to load" in failed["error"] and "NoSuchTask" in failed["error"]
     assert out["recovered"]["status"] == "succeeded"
+    # a loaded backend raising in next_step (64x64 frames; the oracle's env renders 96x96)
+    assert all(ok for ok, _ in out["set_size"] + out["reset_size"])
+    step_error = out["step_error"]
+    assert step_error["ros_status"] == 6 and step_error["error"].startswith("BackendError") and "64x64" in step_error["error"]
+    assert step_error["plan_status"] == "failed" and step_error["steps"] == []
+    assert out["after"]["status"] == "succeeded"
     assert node.proc.poll() is None
 
 
@@ -145,9 +151,12 @@ def test_closed_loop_over_ros_with_the_sim_bridge(graph):
     res = out["result"]
     assert res["status"] == "succeeded", (res, guide.log.read_text()[-2000:])
     results = out["step_results"]
-    assert results and results[-1]["task_done"] and all(r["success"] for r in results)
+    assert results and results[-1]["task_done"], results
+    failed = [r for r in results if not r["success"]]
+    assert len(failed) <= 2, failed  # a skill may fail now and then; the loop plans that step again
     # every executed goal came from a streamed step; the goals form the ground-truth-length plan
     assert [r["goal_id"] for r in results] == out["goals"][: len(results)]
-    assert len(out["feedback"]) == len(res["steps"]) >= 4
+    streamed = list(dict.fromkeys(f["goal_id"] for f in out["feedback"] if f["goal_id"]))  # in order, once each
+    assert streamed == [s["goal_id"] for s in res["steps"] if s["goal_id"]] and len(res["steps"]) >= 4, (out["feedback"], res["steps"])
     verbs = [s["verb"] for s in res["steps"]]
     assert verbs[0] == "pick" and "place" in verbs

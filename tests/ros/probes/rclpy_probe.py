@@ -49,6 +49,8 @@ class Probe(Node):
         self.lock = threading.Lock()
         self.create_subscription(Plan, "plan", lambda m: self._add(self.plans, m), RELIABLE)
         self.create_subscription(ActionGoal, "action_goal", lambda m: self._add(self.goals, m), RELIABLE)
+        self.step_results: list[tuple[float, Any]] = []
+        self.create_subscription(StepResult, "step_result", lambda m: self._add(self.step_results, m), RELIABLE)
         self.create_subscription(String, f"{NODE}/frame_stats", lambda m: self.stats.append(json.loads(m.data)), RELIABLE)
         self.client = ActionClient(self, Guide, "guide")
         self.set_client = self.create_client(SetParameters, f"{NODE}/set_parameters")
@@ -58,6 +60,24 @@ class Probe(Node):
     def _add(self, store: list, msg: Any) -> None:
         with self.lock:
             store.append((time.monotonic(), msg))
+
+    def wait_outputs(self, timeout: float = 30.0) -> None:
+        """Reliable but volatile: a Plan/ActionGoal published before our subscriptions matched is not
+        delivered. Wait until the node's publishers are in the graph, then a moment for matching."""
+        deadline = time.monotonic() + timeout
+        while self.count_publishers("/plan") == 0 or self.count_publishers("/action_goal") == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the node's plan / action_goal publishers never appeared")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def wait_matched(self, timeout: float = 30.0) -> None:
+        """Best-effort samples published before discovery matched are lost: wait for the node's subscriptions."""
+        deadline = time.monotonic() + timeout
+        while self.image_pub.get_subscription_count() == 0 or self.compressed_pub.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no subscriber matched image_raw / image_raw/compressed")
+            time.sleep(0.05)
 
     # -- frames -----------------------------------------------------------------------------
     def frame(self, h: int = 96, w: int = 96) -> np.ndarray:
@@ -104,6 +124,7 @@ class Probe(Node):
     def send_goal(self, instruction: str, mode: int = 0, max_steps: int = 1, images: list | None = None, feedback: list | None = None) -> Any:
         if not self.client.wait_for_server(timeout_sec=20):
             raise RuntimeError("Guide action server not available")
+        self.wait_outputs()
         goal = Guide.Goal(instruction=instruction, mode=mode, max_steps=max_steps, images=images or [])
         cb = (lambda fb: feedback.append((time.monotonic(), fb.feedback))) if feedback is not None else None
         fut = self.client.send_goal_async(goal, feedback_callback=cb)
@@ -152,6 +173,7 @@ def stream(probe: Probe, stop: threading.Event, hz: float, kinds: tuple[str, ...
            bad_every: int = 0, counts: dict | None = None) -> threading.Thread:  # fmt: skip
     """Publish frames at ``hz`` in a thread (cycling through ``kinds``; every ``bad_every``-th frame invalid)."""
     counts = counts if counts is not None else {}
+    probe.wait_matched()
     bad_kinds = ("encoding", "size", "empty", "jpeg")
     image = probe.frame(h, w)
 
@@ -229,6 +251,7 @@ def scenario_params(probe: Probe, args: dict) -> dict:
 
 def scenario_bad_frames(probe: Probe, args: dict) -> dict:
     """Invalid frames are counted and survived; a goal still succeeds from a valid frame."""
+    probe.wait_matched()
     for _ in range(args.get("repeat", 3)):
         for kind in ("encoding", "size", "empty", "jpeg"):
             probe.publish_bad(kind)
@@ -275,6 +298,11 @@ def scenario_backend_error(probe: Probe, args: dict) -> dict:
     out["failed"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
     out["set_good"] = probe.set_param(args["param"], args["good"])
     out["recovered"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
+    # a loaded backend that refuses a step: frames resized to a size the oracle does not render
+    out["set_size"] = [probe.set_param("image_height", 64), probe.set_param("image_width", 64)]
+    out["step_error"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
+    out["reset_size"] = [probe.set_param("image_height", 0), probe.set_param("image_width", 0)]
+    out["after"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
     stop.set()
     return out
 
@@ -291,14 +319,13 @@ def scenario_goal_images(probe: Probe, args: dict) -> dict:
 
 def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     """With the sim bridge running: a continuous goal until the task is done, all over ROS."""
-    results: list = []
-    probe.create_subscription(StepResult, "step_result", lambda m: results.append(m), RELIABLE)
     feedback: list = []
     t0 = time.monotonic()
     handle = probe.send_goal(args["instruction"], mode=1, max_steps=args.get("max_steps", 30), feedback=feedback)
     result = result_dict(handle, timeout=args.get("timeout", 120))
     return {"result": result, "feedback": [step_dict(fb.step) for _, fb in feedback], "wall_s": time.monotonic() - t0,
-            "step_results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done} for r in results],
+            "step_results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done}
+                             for _, r in probe.step_results],
             "goals": [m.goal_id for _, m in probe.goals]}  # fmt: skip
 
 
@@ -322,6 +349,7 @@ def scenario_load(probe: Probe, args: dict) -> dict:
 
     goal = Guide.Goal(instruction=args["instruction"], mode=1, max_steps=1000)
     assert probe.client.wait_for_server(timeout_sec=20)
+    probe.wait_outputs()
     handle = wait(probe.client.send_goal_async(goal, feedback_callback=on_feedback), 20)
     time.sleep(args["seconds"])
     stop.set()
