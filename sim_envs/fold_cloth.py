@@ -326,10 +326,16 @@ class FoldClothEnv(TabletopEnv):
         q = self.ee[:2]
         if np.linalg.norm(q - p) < 0.005:
             return
+        key = (float(p[0]), float(p[1]), float(q[0]), float(q[1]), self.P.tobytes())
+        cached = getattr(self, "_preview", None)
+        if cached is not None and cached[0] == key:  # lowering or lifting in place: same picture
+            img[:] = cached[1]
+            return
         P, layer, flipped = self.P.copy(), self.layer.copy(), self.flipped.copy()
         fold_particles(P, layer, flipped, p, q.copy())
         img[:] = self._background
         self._splat_cloth(img, P, layer, flipped)
+        self._preview = (key, img.copy())
 
     def _splat_cloth(self, img: np.ndarray, P: np.ndarray, layer: np.ndarray, flipped: np.ndarray) -> None:
         """Splat the particles as small disks, top layer winning, then composite anti-aliased.
