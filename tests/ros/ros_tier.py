@@ -72,9 +72,17 @@ def ros_env(domain_id: int, tmp: Path) -> dict[str, str]:
     return env
 
 
+_USED_DOMAINS: set[int] = set()
+
+
 def random_domain_id() -> int:
-    # 0-101 is the portable range; a random one keeps parallel sessions on one host apart.
-    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
+    """A fresh domain id per graph: random (keeps parallel sessions on one host apart), never
+    reused within this process (two graphs alive at once must not see each other)."""
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    free = [d for d in range(1, 102) if d not in _USED_DOMAINS]  # 0-101: the portable range
+    domain = rng.choice(free)
+    _USED_DOMAINS.add(domain)
+    return domain
 
 
 class RosProcess:
