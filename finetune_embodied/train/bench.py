@@ -11,6 +11,7 @@ for the language-model stages, as the FSQ default produces) and times them after
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -83,7 +84,10 @@ def run(configs_dir: Path, pipeline: Path, steps: int, out_json: Path) -> dict[s
         total_s += r["estimated_train_s"]
         results.append(r)
     report = {
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__,
+                    # The machine may be shared: a load above the core count means the numbers are low.
+                    "load_avg_1_5_15_at_end": list(os.getloadavg())},
         "stages": results,
         "estimated_total_train_s": total_s,
         "estimated_total_train_h": total_s / 3600,

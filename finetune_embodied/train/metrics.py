@@ -40,7 +40,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:
-    """Training loss (and every eval metric) against step, one panel per quantity."""
+    """Up to three panels against step: training losses, held-out rates (0..1), other held-out metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,28 +49,28 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "")
     rows = read_metrics(metrics_path)
     train = [r for r in rows if r.get("split") == "train"]
     evals = [r for r in rows if r.get("split") == "eval"]
-    train_keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    eval_keys = sorted({k for r in evals for k in r if k not in ("step", "split", "time_s", "samples")})
-    panels = [("train", k) for k in train_keys] + [("eval", k) for k in eval_keys]
-    n = max(1, len(panels))
-    cols = min(3, n)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (split, key) in zip(axes.flat, panels):
-        src = train if split == "train" else evals
-        pts = [(r["step"], r[key]) for r in src if isinstance(r.get(key), (int, float))]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o" if split == "eval" else None, ms=3)
-        ax.set_title(f"{split}: {key}", fontsize=9)
+    skip = {"step", "split", "time_s", "samples", "lr", "samples_per_s", "grad_norm"}
+    train_keys = sorted({k for r in train for k in r if "loss" in k or k.startswith("ce_")})
+    eval_keys = sorted({k for r in evals for k in r if k not in skip})
+    rate_keys = [k for k in eval_keys if k.endswith(("_acc", "_frac"))]
+    other_keys = [k for k in eval_keys if k not in rate_keys]
+    panels = [(t, src, keys) for t, src, keys in (
+        ("train", train, train_keys), ("held-out rates", evals, rate_keys), ("held-out", evals, other_keys)) if keys]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.2), squeeze=False)
+    for ax, (name, src, keys) in zip(axes.flat, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in src if isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o" if src is evals else None, ms=3, label=key)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     png_path = Path(png_path)
-    fig.savefig(png_path, dpi=90)
+    fig.savefig(png_path, dpi=80)
     plt.close(fig)
     return png_path
