@@ -39,9 +39,13 @@ def main(args: argparse.Namespace) -> int:
 
         bench_stage(cfg)
         return 0
+    import os
+
     from finetune_embodied.train.loop import train
 
     result = train(cfg, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"stage {cfg.stage}: {result.steps} steps, {result.samples_per_s:.1f} samples/s, checkpoint {result.checkpoint}")
     if result.final_eval:
         print("held-out: " + ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items()))

@@ -51,6 +51,8 @@ def bench_stage(cfg: TrainConfig, steps: int = 6, warmup: int = 2, out_dir: Path
     # Per-step rates from the log (log_every=1): the timed steps only, without the final eval/save.
     rates = [r["samples_per_s"] for r in rows if r["split"] == "train" and r["step"] > warmup]
     rate = float(len(rates) / sum(1.0 / r for r in rates)) if rates else res.samples_per_s  # harmonic mean
+    cpu = [r["cpu_s_per_step"] for r in rows if r["split"] == "train" and r["step"] > warmup and "cpu_s_per_step" in r]
+    cpu_s = sum(cpu) / len(cpu) if cpu else None
     n_params = None
     if res.model is not None:
         n_params = sum(p.numel() for p in {id(p): p for p in res.model.parameters()}.values())
@@ -60,6 +62,10 @@ def bench_stage(cfg: TrainConfig, steps: int = 6, warmup: int = 2, out_dir: Path
         "samples_per_s": rate,
         "s_per_step": cfg.optim.batch_size / rate if rate else None,
         "timed_steps": len(rates),
+        # CPU seconds per step over all threads; / torch threads = the wall time of an idle machine
+        # if the threads scale perfectly (an optimistic bound, independent of other jobs' load).
+        "cpu_s_per_step": cpu_s,
+        "idle_machine_s_per_step_est": cpu_s / torch.get_num_threads() if cpu_s else None,
         "setup_and_warmup_s": setup_s,
         "params": n_params,
         "model": run_cfg.model,
@@ -74,14 +80,16 @@ def run(configs_dir: Path, pipeline: Path, steps: int, out_json: Path) -> dict[s
 
     pipe = yaml.safe_load(pipeline.read_text()) if pipeline.is_file() else {}
     results = []
-    total_s = 0.0
+    total_s = total_idle = 0.0
     for stage in ("tokenizer", "next_token", "dida"):
         cfg = load_config(configs_dir / f"{stage}.yaml", BENCH_DATA[stage] + ["device=cpu"])
         r = bench_stage(cfg, steps=steps)
         planned = int((pipe.get(stage) or {}).get("optim.max_steps", cfg.optim.max_steps))
         r["planned_steps"] = planned
         r["estimated_train_s"] = planned * r["s_per_step"]
+        r["estimated_train_s_idle"] = planned * (r["idle_machine_s_per_step_est"] or r["s_per_step"])
         total_s += r["estimated_train_s"]
+        total_idle += r["estimated_train_s_idle"]
         results.append(r)
     report = {
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -91,16 +99,19 @@ def run(configs_dir: Path, pipeline: Path, steps: int, out_json: Path) -> dict[s
         "stages": results,
         "estimated_total_train_s": total_s,
         "estimated_total_train_h": total_s / 3600,
+        "estimated_total_train_h_idle_machine": total_idle / 3600,
         "note": "time to train = planned steps x measured s/step per stage (excludes recording, evaluation, checkpoints)",
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(report, indent=2))
     print()
-    print("| stage | batch | samples/s | s/step | planned steps | est. time |")
-    print("|---|---|---|---|---|---|")
+    print("| stage | batch | samples/s | s/step | CPU s/step | planned steps | est. time (measured) | est. time (idle machine) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['stage']} | {r['batch_size']} | {r['samples_per_s']:.2f} | {r['s_per_step']:.3f} |"
-              f" {r['planned_steps']} | {r['estimated_train_s'] / 60:.1f} min |")
-    print(f"| total | | | | | {total_s / 60:.1f} min |")
+        print(f"| {r['stage']} | {r['batch_size']} | {r['samples_per_s']:.2f} | {r['s_per_step']:.2f} |"
+              f" {r['cpu_s_per_step'] or float('nan'):.2f} | {r['planned_steps']} | {r['estimated_train_s'] / 60:.0f} min |"
+              f" {r['estimated_train_s_idle'] / 60:.0f} min |")
+    print(f"| total | | | | | | {total_s / 60:.0f} min | {total_idle / 60:.0f} min |")
+    print(f"load average at the end: {os.getloadavg()}")
     print(f"\nJSON: {out_json}")
     return report

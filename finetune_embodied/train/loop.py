@@ -201,6 +201,7 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     bar = tqdm(total=cfg.optim.max_steps, initial=step, desc=f"train[{cfg.stage}]", disable=not (progress and info.is_main))
     t0 = time.perf_counter()
     t_window, steps_window, first_step = t0, 0, step
+    cpu_window = time.process_time()  # CPU seconds of this process (all threads): load-independent cost
     sums: dict[str, tuple[float, int]] = {}  # metric -> (sum, count) over the log window
     try:
         while step < end_step:
@@ -231,11 +232,12 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
                 means = D.all_reduce_mean({k: sums[k][0] / sums[k][1] if k in sums else math.nan for k in keys}, info)
                 now = time.perf_counter()
                 rate = steps_window * bs * world / max(now - t_window, 1e-9)
+                cpu_now = time.process_time()
                 if info.is_main:
                     log.write({"split": "train", "step": step, "lr": sched.get_last_lr()[0], "samples_per_s": rate,
-                               "time_s": now - t0, **means})
+                               "cpu_s_per_step": (cpu_now - cpu_window) / steps_window, "time_s": now - t0, **means})
                     bar.set_postfix(loss=f"{means['loss']:.4f}", sps=f"{rate:.1f}")
-                sums, steps_window, t_window = {}, 0, now
+                sums, steps_window, t_window, cpu_window = {}, 0, now, cpu_now
             is_last = step == cfg.optim.max_steps
             if (cfg.eval.every and step % cfg.eval.every == 0) or is_last:
                 final_eval = evaluate(step)
