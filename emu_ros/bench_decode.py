@@ -148,11 +148,21 @@ def decode_one_image(model, layout, prompt: list[int], grid: tuple[int, int], mo
     return dict(ms=1e3 * elapsed, cpu_ms=1e3 * cpu, forwards=runner.counts["image"], peak_mb=peak)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def bench_images(args: argparse.Namespace, device, dtype) -> tuple[list[dict], list[dict]]:
+def bench_images(args: argparse.Namespace, device, dtype) -> tuple[list[dict], list[dict], list[dict]]:
     import torch
     from tqdm import tqdm
 
@@ -202,7 +212,7 @@ def bench_images(args: argparse.Namespace, device, dtype) -> tuple[list[dict], l
             speedup_p50=ar["p50_ms"] / dd["p50_ms"],
             speedup_cpu_p50=ar["cpu_p50_ms"] / dd["cpu_p50_ms"],
         ))  # fmt: skip
-    return rows, ratios
+    return rows, ratios, models
 
 
 def bench_full_step(args: argparse.Namespace, device, dtype, k: int) -> dict:
@@ -334,7 +344,7 @@ def main(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     torch.manual_seed(0)
     load_before = os.getloadavg()
-    rows, ratios = bench_images(args, device, dtype)
+    rows, ratios, models = bench_images(args, device, dtype)
     fulls = []
     if "default" in args.models and args.full_step_repeats > 0:
         fulls = [bench_full_step(args, device, dtype, k) for k in args.full_step_k]
@@ -350,12 +360,12 @@ def main(args: argparse.Namespace) -> int:
         targets["dida_4x_cpu_time_at_256_default"] = at256["speedup_cpu_p50"] >= 4
     result = dict(
         host=dict(
-            device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
             cpus=os.cpu_count(), torch_threads=args.threads, torch=torch.__version__, dtype=str(dtype),
             loadavg_before=load_before, loadavg_after=os.getloadavg(),
         ),
         settings=dict(dida_steps=args.dida_steps, prompt_tokens=args.prompt_tokens, sizes=args.sizes),
-        images=rows, ratios=ratios, full_step=fulls, targets=targets,
+        models=models, images=rows, ratios=ratios, full_step=fulls, targets=targets,
     )  # fmt: skip
     out = Path(args.out) if args.out else artifacts_root() / "bench" / "decode.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,10 +99,14 @@ class KVState:
         """Cached slots T (including left padding)."""
         return self.valid.shape[1]
 
-    def _forward(self, ids: Sequence[int], bidirectional: bool, logits_index: torch.Tensor | None) -> torch.Tensor:
+    def _forward(
+        self, ids: Sequence[int] | torch.Tensor, bidirectional: bool, logits_index: torch.Tensor | None
+    ) -> torch.Tensor:
         device = self.valid.device
         q = len(ids)
-        input_ids = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None].expand(self.batch, q)
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.tensor(list(ids), dtype=torch.long)
+        input_ids = ids.to(device)[None].expand(self.batch, q)  # (B, q): every row gets the same tokens
         position_ids = self.next_pos[:, None] + torch.arange(q, device=device)[None]  # (B, q)
         mask = attention_mask_4d(self.valid, q, bidirectional, self.runner.dtype)
         return self.runner(input_ids, mask, position_ids, self.cache, logits_index)
@@ -122,7 +126,7 @@ class KVState:
         self.tokens.extend(ids)
         return logits[:, -1] if last_only else logits
 
-    def peek(self, ids: Sequence[int], logits_index: torch.Tensor) -> torch.Tensor:
+    def peek(self, ids: Sequence[int] | torch.Tensor, logits_index: torch.Tensor) -> torch.Tensor:
         """DIDA PEEK: run ``ids`` bidirectionally after the cache, return logits at ``logits_index``
         (B, n, V), and leave the cache as it was (the block's KV is cropped away)."""
         if self.pending:

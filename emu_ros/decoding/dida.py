@@ -109,7 +109,7 @@ def decode_image_dida(
     ids[cells] = vo + codes
     fill_open()
     for t, n_commit in enumerate(commit_counts(n, steps, schedule), start=1):
-        logits = state.peek(ids.tolist(), logits_index=read_at)  # DIDA PEEK -> (B, N, V)
+        logits = state.peek(ids, logits_index=read_at)  # DIDA PEEK -> (B, N, V), no host round trip
         guided = guide(logits[..., vo : vo + nc], guidance_scale)  # (N, C)
         cand, p_cand, max_p = sample(guided, temperature, top_k, top_p, generator)  # (N,) each
         score = torch.log(p_cand.double().clamp_min(1e-300))  # (N,) float64 confidence
