@@ -35,6 +35,10 @@ def bench_stage(cfg: TrainConfig, steps: int = 6, warmup: int = 2, out_dir: Path
     from finetune_embodied.train.loop import train
 
     out_dir = out_dir or artifacts_root() / "bench" / "train" / cfg.stage
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)  # a fresh run directory: no checkpoint of an earlier bench is resumed
     base = cfg.to_dict()
     base["checkpoint"].update({"dir": str(out_dir), "resume": "never", "every": 10**9})
     base["eval"]["every"] = 0

@@ -97,7 +97,7 @@ class CheckpointConfig:
     dir: str = ""  # run directory ("" = runs/train/<name>); checkpoints go to <dir>/checkpoints
     every: int = 200  # save every N optimizer steps (and always at the end)
     keep_last: int = 3  # older checkpoints are deleted
-    resume: str = "auto"  # "auto" (latest in dir if any), "never", or a checkpoint path
+    resume: str = "auto"  # "auto" (latest in dir if any), "never" (start over: old checkpoints removed), or a path
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,14 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     torch.manual_seed(cfg.seed)
     model = stage.build_model()
     resume_path = ckpt.resolve_resume(ckpt_root, cfg.checkpoint.resume)
+    stale = ckpt.list_checkpoints(ckpt_root) if cfg.checkpoint.resume == "never" else []
+    if stale:  # starting over: old checkpoints would otherwise be picked up by a later auto-resume
+        D.barrier(info)
+        if info.is_main:
+            print(f"checkpoint.resume=never: removing {len(stale)} old checkpoint(s) in {ckpt_root}")
+            for p in stale:
+                shutil.rmtree(p, ignore_errors=True)
+        D.barrier(info)
     state: dict[str, Any] | None = None
     if resume_path is not None:
         loaded = ckpt.load_checkpoint(resume_path)

@@ -74,3 +74,9 @@ def test_run_dir_records_config(tiny_lm):
     saved = json.loads((res.run_dir / "train_config.json").read_text())
     assert saved["optim"]["max_steps"] == 2 and saved["stage"] == "next_token"
     assert json.loads((res.run_dir / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_never_starts_over_and_drops_stale_checkpoints(tiny_lm):
+    train(tiny_lm("n", "optim.max_steps=4"), progress=False)
+    res = train(tiny_lm("n", "optim.max_steps=4", "checkpoint.resume=never"), stop_after_step=2, progress=False)
+    assert [p.name for p in list_checkpoints(res.run_dir / "checkpoints")] == ["step-00000002"]
