@@ -55,9 +55,39 @@ stamp() {
     "$PYTHON" --version 2>&1
   } | sha256sum | cut -d' ' -f1
 }
+# The Python packages CMakeLists.txt installs next to the interfaces (as colcon does on a robot).
+PY_PKGS=(emu_guide emu_ros planner sim_envs)
+PY_STAMP_FILE="$VENV/.emu_guidance_py_stamp"
+py_stamp() {
+  find "${PY_PKGS[@]}" -type f -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1
+}
+BUILD="$VENV/build-interfaces"
+SRC="$VENV/src/emu_guidance"
+stage_python() {
+  for pkg in "${PY_PKGS[@]}"; do
+    rm -rf "${SRC:?}/$pkg"
+    cp -r "$pkg" "$SRC/$pkg"
+  done
+  find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
+}
+cmake_install() {
+  AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
+    cmake --build "$BUILD" --target install -j "$(nproc)" >"$VENV/cmake-build.log" 2>&1 \
+    || { tail -40 "$VENV/cmake-build.log" >&2; exit 1; }
+}
+
 STAMP=$(stamp)
 if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && [ -d "$VENV/interfaces" ]; then
-  echo "[ros_venv] up to date: $VENV"
+  PY_STAMP=$(py_stamp)
+  if [ -f "$PY_STAMP_FILE" ] && [ "$(cat "$PY_STAMP_FILE")" = "$PY_STAMP" ]; then
+    echo "[ros_venv] up to date: $VENV"
+    exit 0
+  fi
+  STEP="refresh the installed Python packages"  # interfaces unchanged: an incremental install
+  stage_python
+  cmake_install
+  echo "$PY_STAMP" >"$PY_STAMP_FILE"
+  echo "[ros_venv] refreshed the installed Python packages: $VENV"
   exit 0
 fi
 
@@ -97,22 +127,21 @@ for path in venv.rglob("*.cmake"):
 print(f"[ros_venv] rewrote include paths in {changed} cmake files -> {py_inc}, {np_inc}")
 PY
 
-STEP="build emu_guidance interfaces"
-BUILD="$VENV/build-interfaces"
-SRC="$VENV/src/emu_guidance"
+STEP="build the emu_guidance package"
+PY_STAMP=$(py_stamp)
 rm -rf "$BUILD" "$VENV/interfaces" "$SRC"
 # CMake refuses exported include directories inside the source directory, and the venv (numpy's
 # headers) lives inside this checkout: build from a staged copy of the package files instead.
 mkdir -p "$SRC"
 cp -r package.xml CMakeLists.txt msg action launch config "$SRC/"
-# Interfaces only: the nodes run from the source tree (editable install above).
+stage_python
+# The whole package as colcon builds it: interfaces, Python packages, executables, launch, config.
+# (Tests run the nodes from the source tree first on PYTHONPATH; the installed copy is checked too.)
 AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
   cmake -S "$SRC" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV/interfaces" -DBUILD_TESTING=OFF \
-  -DEMU_GUIDANCE_INSTALL_PYTHON=OFF -DPython3_EXECUTABLE="$VENV/bin/python" >"$VENV/cmake-configure.log" 2>&1 \
+  -DPython3_EXECUTABLE="$VENV/bin/python" >"$VENV/cmake-configure.log" 2>&1 \
   || { tail -40 "$VENV/cmake-configure.log" >&2; exit 1; }
-AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
-  cmake --build "$BUILD" --target install -j "$(nproc)" >"$VENV/cmake-build.log" 2>&1 \
-  || { tail -40 "$VENV/cmake-build.log" >&2; exit 1; }
+cmake_install
 
 STEP="write env file"
 SITE=$(cd "$VENV/interfaces" && ls -d lib/python3*/site-packages | head -1)
@@ -125,6 +154,14 @@ export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 EOF
 
 STEP="smoke test"
+# The installed copy alone (as on a robot host after colcon build): node class, interfaces, rclpy.
+(cd "$VENV" && AMENT_PREFIX_PATH="$VENV/interfaces:$VENV" LD_LIBRARY_PATH="$VENV/interfaces/lib" \
+  PYTHONPATH="$VENV/interfaces/$SITE" "$VENV/bin/python" -c '
+import emu_ros.ros.guidance_node as g, emu_ros.ros.sim_bridge_node as b
+assert "/interfaces/" in g.__file__, g.__file__
+g.node_class(); b._make_node_class()
+print("[ros_venv] installed package OK:", g.__file__)
+')
 # shellcheck disable=SC1091
 (source "$VENV/ros_env.sh" && "$VENV/bin/python" -c '
 import rclpy
@@ -140,5 +177,6 @@ STEP="cyclonedds client venv"
 "$VENV/dds_client/bin/pip" install -q "${CYCLONE_PKGS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 "$VENV/dds_client/bin/python" -c 'import cyclonedds.domain; print("[ros_venv] cyclonedds client OK")'
 
+echo "$PY_STAMP" >"$PY_STAMP_FILE"
 echo "$STAMP" >"$STAMP_FILE"
 echo "[ros_venv] ready: $VENV (source $VENV/ros_env.sh)"
