@@ -197,11 +197,6 @@ def load_model_dir(
     Every problem is a BackendError naming the file: missing parts, corrupt weights, a tokenizer
     or LM that does not fit the layout.
     """
-    from emu_ros.lm import LMLoadError, load_lm
-    from emu_ros.text_tokenizer import TextTokenizerError, load_text_tokenizer
-    from emu_ros.tokenizers import load_vision_tokenizer
-    from emu_ros.tokenizers.base import VisionTokenizerError
-
     path = Path(path)
     if not path.is_dir():
         raise BackendError(f"model directory {path} does not exist")
@@ -216,13 +211,43 @@ def load_model_dir(
         raise BackendError(f"{gfile}: invalid ({type(exc).__name__}: {exc})") from None
     if doc.get("format_version") != FORMAT_VERSION:
         raise BackendError(f"{gfile}: format_version {doc.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    parts = load_parts(
+        layout, path / "lm", path / "text_tokenizer", path / "vision_tokenizer", image_size,
+        device=device, dtype=dtype, attn_implementation=attn_implementation, source=str(gfile),
+    )  # fmt: skip
+    parts["task"] = doc.get("task", "vla")
+    return parts
+
+
+def load_parts(
+    layout: TokenLayout,
+    lm_dir: str | Path,
+    text_dir: str | Path,
+    vision_dir: str | Path,
+    image_size: tuple[int, int] | None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Load LM, text and vision tokenizers from their directories and check them against ``layout``.
+
+    ``image_size=None`` takes the vision tokenizer's own fixed size. BackendError naming the file.
+    """
+    from emu_ros.lm import LMLoadError, load_lm
+    from emu_ros.text_tokenizer import TextTokenizerError, load_text_tokenizer
+    from emu_ros.tokenizers import load_vision_tokenizer
+    from emu_ros.tokenizers.base import VisionTokenizerError
+
+    text_dir, vision_dir = Path(text_dir), Path(vision_dir)
+    source = source or "the layout"
     try:
-        text = load_text_tokenizer(path / "text_tokenizer")
+        text = load_text_tokenizer(text_dir)
     except TextTokenizerError as exc:
-        raise BackendError(f"{path / 'text_tokenizer'}: {exc}") from None
+        raise BackendError(f"{text_dir}: {exc}") from None
     if layout.name == "compact" and text.vocab_size != layout.visual_offset - COMPACT_NUM_SPECIALS:
         raise BackendError(
-            f"{path / 'text_tokenizer'}: {text.vocab_size} words but {gfile} declares"
+            f"{text_dir}: {text.vocab_size} words but {source} declares"
             f" {layout.visual_offset - COMPACT_NUM_SPECIALS} (wrong layout for this checkpoint)"
         )
     if hasattr(text, "check_layout"):
@@ -231,21 +256,27 @@ def load_model_dir(
         except TextTokenizerError as exc:
             raise BackendError(str(exc)) from None
     try:
-        vision = load_vision_tokenizer(path / "vision_tokenizer", device=device)
+        vision = load_vision_tokenizer(vision_dir, device=device)
     except (VisionTokenizerError, OSError) as exc:
-        raise BackendError(f"{path / 'vision_tokenizer'}: {exc}") from None
+        raise BackendError(f"{vision_dir}: {exc}") from None
     if vision.num_codes != layout.num_visual_codes:
         raise BackendError(
-            f"{path / 'vision_tokenizer'}: {vision.num_codes} codes but layout {layout.name!r} has"
+            f"{vision_dir}: {vision.num_codes} codes but layout {layout.name!r} has"
             f" {layout.num_visual_codes} (wrong layout for this checkpoint)"
         )
-    if vision.image_size is not None and tuple(vision.image_size) != image_size:
-        raise BackendError(f"{gfile}: image_size {image_size} but the vision tokenizer expects {vision.image_size}")
+    if image_size is None:
+        if vision.image_size is None:
+            raise BackendError(f"{vision_dir}: the vision tokenizer has no fixed image size; pass image_size=(h, w)")
+        image_size = tuple(vision.image_size)
+    if vision.image_size is not None and tuple(vision.image_size) != tuple(image_size):
+        raise BackendError(f"{source}: image_size {image_size} but the vision tokenizer expects {vision.image_size}")
+    if image_size[0] % vision.downsample or image_size[1] % vision.downsample:
+        raise BackendError(f"image_size {image_size} is not a multiple of the vision tokenizer's {vision.downsample}")
     try:
-        lm = load_lm(path / "lm", layout, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        lm = load_lm(lm_dir, layout, device=device, dtype=dtype, attn_implementation=attn_implementation)
     except LMLoadError as exc:
         raise BackendError(str(exc)) from None
-    return dict(lm=lm, layout=layout, vision=vision, text=text, image_size=image_size, task=doc.get("task", "vla"))
+    return dict(lm=lm, layout=layout, vision=vision, text=text, image_size=tuple(image_size), task="vla")
 
 
 class TorchBackend(LocalModelBackend):
@@ -260,8 +291,17 @@ class TorchBackend(LocalModelBackend):
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
         num_threads: int | None = None,
+        layout: str | None = None,
+        text_tokenizer_path: str | Path | None = None,
+        vision_tokenizer_path: str | Path | None = None,
+        image_size: tuple[int, int] | None = None,
+        task: str = "vla",
         **unused: Any,
     ) -> None:
+        """``model_path``: a model directory (guidance.json, lm/, ...). Or, with ``layout`` ("emu35",
+        "emu3"), a bare Qwen3-compatible checkpoint (e.g. Emu3.5's LM) whose tokenizers are found at
+        ``text_tokenizer_path`` (default: the checkpoint itself) and ``vision_tokenizer_path``
+        (default: ``<model_path>/vision_tokenizer``)."""
         from emu_guide.paths import shipped_model_dir
 
         if unused:
@@ -277,7 +317,22 @@ class TorchBackend(LocalModelBackend):
                 )
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))  # 1 on a shared 2-core host avoids oversubscription
-        parts = load_model_dir(model_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        path = Path(model_path)
+        if layout is None:
+            parts = load_model_dir(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        else:
+            if not path.is_dir():
+                raise BackendError(f"model directory {path} does not exist")
+            try:
+                lay = get_layout(layout)
+            except (ValueError, TypeError) as exc:
+                raise BackendError(f"torch backend: {exc}") from None
+            lm_dir = path / "lm" if (path / "lm" / "config.json").is_file() else path
+            parts = load_parts(
+                lay, lm_dir, text_tokenizer_path or path, vision_tokenizer_path or path / "vision_tokenizer", image_size,
+                device=device, dtype=dtype, attn_implementation=attn_implementation, source=f"layout {layout!r}",
+            )  # fmt: skip
+            parts["task"] = task
         self.lm = parts["lm"]
         self.layout = parts["layout"]
         self.vision = parts["vision"]
