@@ -82,16 +82,28 @@ def _resize_like(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
-def subgoal_progress(before: np.ndarray, after: np.ndarray, subgoal: np.ndarray, change_threshold: int = 40) -> float:
+def subgoal_progress(
+    before: np.ndarray,
+    after: np.ndarray,
+    subgoal: np.ndarray,
+    change_threshold: int = 40,
+    blur_sigma: float = 1.0,
+) -> float:
     """How far ``after`` went from ``before`` towards ``subgoal`` (0..1; images HxWx3 uint8).
 
     Among the pixels the subgoal says will change, the fraction now closer to the subgoal than to
     ``before``, minus half the share of unpredicted changes (relative to the predicted area).
-    A subgoal predicting no change at all scores by whether nothing changed.
+    A subgoal predicting no change at all scores by whether nothing changed. All three images are
+    smoothed alike first (``blur_sigma`` px) so that a model's softer subgoal image does not
+    "predict" a change at every edge in the scene.
     """
     subgoal = _resize_like(subgoal, after.shape)
     if before.shape != after.shape:
         raise ValueError(f"before {before.shape} and after {after.shape} frames differ in shape")
+    if blur_sigma > 0:
+        import cv2
+
+        before, after, subgoal = (cv2.GaussianBlur(x, (0, 0), blur_sigma) for x in (before, after, subgoal))
     b = before.astype(np.int16)
     a = after.astype(np.int16)
     s = subgoal.astype(np.int16)

@@ -122,3 +122,27 @@ def test_progress_handles_other_sizes():
     assert subgoal_progress(a, b, sub) > 0.9
     with pytest.raises(ValueError, match="differ in shape"):
         subgoal_progress(a, np.zeros((16, 16, 3), np.uint8), sub)
+
+
+def test_progress_tolerates_a_degraded_subgoal_and_rejects_the_wrong_change():
+    """A model's subgoal is soft and noisy: the right change must still score high, a wrong one low."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    env = gym.make("sim_envs/TableClear-v0")
+    for seed in HELDOUT_SEEDS[10:13]:
+        env.reset(seed=seed)
+        sim = env.unwrapped
+        plan, subs = sim.ground_truth_plan(), sim.subgoal_images()
+        noisy = cv2.GaussianBlur(subs[0], (0, 0), 1.0).astype(np.float32) + rng.normal(0, 8, subs[0].shape)
+        noisy = np.clip(noisy * rng.uniform(0.9, 1.1, 3), 0, 255).astype(np.uint8)
+        before = sim.render()
+        assert subgoal_progress(before, before, noisy) < 0.2  # nothing happened
+        saved = sim.render()
+        other = next(s for s in plan if s.goal.verb == "pick" and s.goal.object != plan[0].goal.object)
+        assert sim.execute_skill(other.goal).success
+        assert subgoal_progress(saved, sim.render(), noisy) < 0.2  # the wrong object was picked
+        env.reset(seed=seed)
+        assert sim.execute_skill(plan[0].goal).success
+        assert subgoal_progress(before, sim.render(), noisy) > 0.6  # the right step, soft subgoal
+    env.close()
