@@ -108,13 +108,21 @@ def test_validate_parameter_rules():
     assert v("wait_for_step_result", 1)
 
 
-def test_docs_parameter_and_topic_tables_match_the_node():
-    doc = (ROOT / "docs" / "ros.md").read_text()
+def _robot_hosts_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    if "## Robot hosts (ROS 2)" not in readme:
+        pytest.skip("README.md has no '## Robot hosts (ROS 2)' section yet")
+    return readme.split("## Robot hosts (ROS 2)", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("where", ["docs/ros.md", "README.md"])
+def test_docs_parameter_and_topic_tables_match_the_node(where):
+    doc = (ROOT / where).read_text() if where != "README.md" else _robot_hosts_section()
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", doc, flags=re.M))
     for name, spec in guidance_node.PARAMETERS.items():
-        assert name in rows, f"docs/ros.md has no row for parameter {name}"
+        assert name in rows, f"{where} has no row for parameter {name}"
         default = spec.default if not isinstance(spec.default, bool) else str(spec.default).lower()
-        assert rows[name] == str(default), f"docs/ros.md says {name} defaults to {rows[name]!r}, the node {default!r}"
+        assert rows[name] == str(default), f"{where} says {name} defaults to {rows[name]!r}, the node {default!r}"
     topics = re.findall(r"^\| `([\w/~]+)` \| (?:in|out|action) \|", doc, flags=re.M)
     expected = {guidance_node.PARAMETERS[p].default for p in ("image_topic", "compressed_topic", "plan_topic",
                 "action_goal_topic", "step_result_topic", "action_name")} | {"~/frame_stats"}  # fmt: skip
