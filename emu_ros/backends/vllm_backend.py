@@ -16,6 +16,11 @@ What vLLM's engine cannot do, this backend refuses with a BackendError instead o
 
 GPU only: vllm is imported lazily through ``emu_guide.optional.require``; elsewhere the
 constructor says what is missing. The logits processor is plain torch and is tested on CPU.
+
+vLLM versions: per-request ``SamplingParams(logits_processors=[...])`` callables belong to vLLM's
+V0 engine (selected with ``VLLM_USE_V1=0``, which this backend sets unless the caller did);
+releases without the V0 engine need the processor wrapped in their engine-level
+LogitsProcessor API. Never run here (no GPU, no vllm).
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class VllmBackend(LocalModelBackend):
                 f" {'no CUDA GPU' if not torch.cuda.is_available() else 'device ' + repr(device)}."
                 " Use the torch backend on CPU."
             )
+        import os
+
+        os.environ.setdefault("VLLM_USE_V1", "0")  # per-request logits processors: the V0 engine
         try:
             vllm = require("vllm")
         except MissingDependency as exc:
@@ -149,7 +157,7 @@ class VllmBackend(LocalModelBackend):
         self.model_id = str(path)
         self.lm = None  # type: ignore[assignment]  (vLLM owns the weights)
         self._vllm = vllm
-        self.engine = vllm.LLM(
+        self.engine = vllm.LLM(  # VLLM_USE_V1 was set before vllm was imported (see require above)
             model=str(path), skip_tokenizer_init=True, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
         )  # fmt: skip
