@@ -84,6 +84,7 @@ class Appearance:
     height_m: float = 0.0  # height of the visible centre above the table (pixel -> world plane)
     fixed: bool = False  # a receptacle/zone: large, never moves, not separated from the background
     kind: str = ""
+    grasp_offset_m: float = 0.0  # the grasp point lies this far from the coloured part, toward its metal end
 
 
 def _chroma(rgb: np.ndarray) -> np.ndarray:
@@ -156,7 +157,10 @@ class ColorShapeDetector:
                 continue
             kind, r, h = o.get("kind", ""), float(o.get("radius", 0.03)), float(o.get("height", 0.0))
             area, elong = _visible_blob(kind, r, h, sin_e, cos_e)
-            apps[name] = Appearance(tuple(o["rgb"]), area_m2=area, elongation=elong, height_m=h / 2, kind=kind)
+            # cutlery: the coloured handle's centre is 3 cm from the utensil's centre (the grasp point)
+            offset = 0.03 if kind in ("fork", "spoon", "knife") else 0.0
+            apps[name] = Appearance(tuple(o["rgb"]), area_m2=area, elongation=elong, height_m=h / 2, kind=kind,
+                                    grasp_offset_m=offset)
         for rec in getattr(sim, "receptacles", []):
             lx, ly = rec.size
             apps[rec.name] = Appearance(tuple(rec.rgb), area_m2=lx * ly * sin_e, height_m=float(rec.floor),
@@ -238,15 +242,60 @@ class ColorShapeDetector:
                 cu, cv = float(centroids[i, 0]), float(centroids[i, 1])
                 m = cv2.moments((labels[y : y + h, x : x + w] == i).astype(np.uint8), binaryImage=True)
                 cov = np.array([[m["mu20"], m["mu11"]], [m["mu11"], m["mu02"]]]) / max(1.0, m["m00"])
-                ev = np.linalg.eigvalsh(cov + np.eye(2) * 1 / 12)  # + pixel extent so 1-px-wide lines are finite
+                ev, evec = np.linalg.eigh(cov + np.eye(2) * 1 / 12)  # + pixel extent so 1-px-wide lines are finite
                 elong = float(math.sqrt(ev[1] / ev[0]))
+                axis = (float(evec[0, 1]), float(evec[1, 1]), float(math.sqrt(3 * ev[1])))  # (du, dv, half length)
                 mpp = self._metres_per_px(image, cu, cv)
-                comps.append({"centre": (cu, cv), "bbox": (x, y, x + w, y + h), "area": area, "elong": elong,
+                comps.append({"centre": (cu, cv), "bbox": (x, y, x + w, y + h), "area": area, "elong": elong, "axis": axis,
                               "area_m2": None if mpp is None else area * mpp * mpp})
             for gname in group:
                 done.add(gname)
-            out.extend(d for d in self._assign(comps, group) if d.name in wanted)
+            for d, c in self._assign(comps, group):
+                if d.name in wanted:
+                    d.base = self._grasp_pixel(image, c, self.appearances[d.name])
+                    out.append(d)
+        out.sort(key=lambda d: (wanted.index(d.name), -d.score))
         return out
+
+    def _grasp_pixel(self, image: np.ndarray, comp: dict, app: Appearance) -> tuple[float, float] | None:
+        """Pixel of the grasp point when it is off the coloured part (cutlery: toward the metal head).
+
+        The end of the blob's long axis with more bright, grey (metal) foreground pixels beyond it
+        is the head; the grasp point is ``grasp_offset_m`` from the blob's centre toward it, on the
+        table plane. None when not applicable or undecidable.
+        """
+        if app.grasp_offset_m <= 0 or self.camera is None:
+            return None
+        du, dv, half = comp["axis"]
+        cu, cv = comp["centre"]
+        img = image.astype(np.float32)
+        grey = np.abs(_chroma(img) - 1.0).max(axis=-1) < 0.08
+        metal = grey & (img.sum(axis=-1) > 330) & self.foreground(image)
+        h, w = metal.shape
+        counts = []
+        for sign in (1.0, -1.0):
+            n = 0
+            for t in np.arange(half + 0.5, half + 4.5, 1.0):
+                u, v = int(round(cu + sign * t * du)), int(round(cv + sign * t * dv))
+                if 0 <= u < w and 0 <= v < h:
+                    n += int(metal[max(0, v - 1) : v + 2, max(0, u - 1) : u + 2].any())
+            counts.append(n)
+        if counts[0] == counts[1]:
+            return None
+        sign = 1.0 if counts[0] > counts[1] else -1.0
+        cam = self.camera
+        sx, sy = cam.width / image.shape[1], cam.height / image.shape[0]
+        try:
+            p0 = cam.pixel_to_plane(cu * sx, cv * sy, plane_z=app.height_m)
+            p1 = cam.pixel_to_plane((cu + sign * half * du) * sx, (cv + sign * half * dv) * sy, plane_z=app.height_m)
+        except ValueError:
+            return None
+        d = p1 - p0
+        if np.linalg.norm(d[:2]) < 1e-9:
+            return None
+        grasp = p0 + app.grasp_offset_m * d / np.linalg.norm(d)
+        u, v = cam.project(grasp[None, :])[0]
+        return float(u / sx), float(v / sy)
 
     def _match(self, comp: dict, app: Appearance) -> float:
         """How well one component fits one appearance (0..1) by size and elongation."""
@@ -260,7 +309,7 @@ class ColorShapeDetector:
             score *= math.exp(-1.5 * abs(math.log(comp["elong"] / app.elongation)))
         return score
 
-    def _assign(self, comps: list[dict], group: list[str]) -> list[Detection]:
+    def _assign(self, comps: list[dict], group: list[str]) -> list[tuple[Detection, dict]]:
         """Components -> named detections. Within a colour group, names take components one to one,
         best match first; a name's other components stay as low-score alternatives."""
         fit = {(g, i): self._match(c, self.appearances[g]) for g in group for i, c in enumerate(comps)}
@@ -271,7 +320,7 @@ class ColorShapeDetector:
                 continue
             primary[g] = i
             used.add(i)
-        dets: list[Detection] = []
+        dets: list[tuple[Detection, dict]] = []
         for g in group:
             for i, c in enumerate(comps):
                 f = fit[(g, i)]
@@ -281,8 +330,7 @@ class ColorShapeDetector:
                 # certainty: this name's fit relative to the best other name for the same blob
                 certainty = f / (f + rivals) if rivals > 0 else 1.0
                 score = (0.4 + 0.6 * f) * certainty * (1.0 if primary.get(g) == i else 0.3)
-                dets.append(Detection(g, c["centre"], c["bbox"], int(c["area"]), float(round(score, 4))))
-        dets.sort(key=lambda d: (d.name, -d.score))
+                dets.append((Detection(g, c["centre"], c["bbox"], int(c["area"]), float(round(score, 4))), c))
         return dets
 
     def locate(self, image: np.ndarray, name: str) -> Detection | None:

@@ -93,6 +93,7 @@ def test_pixel_to_world_on_real_sim_frames():
     env = gym.make("sim_envs/TableClear-v0")
     errors, confident = [], 0
     total = 0
+    all_errors = []
     for seed in HELDOUT_SEEDS[:12]:
         env.reset(seed=seed)
         sim = env.unwrapped
@@ -102,16 +103,22 @@ def test_pixel_to_world_on_real_sim_frames():
         for name, obj in sim.privileged_state()["objects"].items():
             total += 1
             d = det.locate(img, name)
-            if d is None or d.score < 0.7:  # look-alikes (same colour and size) are flagged by a low score
+            if d is None:
+                all_errors.append(1.0)
                 continue
-            confident += 1
-            x, y, _ = grounder.to_world(d.center, img.shape, det.height_of(name))
-            errors.append(np.hypot(x - obj["position"][0], y - obj["position"][1]))
+            # the grasp point (cutlery: off the coloured handle, toward the metal head) on the table plane
+            x, y, _ = grounder.to_world(d.base or d.center, img.shape, det.height_of(name))
+            err = np.hypot(x - obj["position"][0], y - obj["position"][1])
+            all_errors.append(err)
+            if d.score >= 0.7:  # look-alikes (same colour and size) are flagged by a low score
+                confident += 1
+                errors.append(err)
     env.close()
-    errors = np.array(errors)
+    errors, all_errors = np.array(errors), np.array(all_errors)
+    assert len(all_errors) == total and np.median(all_errors) < 0.01 and (all_errors < 0.03).mean() >= 0.8
     assert confident >= 0.35 * total
     assert np.median(errors) < 0.01  # metres
-    assert (errors < 0.03).mean() >= 0.85
+    assert (errors < 0.03).mean() >= 0.9
 
 
 def test_cross_check_sentence_against_subgoal():
