@@ -61,8 +61,8 @@ PARAMETERS: dict[str, ParamSpec] = {
     "decode_steps": ParamSpec(8, "DiDA parallel refinement steps (>= 1)"),
     "guidance_scale": ParamSpec(1.0, "classifier-free guidance on image tokens (>= 0; 1 = off)"),
     "seed": ParamSpec(0, "sampling seed (>= 0)"),
-    "image_height": ParamSpec(0, "frames are resized to this height before the backend (0 = the backend's size)"),
-    "image_width": ParamSpec(0, "frames are resized to this width before the backend (0 = the backend's size)"),
+    "image_height": ParamSpec(0, "frames are resized to this height before the backend (0 = the backend's size; needs image_width too)"),
+    "image_width": ParamSpec(0, "frames are resized to this width before the backend (0 = the backend's size; needs image_height too)"),
     # loop and rates
     "max_steps": ParamSpec(20, "default step budget of a goal (>= 1)"),
     "replan_rate_hz": ParamSpec(2.0, "continuous mode: at most this many plan steps per second (> 0)"),
@@ -293,6 +293,8 @@ def _make_node_class() -> type:
         def _on_step_result(self, msg: Any) -> None:
             with self._results_cond:
                 self._results[msg.goal_id] = msg
+                while len(self._results) > 256:  # results for goals nobody waits on (other clients): bounded
+                    self._results.pop(next(iter(self._results)))
                 self._results_cond.notify_all()
 
         def _publish_stats(self) -> None:
