@@ -161,3 +161,32 @@ def test_closed_loop_over_ros_with_the_sim_bridge(tmp_path):
     assert [f["goal_id"] for f in out["feedback"]] == [s["goal_id"] for s in res["steps"]] and len(res["steps"]) >= 4
     verbs = [s["verb"] for s in res["steps"]]
     assert verbs[0] == "pick" and "place" in verbs
+
+
+def test_sim_bridge_executes_goals_and_reports_failures_with_reasons(tmp_path):
+    """The sim bridge alone: a valid goal runs the skill controller; an unknown object, a 'done' before
+    the task is complete and an unparsed goal come back as failed StepResults naming why."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+
+    env = gym.make(ENV_ID)
+    env.reset(seed=SEED)
+    first = env.unwrapped.ground_truth_plan()[0].goal
+    env.close()
+    python = require_ros_venv()
+    env_vars = ros_env(random_domain_id(), tmp_path)
+    bridge = RosProcess(node_args(python, "emu_ros.ros.sim_bridge_node", {"env_id": ENV_ID, "seed": SEED, "camera_rate_hz": 10.0}),
+                        env_vars, tmp_path / "bridge.log")  # fmt: skip
+    goals = [(first.verb, first.object, first.target or ""), ("pick", "unicorn", ""), ("done", "", "")]
+    try:
+        bridge.wait_for_log("sim bridge ready")
+        out = run_probe(python, "bridge_goals", {"goals": goals}, env_vars)
+    finally:
+        bridge.stop()
+    assert len(out["results"]) == 3, (out, bridge.log.read_text()[-3000:])
+    ok, unknown, done = out["results"]
+    assert ok["goal_id"] == "g0" and ok["success"] and ok["duration_s"] > 0 and not ok["task_done"]
+    assert not unknown["success"] and "unicorn" in unknown["reason"]
+    assert not done["success"] and "not complete" in done["reason"]
+    assert out["frames"] > 0 and out["frame_shape"] == [96, 96, "rgb8"]

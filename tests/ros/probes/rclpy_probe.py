@@ -329,6 +329,32 @@ def scenario_closed_loop(probe: Probe, args: dict) -> dict:
             "goals": [m.goal_id for _, m in probe.goals]}  # fmt: skip
 
 
+def scenario_bridge_goals(probe: Probe, args: dict) -> dict:
+    """Goals straight to the sim bridge (no guidance node): invalid ones fail with the skill's reason."""
+    pub = probe.create_publisher(ActionGoal, "action_goal", RELIABLE)
+    deadline = time.monotonic() + 30
+    # (our own action_goal subscription matches at once: wait for the bridge's, by node name)
+    while not any(i.node_name == "emu_sim_bridge" for i in probe.get_subscriptions_info_by_topic("/action_goal")) or \
+            not any(i.node_name == "emu_sim_bridge" for i in probe.get_publishers_info_by_topic("/step_result")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("sim bridge not discovered")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    frames: list = []
+    probe.create_subscription(Image, "image_raw", lambda m: frames.append(m), qos_profile_sensor_data)
+    for i, (verb, obj, target) in enumerate(args["goals"]):
+        msg = ActionGoal(goal_id=f"g{i}", step_index=i, verb=verb, object=obj, target=target, status="ok")
+        msg.target_pose.orientation.w = 1.0
+        pub.publish(msg)
+    deadline = time.monotonic() + 60
+    while len(probe.step_results) < len(args["goals"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return {"results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done,
+                         "duration_s": r.duration_s} for _, r in probe.step_results],
+            "frames": len(frames), "frame_shape": [frames[-1].height, frames[-1].width, frames[-1].encoding] if frames else None}  # fmt: skip
+
+
 def scenario_load(probe: Probe, args: dict) -> dict:
     """Frames at ``hz`` for ``seconds`` (every ``bad_every``-th invalid) while a continuous goal plans."""
     stop, counts = threading.Event(), {}
