@@ -73,7 +73,7 @@ DONE_PATTERNS = (
 FILLER = {
     "please", "now", "then", "next", "first", "firstly", "finally", "lastly", "after", "that",
     "carefully", "gently", "slowly", "quickly", "robot", "you", "should", "can", "could", "let's",
-    "lets", "us", "go", "ahead", "and", "to", "we", "will", "i", "need", "must",
+    "lets", "let", "us", "go", "ahead", "and", "to", "we", "will", "i", "need", "must", "step", "shall",
 }  # fmt: skip
 ARTICLES = {"the", "a", "an", "this", "that", "these", "those", "its", "my", "your"}
 HEAD_FILLER = {"object", "item", "thing", "one", "ones", "piece"}
@@ -82,7 +82,7 @@ PRONOUNS = {"it", "them", "that", "this", "one"}
 # Destination prepositions, longest first. A place/fold/stack phrase splits object | target here.
 TARGET_PREPS = (
     "on top of", "in to", "into", "onto", "inside of", "inside", "in", "on", "to", "toward",
-    "towards", "over", "at", "onto", "over to", "across to", "up to", "down to",
+    "towards", "over", "at", "over to", "across to", "up to", "down to",
 )  # fmt: skip
 SOURCE_PREPS = ("from", "off", "out of", "off of")  # "pick up the cup from the table"
 
@@ -130,7 +130,7 @@ def _normalise(sentence: str) -> str:
     s = s.replace("t-shirt", "t shirt").replace("’", "'")
     s = re.sub(r"^\s*(step\s*)?\d+\s*[.):-]\s*", "", s)  # "3. ", "step 3:" prefixes
     s = re.sub(r"^\s*[-*•]\s*", "", s)  # bullet points
-    s = s.replace("centre", "centre").replace("center", "centre")
+    s = s.replace("center", "centre")
     s = re.sub(r"[^a-z0-9' ]+", " ", s)  # punctuation -> space (the '?' check happens before)
     s = s.replace("'s", "")
     return re.sub(r"\s+", " ", s).strip()
@@ -262,10 +262,10 @@ def _find_verbs(words: list[str]) -> list[tuple[int, int, str]]:
         for p in phrases:
             pw = p.split()
             if words[i : i + len(pw)] == pw:
-                # "set" and "close"/"open"/"lay"/"pile" also appear as plain words; accept them as verbs
-                # only at the start of a clause (sentence start or after and/then/filler).
+                # "set", "open", "close"... also appear as plain words; accept them as verbs only at
+                # the start of a clause (sentence start or after and/then/filler).
                 if i > 0 and words[i - 1] not in FILLER | {"and", "then"} and p in ("set", "open", "close", "hold",
-                                                                                      "get", "return", "top"):
+                                                                                      "get", "return"):
                     continue
                 found.append((i, i + len(pw), VERB_PHRASES[p]))
                 i += len(pw) - 1
@@ -448,12 +448,25 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
         lead = " ".join(words[:start])
         return _unknown(sentence, f"unexpected words before the verb: {lead!r}")
     rest = words[end:]
-    # Drop a source clause: "pick up the cup from the table", "take the plate off the tray".
+    # Drop a source clause: "pick up the cup from the table", "move the cup from the table to the
+    # rack" (up to the destination's preposition, which stays).
     for sp in sorted(SOURCE_PREPS, key=lambda p: -len(p.split())):
         spw = sp.split()
+        for i in range(1, len(rest)):
+            if rest[i : i + len(spw)] == spw:
+                j = next((j for j in range(i + len(spw), len(rest)) if rest[j] in ("to", "into", "onto", "in")),
+                         len(rest))
+                rest = rest[:i] + rest[j:]
+                break
+    # "the cup you are holding", "the cup in your hand": the object in hand.
+    held_ref = False
+    for phrase in ("that you are holding", "you are holding", "that you hold", "you hold", "that is in your hand",
+                   "in your hand", "in the gripper", "in hand", "held", "holding"):
+        pw = phrase.split()
         for i in range(len(rest)):
-            if rest[i : i + len(spw)] == spw and i > 0:
-                rest = rest[:i]
+            if rest[i : i + len(pw)] == pw:
+                rest = rest[:i] + rest[i + len(pw) :]
+                held_ref = True
                 break
     # A trailing particle "pick the cup up", "put the cup down", "throw the napkin away".
     while rest and rest[-1] in ("up", "down", "away", "over", "back", "please", "now", "gently", "carefully"):
@@ -474,7 +487,7 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
     vwords = _vocab_words(vocab)
     obj_text = " ".join(obj_words)
     obj_core = [w for w in obj_words if w not in ARTICLES]
-    if obj_core and all(w in PRONOUNS for w in obj_core) and not (verb == "fold" and not obj_core):
+    if obj_core and all(w in PRONOUNS for w in obj_core):
         referent = context.held_object or context.last_object
         if referent is None:
             return _unknown(sentence, f"{obj_text!r} refers to an earlier object but none is known", verb=verb)
@@ -487,6 +500,17 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
             return _unknown(sentence, f"{verb} needs an object and none is named", verb=verb)
     else:
         res = _parse_ref(obj_text, vocab.objects, vwords, "object")
+        held = context.held_object
+        # Only the object in hand can be placed: an ambiguous "put the cup in the rack" while holding
+        # the red cup means the red cup; "the cup you are holding" says so explicitly.
+        if held_ref and not held:
+            return _unknown(sentence, f"{obj_text!r} refers to the object in hand but nothing is held", verb=verb)
+        if held and (held_ref or verb in ("place", "stack")):
+            fits_held = isinstance(_parse_ref(obj_text, (held,), vwords, "object"), ObjectRef)
+            if fits_held and (held_ref or (isinstance(res, str) and res.startswith("ambiguous"))):
+                res = ObjectRef(text=obj_text, noun=held.split()[-1], name=held, candidates=(held,))
+            elif held_ref:
+                return _unknown(sentence, f"{obj_text!r} is said to be in hand but the {held} is", verb=verb)
         if isinstance(res, str):
             return _unknown(sentence, res, verb=verb)
         obj = res

@@ -49,6 +49,16 @@ OK_CASES = [
     ("Put it in the rack.", TABLE, "place", "red cup", "rack"),
     ("Now place it into the drying rack", TABLE, "place", "red cup", "rack"),
     ("Drop it in the garbage bin", TABLE, "place", "red cup", "bin"),
+    # the object in hand: relative clauses, and an ambiguous noun when placing (only the held one can be placed)
+    ("Put the cup that is in your hand in the rack", TABLE, "place", "red cup", "rack"),
+    ("Deposit the cup you are holding into the bin", TABLE, "place", "red cup", "bin"),
+    ("put the held cup on the tray", TABLE, "place", "red cup", "tray"),
+    ("Put the mug in the rack", TABLE, "place", "red cup", "rack"),
+    ("Move the red cup from the table to the rack", TABLE, "place", "red cup", "rack"),
+    ("Let's pick up the fork.", TABLE, "pick", "fork", None),
+    ("Next step: place the blue cup in the rack.", TABLE, "place", "blue cup", "rack"),
+    ("I will now grab the green bowl.", TABLE, "pick", "green bowl", None),
+    ("The robot should pick up the fork.", TABLE, "pick", "fork", None),
     # colours written differently, articles, filler
     ("Please carefully pick up a red cup", TABLE, "pick", "red cup", None),
     ("Then set down the red cup on the tray", TABLE, "place", "red cup", "tray"),
@@ -133,6 +143,9 @@ def test_done_sentences(sentence):
         ("pick up two cups", None, "counts"),
         ("Pick up the red cup into the rack", None, "pick with a destination"),
         ("Carefully the red cup grab", None, "before the verb"),
+        ("Place the plate you are holding in the rack", HOLDING, "said to be in hand"),
+        ("Put the cup you are holding in the rack", ParseContext(), "nothing is held"),
+        ("Place the fork next to the plate", None, "destination"),  # relative placement: not supported
     ],
 )
 def test_unknown_never_guessed(sentence, context, reason):
