@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emu_guide.optional import require
-from emu_guide.types import DecodeMode, Frame, PlanStatus
+from emu_guide.types import DecodeMode, Frame, GoalStatus, PlanStatus
 from emu_ros.backends.base import BACKENDS, BackendError, DecodeOptions
 from emu_ros.ros import convert
 from emu_ros.ros.guide_loop import GuideRun
@@ -447,7 +447,9 @@ def _make_node_class() -> type:
                     continue
                 if run.done:
                     continue
-                if self._p("wait_for_step_result") and step.goal is not None:
+                if step.goal is not None and step.goal.status != GoalStatus.OK:
+                    run.record_result(step, False)  # unparsed/ungrounded: nothing to execute, plan again
+                elif self._p("wait_for_step_result") and step.goal is not None:
                     result = self._wait_result(step.goal.goal_id, stopped)
                     if result is None:
                         if stopped():
@@ -463,6 +465,9 @@ def _make_node_class() -> type:
                 pause = min_period - (time.monotonic() - t_step)
                 if pause > 0:
                     time.sleep(pause)
+            if continuous and not run.session.finished:
+                run.plan.error = f"{len(run.plan.steps)} steps (max_steps) produced and the task is not done"
+                return PlanStatus.FAILED
             return PlanStatus.SUCCEEDED
 
         def _wait_result(self, goal_id: str, stopped: Any) -> Any:

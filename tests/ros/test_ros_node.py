@@ -118,6 +118,16 @@ def test_backend_error_aborts_the_goal_with_its_message_and_the_node_keeps_servi
     assert node.proc.poll() is None
 
 
+def test_continuous_mode_replans_from_new_frames_until_the_step_budget(graph, node):
+    python, env, _ = graph
+    out = run_probe(python, "budget", {"instruction": INSTRUCTION}, env)
+    assert out["set"][0] and out["reset"][0]
+    res = out["result"]
+    assert res["status"] == "failed" and "max_steps" in res["error"] and len(res["steps"]) == 3
+    stamps = out["feedback_stamps"]
+    assert len(stamps) == 3 and stamps[0] < stamps[1] < stamps[2]  # each step from a newer frame
+
+
 def test_goal_images_are_planned_from_and_bad_ones_abort(graph, node):
     python, env, _ = graph
     out = run_probe(python, "goal_images", {"instruction": INSTRUCTION}, env)

@@ -289,6 +289,19 @@ def scenario_cancel_preempt(probe: Probe, args: dict) -> dict:
             "preempted": r2, "preempting": r3}  # fmt: skip
 
 
+def scenario_budget(probe: Probe, args: dict) -> dict:
+    """Continuous mode without an executor: one step per new frame until max_steps, then 'failed'."""
+    stop = threading.Event()
+    stream(probe, stop, 20.0)
+    out = {"set": probe.set_param("wait_for_step_result", False)}
+    feedback: list = []
+    out["result"] = result_dict(probe.send_goal(args["instruction"], mode=1, max_steps=3, feedback=feedback))
+    out["feedback_stamps"] = [convert.stamp_to_float(fb.step.action_goal.header.stamp) for _, fb in feedback]
+    out["reset"] = probe.set_param("wait_for_step_result", True)
+    stop.set()
+    return out
+
+
 def scenario_backend_error(probe: Probe, args: dict) -> dict:
     """A backend that cannot load aborts goals with its message; the node keeps serving after a fix."""
     stop = threading.Event()
