@@ -155,3 +155,24 @@ def test_replay_with_the_real_torch_backend(recorded, tmp_path):
     goals = [convert.action_goal_from_msg(m) for _, _, m in msgs.get(replay.GOAL_TOPIC, [])]
     assert all(g.status.value in ("ok", "unknown", "ungrounded") for g in goals)
     assert all(g.reason for g in goals if g.status.value != "ok")
+
+
+def test_replay_plans_at_most_once_per_every_s(tmp_path):
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+
+    env = gym.make(ENV_ID)
+    env.reset(seed=SEED)
+    image = env.unwrapped.render()
+    bag = tmp_path / "timed"
+    with replay.BagOut(bag, "mcap") as w:
+        for t in (0.0, 0.3, 0.6, 1.0, 1.2):
+            w.write("/cam", convert.image_msg(w.factory, image, t), int(t * 1e9) + 1)
+    backend = load_backend("oracle", env=env)
+    result = replay.replay_bag(bag, tmp_path / "out", backend, "clear", DecodeOptions(mode="oracle"), every_s=0.5,
+                               on_step_executed=lambda step: env.unwrapped.execute_skill(step.goal))  # fmt: skip
+    env.close()
+    stamps = [convert.action_goal_from_msg(m).stamp for _, _, m in _read_all(tmp_path / "out")[replay.GOAL_TOPIC]]
+    assert stamps == pytest.approx([0.0, 0.6, 1.2])  # 0.3 and 1.0 come less than 0.5 s after a planned frame
+    assert result.frames == 5 and result.steps == 3
