@@ -139,3 +139,21 @@ def test_hf_tokenizer_layout_check_names_the_mismatch(tmp_path):
     # Without any of the names, nothing to compare: passes.
     make_tiny_hf_tokenizer(tmp_path / "plain")
     HFTextTokenizer.load(tmp_path / "plain").check_layout(emu35())
+
+
+def test_tokenizer_shipped_as_code_needs_trust_remote_code(tmp_path):
+    """Emu's tokenizer directories carry their tokenizer class as code (auto_map): refused unless trusted."""
+    make_tiny_hf_tokenizer(tmp_path / "rc")
+    (tmp_path / "rc" / "tokenization_tiny.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass TinyTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    cfg_path = tmp_path / "rc" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["auto_map"] = {"AutoTokenizer": [None, "tokenization_tiny.TinyTokenizer"]}
+    cfg["tokenizer_class"] = "TinyTokenizer"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(TextTokenizerError, match="needs trust_remote_code=True"):
+        HFTextTokenizer.load(tmp_path / "rc")
+    tok = HFTextTokenizer.load(tmp_path / "rc", trust_remote_code=True)
+    assert type(tok.tokenizer).__name__ == "TinyTokenizer"
+    assert tok.decode(tok.encode("Pick up the red cup.")) == "Pick up the red cup."
