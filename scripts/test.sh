@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ -f scripts/ros_venv.sh ]; then
   # The real-rclpy tier; tests in that tier skip with a reason if this step did not produce a venv.
-  bash scripts/ros_venv.sh || echo "[test] WARNING: ROS venv setup failed; the rclpy tier will skip"
+  # Under CI a failure is fatal (the ROS tests would otherwise skip); elsewhere they skip with a reason.
+  bash scripts/ros_venv.sh || { [ "${CI:-}" = "true" ] && exit 1; echo "[test] WARNING: ROS venv setup failed; the rclpy tier will skip"; }
 fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
