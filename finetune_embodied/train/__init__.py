@@ -35,9 +35,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"emu-guide train: invalid config: {exc}")
         return 2
     if args.bench:
+        import json
+
+        from emu_guide.paths import artifacts_root
         from finetune_embodied.train.bench import bench_stage
 
-        bench_stage(cfg)
+        result = bench_stage(cfg)
+        out = artifacts_root() / "bench" / f"train_{cfg.stage}.json"
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"JSON: {out}")
         return 0
     import os
 
