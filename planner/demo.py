@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for model backends")
     parser.add_argument("--out", default=None, help="report folder (default: runs/demo)")
     parser.add_argument("--video", action="store_true", help="also write an MP4 of the episode")
-    parser.add_argument("--time-limit", type=float, default=170.0, help="episode wall-clock limit in seconds")
+    parser.add_argument("--time-limit", type=float, default=120.0,
+                        help="episode wall-clock limit in seconds (keeps the demo well under 3 minutes)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker)")
 

@@ -1,4 +1,7 @@
-"""Shared test doubles for the planner tests (each stands in for hardware we do not have)."""
+"""Test doubles for the planner tests (each stands in for hardware or a trained model we do not have).
+
+Imported by module name (pytest puts this folder on sys.path), so it works under `pytest` and
+`python -m pytest` alike."""
 
 from __future__ import annotations
 
