@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from emu_guide.types import ActionGoal, CameraModel, Frame, GoalStatus
-from planner.parse import COLOURS, ParsedStep
+from planner.parse import COLOURS, SIDE_WORDS, ParsedStep
 
 __all__ = [
     "Appearance",
@@ -116,6 +116,7 @@ class ColorShapeDetector:
         self,
         appearances: dict[str, Appearance],
         camera: CameraModel | None = None,
+        workspace: tuple[float, float, float, float] | None = None,
         tolerance: float = 0.16,
         brightness: tuple[float, float] = (0.3, 1.35),
         min_area_px: float = 3.0,
@@ -124,6 +125,10 @@ class ColorShapeDetector:
             raise ValueError("ColorShapeDetector needs at least one appearance")
         self.appearances = {k.lower(): v for k, v in appearances.items()}
         self.camera = camera  # converts pixel areas to m^2 for the size prior (None: no size prior)
+        # (x_min, x_max, y_min, y_max) in the table frame: where things can be; pixels seeing the floor
+        # beyond it are ignored (needs the camera)
+        self.workspace = workspace
+        self._ws_cache: dict[tuple[int, int], np.ndarray] = {}
         self.tolerance = tolerance
         self.brightness = brightness
         self.min_area_px = min_area_px
@@ -165,12 +170,16 @@ class ColorShapeDetector:
             lx, ly = rec.size
             apps[rec.name] = Appearance(tuple(rec.rgb), area_m2=lx * ly * sin_e, height_m=float(rec.floor),
                                         fixed=True, kind=getattr(rec, "kind", ""))
+        workspace = None
+        if hasattr(sim, "WORKSPACE_LOW") and hasattr(sim, "WORKSPACE_HIGH"):  # the arm's reach, table frame
+            lo, hi = sim.WORKSPACE_LOW, sim.WORKSPACE_HIGH
+            workspace = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
         if not any(not a.fixed for a in apps.values()):
             raise ValueError(
                 f"ColorShapeDetector: the {getattr(sim, 'task_name', 'environment')} objects have no colour "
                 f"model ({', '.join(sim.object_names())}); this detector cannot ground them"
             )
-        return cls(apps, camera=cam)
+        return cls(apps, camera=cam, workspace=workspace)
 
     # -- segmentation -------------------------------------------------------------------------
     def foreground(self, image: np.ndarray) -> np.ndarray:
@@ -181,7 +190,8 @@ class ColorShapeDetector:
         bg = cv2.medianBlur(image, k)
         return np.abs(image.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 18
 
-    def colour_mask(self, image: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
+    def colour_mask(self, image: np.ndarray, rgb: tuple[float, float, float], min_brightness: float | None = None,
+                    ) -> np.ndarray:
         img = image.astype(np.float32)
         ref = np.asarray(rgb, dtype=np.float32)
         dist = np.abs(_chroma(img) - _chroma(ref)).max(axis=-1)
@@ -189,7 +199,28 @@ class ColorShapeDetector:
         tol = self.tolerance
         if float(np.ptp(ref)) < 0.12 * float(ref.mean() + 1):  # achromatic (white/black/grey): chroma says little
             tol = 0.08
-        return (dist < tol) & (bright > self.brightness[0]) & (bright < self.brightness[1])
+        lo = self.brightness[0] if min_brightness is None else min_brightness
+        return (dist < tol) & (bright > lo) & (bright < self.brightness[1])
+
+    def workspace_mask(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """(H, W) bool: pixels whose ray meets the table plane inside the workspace (None: no limit)."""
+        if self.workspace is None or self.camera is None:
+            return None
+        key = (int(shape[0]), int(shape[1]))
+        if key not in self._ws_cache:
+            cam = self.camera
+            v, u = np.mgrid[0 : key[0], 0 : key[1]].astype(np.float64)
+            u = (u + 0.5) * cam.width / key[1] - 0.5
+            v = (v + 0.5) * cam.height / key[0] - 0.5
+            rays = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], axis=-1)
+            rays = rays @ cam.world_from_camera[:3, :3].T  # (H, W, 3) in the table frame
+            origin = cam.world_from_camera[:3, 3]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = -origin[2] / rays[..., 2]
+            x, y = origin[0] + t * rays[..., 0], origin[1] + t * rays[..., 1]
+            x0, x1, y0, y1 = self.workspace
+            self._ws_cache[key] = (t > 0) & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+        return self._ws_cache[key]
 
     def mask(self, image: np.ndarray, name: str) -> np.ndarray:
         """(H, W) bool: the pixels that look like ``name`` (colour match, and foreground for movable things)."""
@@ -227,16 +258,26 @@ class ColorShapeDetector:
             app = self.appearances[name]
             # Every known name that looks like this one competes for the same components.
             group = [n for n, a in self.appearances.items() if a.fixed == app.fixed and _similar(a.rgb, app.rgb, 0.1)]
-            mask = self.colour_mask(image, app.rgb)
-            if not app.fixed:
+            if app.fixed:
+                # receptacles: deep shaded interiors (a bin's is under half its rim's brightness); close
+                # the wire gaps of a rack so one receptacle is one component; never the floor beyond reach
+                mask = self.colour_mask(image, app.rgb, min_brightness=0.2)
+                ws = self.workspace_mask(image.shape)
+                if ws is not None:
+                    mask &= ws
+                mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0
+            else:
                 fg = self.foreground(image) if fg is None else fg
-                mask &= fg
+                mask = self.colour_mask(image, app.rgb) & fg
             n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
             comps = []
             for i in range(1, n):
                 area = float(stats[i, cv2.CC_STAT_AREA])
                 if area < self.min_area_px * (image.shape[1] / 96.0) ** 2:
                     continue
+                if app.fixed:  # a receptacle's outline counts, not only the pixels of its colour
+                    pts = np.column_stack(np.nonzero(labels == i)[::-1]).astype(np.int32)
+                    area = max(area, float(cv2.contourArea(cv2.convexHull(pts))))
                 x, y, w, h = (int(stats[i, j]) for j in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                          cv2.CC_STAT_HEIGHT))
                 cu, cv = float(centroids[i, 0]), float(centroids[i, 1])
@@ -456,6 +497,18 @@ class Grounder:
 
         return max(own, key=weight)
 
+    def _locate_target(self, image: np.ndarray, target: str) -> Detection | None:
+        """The destination in ``image``. Identical receptacles named by their side ("left bin",
+        "middle bin") are told apart by where they are in the image."""
+        dets = [d for d in self.detector.detect(image, [target]) if d.name == target.lower()]
+        if not dets:
+            return None
+        side = next((SIDE_WORDS[w] for w in target.lower().split() if w in SIDE_WORDS), None)
+        distinct = list({d.bbox: d for d in sorted(dets, key=lambda d: d.score)}.values())
+        if side is not None and len(distinct) > 1:
+            return _pick_by_selector(distinct, None, side)
+        return max(dets, key=lambda d: d.score)
+
     def ground(
         self,
         parsed: ParsedStep,
@@ -505,7 +558,7 @@ class Grounder:
         if sub_det is not None:
             info.subgoal_pixel = sub_det.center
             info.subgoal_world = self.to_world(sub_det.base or sub_det.center, subgoal.shape, h)
-        tgt_det = self.detector.locate(frame.image, goal.target) if goal.target else None
+        tgt_det = self._locate_target(frame.image, goal.target) if goal.target else None
         if tgt_det is not None:
             info.target_pixel = tgt_det.center
         info.consistency = self._consistency(goal.verb, det, sub_det, tgt_det, frame.image.shape, subgoal)
