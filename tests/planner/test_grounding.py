@@ -138,3 +138,28 @@ def test_cross_check_sentence_against_subgoal():
     assert good.confidence > static.confidence
     obj = sim.privileged_state()["objects"][step.goal.object]
     assert np.hypot(good.target_pose[0] - obj["position"][0], good.target_pose[1] - obj["position"][1]) < 0.03
+
+
+def test_destinations_found_including_identical_bins_by_side():
+    """Place steps: the destination is located in the frame (SortBlocks' identical bins by their side word)."""
+    env = gym.make("sim_envs/SortBlocks-v0")
+    hits = total = 0
+    for seed in HELDOUT_SEEDS[:30]:
+        env.reset(seed=seed)
+        sim = env.unwrapped
+        if sim.mode != "sort":
+            continue
+        grounder = Grounder(ColorShapeDetector.for_env(env), sim.camera)
+        vocab = Vocabulary.from_env(env)
+        frame = Frame(sim.render())
+        targets = sim.privileged_state()["targets"]
+        for step in sim.ground_truth_plan():
+            if step.goal.verb != "place":
+                continue
+            parsed = parse(step.text, vocab)
+            _, info = grounder.ground(parsed, parsed.to_goal(), frame, None)
+            total += 1
+            u, v = targets[step.goal.target]["pixel"]
+            hits += info.target_pixel is not None and np.hypot(info.target_pixel[0] - u, info.target_pixel[1] - v) < 4
+    env.close()
+    assert total >= 20 and hits >= 0.8 * total
