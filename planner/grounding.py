@@ -446,9 +446,11 @@ class Grounder:
     """Parsed step + current frame + predicted subgoal image -> grounded ActionGoal."""
 
     def __init__(self, detector: Detector, camera: CameraModel, strict: bool = True,
-                 move_threshold_px: float = 2.0, change_threshold: int = 40) -> None:
+                 move_threshold_px: float = 2.0, change_threshold: int = 40,
+                 target_names: Sequence[str] = ()) -> None:
         self.detector = detector
         self.camera = camera
+        self.target_names = tuple(t.lower() for t in target_names)  # the scene's destinations (side-named ones)
         # strict: an object not found makes the goal UNGROUNDED (a robot needs a pose). Not strict:
         # the goal stays OK with confidence 0 and a note (the sim executes skills by name).
         self.strict = strict
@@ -498,16 +500,33 @@ class Grounder:
         return max(own, key=weight)
 
     def _locate_target(self, image: np.ndarray, target: str) -> Detection | None:
-        """The destination in ``image``. Identical receptacles named by their side ("left bin",
-        "middle bin") are told apart by where they are in the image."""
-        dets = [d for d in self.detector.detect(image, [target]) if d.name == target.lower()]
+        """The destination in ``image``.
+
+        Identical receptacles named by their side ("left bin", "middle bin", "right bin") look the
+        same: when as many of them are seen as the scene names (``target_names``), they are matched
+        left to right in the image; otherwise the destination is not located (no guess).
+        """
+        target = target.lower()
+        dets = [d for d in self.detector.detect(image, [target]) if d.name == target]
         if not dets:
             return None
-        side = next((SIDE_WORDS[w] for w in target.lower().split() if w in SIDE_WORDS), None)
-        distinct = list({d.bbox: d for d in sorted(dets, key=lambda d: d.score)}.values())
-        if side is not None and len(distinct) > 1:
-            return _pick_by_selector(distinct, None, side)
-        return max(dets, key=lambda d: d.score)
+        words = target.split()
+        side = next((SIDE_WORDS[w] for w in words if w in SIDE_WORDS), None)
+        distinct = sorted({d.bbox: d for d in sorted(dets, key=lambda d: d.score)}.values(), key=lambda d: d.center[0])
+        if side is None:
+            return max(dets, key=lambda d: d.score)
+        rest = [w for w in words if w not in SIDE_WORDS]
+        order = {"left": 0, "middle": 1, "right": 2}
+        siblings = sorted(
+            (t for t in self.target_names if [w for w in t.split() if w not in SIDE_WORDS] == rest
+             and any(SIDE_WORDS.get(w) in order for w in t.split())),
+            key=lambda t: next(order[SIDE_WORDS[w]] for w in t.split() if SIDE_WORDS.get(w) in order),
+        )
+        if len(siblings) < 2:  # the only one of its kind ("left bin" alone): no ordering needed
+            return max(dets, key=lambda d: d.score)
+        if side not in order or target not in siblings or len(siblings) != len(distinct):
+            return None
+        return distinct[siblings.index(target)]
 
     def ground(
         self,

@@ -138,7 +138,7 @@ def run_episode(
         except ValueError as exc:  # a task whose objects this detector cannot see (cloth parts)
             no_detector = str(exc)
         else:
-            grounder = Grounder(detector, sim.camera, strict=config.strict_grounding)
+            grounder = Grounder(detector, sim.camera, strict=config.strict_grounding, target_names=vocab.targets)
     ctx = ParseContext()
     records: list[StepRecord] = []
     replans = retries = 0

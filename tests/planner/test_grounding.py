@@ -143,14 +143,14 @@ def test_cross_check_sentence_against_subgoal():
 def test_destinations_found_including_identical_bins_by_side():
     """Place steps: the destination is located in the frame (SortBlocks' identical bins by their side word)."""
     env = gym.make("sim_envs/SortBlocks-v0")
-    hits = total = 0
+    hits = wrong = total = 0
     for seed in HELDOUT_SEEDS[:30]:
         env.reset(seed=seed)
         sim = env.unwrapped
         if sim.mode != "sort":
             continue
-        grounder = Grounder(ColorShapeDetector.for_env(env), sim.camera)
         vocab = Vocabulary.from_env(env)
+        grounder = Grounder(ColorShapeDetector.for_env(env), sim.camera, target_names=vocab.targets)
         frame = Frame(sim.render())
         targets = sim.privileged_state()["targets"]
         for step in sim.ground_truth_plan():
@@ -160,6 +160,9 @@ def test_destinations_found_including_identical_bins_by_side():
             _, info = grounder.ground(parsed, parsed.to_goal(), frame, None)
             total += 1
             u, v = targets[step.goal.target]["pixel"]
-            hits += info.target_pixel is not None and np.hypot(info.target_pixel[0] - u, info.target_pixel[1] - v) < 4
+            if info.target_pixel is not None:
+                near = np.hypot(info.target_pixel[0] - u, info.target_pixel[1] - v) < 4
+                hits += near
+                wrong += not near
     env.close()
-    assert total >= 20 and hits >= 0.8 * total
+    assert total >= 20 and hits >= 0.75 * total and wrong <= 0.05 * total  # not found beats a wrong bin
