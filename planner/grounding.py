@@ -275,9 +275,14 @@ class ColorShapeDetector:
                 area = float(stats[i, cv2.CC_STAT_AREA])
                 if area < self.min_area_px * (image.shape[1] / 96.0) ** 2:
                     continue
-                if app.fixed:  # a receptacle's outline counts, not only the pixels of its colour
-                    pts = np.column_stack(np.nonzero(labels == i)[::-1]).astype(np.int32)
-                    area = max(area, float(cv2.contourArea(cv2.convexHull(pts))))
+                if app.fixed:
+                    comp = labels == i
+                    # the receptacle whose colour this blob is nearest to must be one of this group
+                    # (a rack's shaded wires can pass a bin's colour test, a bin's rim a rack's)
+                    if self._nearest_fixed(image[comp].mean(axis=0)) not in group:
+                        continue
+                    pts = np.column_stack(np.nonzero(comp)[::-1]).astype(np.int32)
+                    area = max(area, float(cv2.contourArea(cv2.convexHull(pts))))  # the outline counts
                 x, y, w, h = (int(stats[i, j]) for j in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                          cv2.CC_STAT_HEIGHT))
                 cu, cv = float(centroids[i, 0]), float(centroids[i, 1])
@@ -337,6 +342,19 @@ class ColorShapeDetector:
         grasp = p0 + app.grasp_offset_m * d / np.linalg.norm(d)
         u, v = cam.project(grasp[None, :])[0]
         return float(u / sx), float(v / sy)
+
+    def _nearest_fixed(self, rgb: np.ndarray) -> str | None:
+        """The fixed appearance (receptacle) nearest to a mean blob colour: chroma plus log brightness."""
+        best, best_d = None, math.inf
+        c = _chroma(np.asarray(rgb, np.float32))
+        for name, a in self.appearances.items():
+            if not a.fixed:
+                continue
+            ref = np.asarray(a.rgb, np.float32)
+            d = float(np.abs(c - _chroma(ref)).max()) * 4 + abs(math.log((float(rgb.sum()) + 1) / (float(ref.sum()) + 1)))
+            if d < best_d:
+                best, best_d = name, d
+        return best
 
     def _match(self, comp: dict, app: Appearance) -> float:
         """How well one component fits one appearance (0..1) by size and elongation."""
