@@ -31,6 +31,7 @@ from emu_ros.backends.base import BackendError, DecodeOptions
 __all__ = ["OracleBackend"]
 
 _REPLAN_MODES = ("reset", "current")
+_MODEL_ONLY_KWARGS = {"model_path", "device", "dtype", "attn_implementation", "num_threads"}
 
 
 class OracleBackend:
@@ -44,8 +45,11 @@ class OracleBackend:
             raise BackendError("the oracle backend needs the simulation environment: load_backend('oracle', env=env)")
         if replan not in _REPLAN_MODES:
             raise BackendError(f"oracle backend: replan must be one of {_REPLAN_MODES}, got {replan!r}")
-        # Model-only options (model_path, device, ...) in ``unused`` are accepted and ignored so that
-        # callers can pass one set of kwargs to any backend.
+        # Model-only options are accepted and ignored so callers can pass one set of kwargs to any
+        # backend; anything else is a mistake worth naming.
+        unknown = sorted(set(unused) - _MODEL_ONLY_KWARGS)
+        if unknown:
+            raise BackendError(f"oracle backend: unknown option(s) {unknown}; it takes env, replan, final_text")
         self.env = env
         self.sim = getattr(env, "unwrapped", env)
         for member in ("steps_done", "ground_truth_plan", "subgoal_images", "execute_skill", "render", "camera"):

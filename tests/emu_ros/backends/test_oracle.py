@@ -77,6 +77,9 @@ def test_bad_inputs_raise_backend_error(env):
         OracleBackend(env, replan="sometimes")
     with pytest.raises(BackendError, match="sim_envs env"):
         OracleBackend(object())
+    with pytest.raises(BackendError, match="replan_mode"):
+        OracleBackend(env, replan_mode="current")  # a typo is named, not ignored
+    assert OracleBackend(env, model_path="unused", device="cpu").name == "oracle"
     backend = OracleBackend(env)
     with pytest.raises(BackendError, match="64x64"):
         backend.next_step(Frame(np.zeros((64, 64, 3), np.uint8)), "x", [])
