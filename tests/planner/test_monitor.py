@@ -7,13 +7,13 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
-from planner_doubles import FailingExecutorForTest
 
 import sim_envs  # noqa: F401
 from emu_guide.types import ActionGoal, GoalStatus, PlanStep
 from planner.executor import Executor, SimExecutor
 from planner.monitor import ExecutionMonitor, MonitorConfig, subgoal_progress
 from sim_envs.seeds import HELDOUT_SEEDS
+from tests.planner.conftest import FailingExecutorForTest
 
 
 @pytest.fixture()

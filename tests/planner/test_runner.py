@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-from planner_doubles import FailingExecutorForTest
 
 from emu_guide.types import PlanStep
 from emu_ros.backends.oracle import OracleBackend
@@ -15,6 +14,7 @@ from planner.executor import SimExecutor
 from planner.monitor import MonitorConfig
 from planner.runner import RunnerConfig, run_episode
 from sim_envs.seeds import HELDOUT_SEEDS
+from tests.planner.conftest import FailingExecutorForTest
 
 
 @pytest.mark.parametrize("task", ["table_clear", "sort_blocks"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from planner_doubles import make_tiny_model_dir
 
 from planner import demo
 from planner.envs import make_backend, make_env
@@ -18,6 +17,7 @@ from planner.report import write_report
 from planner.runner import RunnerConfig, run_episode
 from sim_envs.seeds import HELDOUT_SEEDS
 from sim_envs.table_clear import INSTRUCTIONS
+from tests.planner.conftest import make_tiny_model_dir
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # torch import + a model build: ~10 s on an idle 2-core host

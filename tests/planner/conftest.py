@@ -1,7 +1,7 @@
 """Test doubles for the planner tests (each stands in for hardware or a trained model we do not have).
 
-Imported by module name (pytest puts this folder on sys.path), so it works under `pytest` and
-`python -m pytest` alike."""
+Imported as ``tests.planner.conftest`` (the project runs ``python -m pytest`` from the repository
+root); tests/ros uses ``make_tiny_model_dir`` too."""
 
 from __future__ import annotations
 
