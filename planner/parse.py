@@ -530,8 +530,13 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
                 target_ref = res_o
                 target = res_o.name
             else:
-                why = res_t if isinstance(res_t, str) else (res_o if isinstance(res_o, str) else
-                                                             f"target {ttext!r} is ambiguous")
+                if isinstance(res_t, str):
+                    why = res_t
+                elif isinstance(res_o, str):
+                    why = res_o
+                else:
+                    why = (f"target {ttext!r} does not name one of this scene's destinations "
+                           f"({', '.join(vocab.targets)})")
                 return _unknown(sentence, why, verb=verb, obj=obj)
         if prep == "on top of" and verb == "place" and target_ref is not None:
             verb = "stack"

@@ -138,6 +138,7 @@ def test_done_sentences(sentence):
         ("Place the fork.", None, "destination"),
         ("Put it in the rack.", ParseContext(), "earlier object"),  # "it" with nothing in hand
         ("Put the red cup in the sink.", None, "sink"),  # unknown destination
+        ("put the red cup in the centre", None, "does not name one of this scene's destinations"),
         ("Pick up the third cup", None, "only 2 match"),
         ("pick up the red blue cup", None, "two colours"),
         ("pick up two cups", None, "counts"),
