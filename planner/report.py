@@ -129,9 +129,10 @@ def contact_sheet(ep: EpisodeResult) -> np.ndarray:
                   anchor="mb")
     for r, s in enumerate(ep.steps):
         y = header_h + r * row_h
+        acted = s.outcome not in ("final", "final_rejected") and s.attempts > 0
         for i, (img, missing) in enumerate(((s.before, "no frame"), (s.subgoal, "no subgoal image"),
-                                            (s.after if s.outcome not in ("final", "final_rejected") else None,
-                                             "no action"))):
+                                            (s.after if acted else None,
+                                             "not executed" if s.outcome == "failed" else "no action"))):
             sheet.paste(Image.fromarray(_tile(img, missing)), (pad + i * (TILE + pad), y))
         x = pad + 3 * (TILE + pad)
         colour = _OUTCOME_COLOURS.get(s.outcome, (0, 0, 0))
