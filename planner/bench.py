@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 _CACHE: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
 
 
-def _env_and_backend(task: str, backend: str, model_path: str | None) -> tuple[Any, Any]:
+def _env_and_backend(task: str, backend: str, model_path: str | None, threads: int | None) -> tuple[Any, Any]:
     from planner.envs import make_backend, make_env
 
     key = (task, backend, model_path)
@@ -61,7 +61,7 @@ def _env_and_backend(task: str, backend: str, model_path: str | None) -> tuple[A
             env = make_env(task)
             _CACHE[key] = (env, make_backend("oracle", env))
         else:
-            b = make_backend(backend, None, model_path=model_path)
+            b = make_backend(backend, None, model_path=model_path, num_threads=threads)
             _CACHE[key] = (make_env(task, resolution=b.image_size[0]), b)
     return _CACHE[key]
 
@@ -75,7 +75,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     from planner.report import contact_sheet
     from planner.runner import RunnerConfig, run_episode
 
-    env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"])
+    env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"], job["threads"])
     mode = "dida" if job["decode"] == "oracle" else job["decode"]
     config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
                           use_checker=job["use_checker"])
@@ -135,7 +135,8 @@ def run_bench(
     configs = _configs(backends, decodes)
     jobs = [
         {"task": t, "backend": b, "decode": m, "seed": s, "model_path": model_path, "time_limit": time_limit,
-         "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker}
+         "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker,
+         "threads": None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)}
         for t in tasks for (b, m) in configs for i, s in enumerate(seeds)
     ]
     t0 = time.perf_counter()

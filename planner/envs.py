@@ -53,11 +53,18 @@ def resolve_backend(name: str) -> tuple[str, str]:
     )
 
 
-def make_backend(name: str, env: Any, model_path: str | None = None, device: str = "cpu") -> Any:
-    """Instantiate a backend by name; the oracle gets the env, model backends the model path."""
+def make_backend(name: str, env: Any, model_path: str | None = None, device: str = "cpu",
+                 num_threads: int | None = None) -> Any:
+    """Instantiate a backend by name; the oracle gets the env, model backends the model path.
+
+    ``num_threads`` (torch backend) caps intra-op threads: bench workers share the cores.
+    """
     from emu_ros.backends.base import load_backend
 
     if name == "oracle":
         return load_backend("oracle", env=env)
     path = model_path or str(shipped_model_dir())
-    return load_backend(name, model_path=path, device=device)
+    kwargs: dict[str, Any] = {"model_path": path, "device": device}
+    if num_threads is not None and name == "torch":
+        kwargs["num_threads"] = num_threads
+    return load_backend(name, **kwargs)
