@@ -201,7 +201,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         f" ({rec['episodes_per_task']} TRAIN seeds per task, mistake rate {rec['mistake_rate']},"
         f" {rec['mistakes_injected']} mistakes + recoveries injected), {rec['resolution']} px frames;"
         f" recording {rec['record_seconds'] / 60:.1f} min",
-        "- held out for evaluation: the last 10% of episodes of the recording (whole episodes)",
+        f"- held out for evaluation: {st['dida']['config']['data']['heldout_fraction']:.0%} of the episodes (whole episodes,"
+        " evenly spaced over the recording so every task is represented); all metrics below are on them",
         "",
         "## Stages",
         "",

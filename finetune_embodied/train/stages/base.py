@@ -60,9 +60,10 @@ class Stage:
 
 
 def split_heldout(items: list[Any], groups: list[int], fraction: float) -> tuple[list[Any], list[Any]]:
-    """Split by group (episode): the last ``fraction`` of the distinct groups is held out.
+    """Split by group (episode): ``fraction`` of the distinct groups, evenly spaced, is held out.
 
-    Holding out whole episodes keeps frames of one episode from leaking into the evaluation.
+    Holding out whole episodes keeps frames of one episode from leaking into the evaluation;
+    spacing them evenly over the recording (which is task-major) keeps every task represented.
     At least one group is held out when fraction > 0 and there are two groups or more.
     """
     distinct = sorted(set(groups))
@@ -70,8 +71,7 @@ def split_heldout(items: list[Any], groups: list[int], fraction: float) -> tuple
     if fraction > 0 and len(distinct) >= 2:
         n_eval = max(1, n_eval)
     n_eval = min(n_eval, len(distinct) - 1) if distinct else 0
-    held = set(distinct[len(distinct) - n_eval :]) if n_eval else set()
+    held = {distinct[(i + 1) * len(distinct) // n_eval - 1] for i in range(n_eval)}
     train = [x for x, g in zip(items, groups) if g not in held]
     ev = [x for x, g in zip(items, groups) if g in held]
     return train, ev
-

@@ -80,3 +80,13 @@ def test_resume_never_starts_over_and_drops_stale_checkpoints(tiny_lm):
     train(tiny_lm("n", "optim.max_steps=4"), progress=False)
     res = train(tiny_lm("n", "optim.max_steps=4", "checkpoint.resume=never"), stop_after_step=2, progress=False)
     assert [p.name for p in list_checkpoints(res.run_dir / "checkpoints")] == ["step-00000002"]
+
+
+def test_heldout_split_is_by_whole_episode_and_spread():
+    from finetune_embodied.train.stages.base import split_heldout
+
+    groups = [g for g in range(20) for _ in range(3)]  # 20 episodes, 3 samples each
+    train_set, eval_set = split_heldout(list(range(60)), groups, 0.1)
+    held = sorted({groups[i] for i in eval_set})
+    assert held == [9, 19] and len(eval_set) == 6 and not set(train_set) & set(eval_set)
+    assert split_heldout([1, 2], [0, 0], 0.5) == ([1, 2], [])  # one episode: nothing to hold out
