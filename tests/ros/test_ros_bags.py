@@ -144,10 +144,14 @@ def test_replay_with_the_real_torch_backend(recorded, tmp_path):
     model = make_tiny_model_dir(tmp_path / "model", [*INSTRUCTIONS, "pick up the red cup", "put the red cup in the rack"])
     backend = load_backend("torch", model_path=str(model))
     result = replay.replay_bag(bag, tmp_path / "out", backend, INSTRUCTIONS[0], DecodeOptions(mode="dida", dida_steps=2), max_steps=3)
-    assert result.status in ("running", "succeeded") and result.steps == 3 and not result.error
+    # An untrained model's near-uniform logits may say "done" early (the greedy argmax of near-ties
+    # can flip with float reduction order): then the replay ends as succeeded with fewer steps.
+    assert not result.error and 1 <= result.steps <= 3
+    assert result.status in ("running", "succeeded")
+    assert result.steps == 3 or result.status == "succeeded"
     msgs = _read_all(tmp_path / "out")
     plan = convert.plan_from_msg(msgs[replay.PLAN_TOPIC][-1][2])
-    assert plan.model_id == backend.model_id and len(plan.steps) == 3
+    assert plan.model_id == backend.model_id and len(plan.steps) == result.steps
     step = plan.steps[0]
     assert step.decode_mode.value == "dida" and step.timings_ms["total"] > 0
     assert step.subgoal_image is None or step.subgoal_image.shape == (*backend.image_size, 3)
