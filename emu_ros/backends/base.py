@@ -18,7 +18,9 @@ class DecodeOptions:
     """Per-call decoding options (every backend accepts them; unsupported ones raise)."""
 
     mode: DecodeMode = DecodeMode.DIDA
-    dida_steps: int = 8  # K parallel refinement steps for the subgoal image
+    # K parallel refinement steps for the subgoal image. 4 keeps the default model's full step
+    # under 100 ms on a 2-core CPU (docs/BENCHMARKS.md); GPU hosts with large models may use 8.
+    dida_steps: int = 4
     dida_schedule: str = "cosine"  # fraction still uncommitted after step t: cos(pi/2 * t/K)
     dida_init: str = "mask"  # "mask" (absorbing) or "uniform" (random codes, URSA-style)
     guidance_scale: float = 1.0  # classifier-free guidance on image tokens only (1.0 = off)
