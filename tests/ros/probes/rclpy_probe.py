@@ -333,9 +333,22 @@ def scenario_goal_images(probe: Probe, args: dict) -> dict:
 def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     """With the sim bridge running: a continuous goal until the task is done, all over ROS."""
     feedback: list = []
+    # Reliable but volatile topics: results published before discovery matched us are lost, so wait
+    # for the node's outputs AND the bridge's step_result publisher before the first goal.
+    probe.wait_outputs()
+    deadline = time.monotonic() + 30
+    while probe.count_publishers("/step_result") == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the sim bridge's step_result publisher never appeared")
+        time.sleep(0.05)
+    time.sleep(0.3)
     t0 = time.monotonic()
     handle = probe.send_goal(args["instruction"], mode=1, max_steps=args.get("max_steps", 30), feedback=feedback)
     result = result_dict(handle, timeout=args.get("timeout", 120))
+    # The node finishes once it has the last StepResult; our copy travels separately: let it land.
+    settle = time.monotonic() + 5
+    while (not probe.step_results or not probe.step_results[-1][1].task_done) and time.monotonic() < settle:
+        time.sleep(0.05)
     return {"result": result, "feedback": [step_dict(fb.step) for _, fb in feedback], "wall_s": time.monotonic() - t0,
             "step_results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done}
                              for _, r in probe.step_results],
