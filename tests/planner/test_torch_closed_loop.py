@@ -52,8 +52,8 @@ def test_demo_with_the_torch_backend(model_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     args = parser.parse_args(["--backend", "torch", "--model-path", str(model_dir), "--decode", "ar",
-                              "--out", str(tmp_path), "--time-limit", "20"])
-    assert demo.main(args) == 1  # an untrained model does not clear the table
+                              "--out", str(tmp_path), "--time-limit", "20", "--check"])
+    assert demo.main(args) == 1  # an untrained model does not clear the table (--check: exit 1)
     out = capsys.readouterr().out
     assert "backend torch" in out and "FAILED" in out
     assert (tmp_path / "plan.txt").exists()
