@@ -12,14 +12,13 @@ Layout (lerobot ``LEGACY_*`` constants)::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .episode import Episode
 from .lerobot_v3 import _fixed_list_to_numpy, load_info
-from .validation import DatasetError, SkipReport, check_on_error
+from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
 from .video import decode_frames
 
 __all__ = ["LEGACY_DATA_PATH", "LEGACY_VIDEO_PATH", "LeRobotV21Reader"]
@@ -44,7 +43,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-class LeRobotV21Reader:
+class LeRobotV21Reader(EpisodeReaderBase):
     """Same interface as :class:`LeRobotV3Reader` (``episode``, ``iter_episodes``, ``report``)."""
 
     def __init__(self, root: str | Path, on_error: str = "raise") -> None:
@@ -71,17 +70,6 @@ class LeRobotV21Reader:
             self._episodes[int(r["episode_index"])] = r
         self.episode_indices = sorted(self._episodes)
         self.subtasks = None  # v2.1 has no subtask table
-
-    @property
-    def num_episodes(self) -> int:
-        return len(self.episode_indices)
-
-    @property
-    def num_frames(self) -> int:
-        return int(sum(int(r["length"]) for r in self._episodes.values()))
-
-    def state_names(self) -> list[str]:
-        return list(self.features.get("observation.state", {}).get("names") or [])
 
     def data_path(self, episode_index: int) -> Path:
         tmpl = self.info.get("data_path", LEGACY_DATA_PATH)
@@ -141,14 +129,4 @@ class LeRobotV21Reader:
             timestamp=timestamp,
         )
 
-    def iter_episodes(self, load_images: bool = True) -> Iterator[Episode]:
-        for i in self.episode_indices:
-            try:
-                yield self.episode(i, load_images)
-            except DatasetError as err:
-                if self.on_error == "raise":
-                    raise
-                self.report.add(err, i)
 
-    def __len__(self) -> int:
-        return self.num_episodes

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .episode import IMAGE_KEY_PREFIX, Episode
-from .validation import DatasetError, SkipReport, check_on_error
+from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
 from .video import DEFAULT_CODEC, VideoWriter, decode_frames
 
 __all__ = [
@@ -464,7 +463,7 @@ def load_info(root: Path) -> dict:
     return info
 
 
-class LeRobotV3Reader:
+class LeRobotV3Reader(EpisodeReaderBase):
     """Reads a v3.0 dataset folder. ``episode(i)`` returns an :class:`Episode` with decoded frames.
 
     ``on_error="raise"`` (default) raises :class:`DatasetError` naming the file and episode for bad
@@ -510,17 +509,6 @@ class LeRobotV3Reader:
         self._data_cache: dict[Path, object] = {}
 
     # ---- metadata -----------------------------------------------------------------------------
-    @property
-    def num_episodes(self) -> int:
-        return len(self.episode_indices)
-
-    @property
-    def num_frames(self) -> int:
-        return int(sum(int(r["length"]) for r in self._episodes.values()))
-
-    def state_names(self) -> list[str]:
-        return list(self.features.get("observation.state", {}).get("names") or [])
-
     def episode_meta(self, episode_index: int) -> dict:
         if episode_index not in self._episodes:
             raise KeyError(f"episode {episode_index} not in {self.root} (has {self.num_episodes} episodes)")
@@ -606,17 +594,7 @@ class LeRobotV3Reader:
         """One episode; always raises DatasetError on bad data (``iter_episodes`` applies on_error)."""
         return self._load_episode(episode_index, load_images)
 
-    def iter_episodes(self, load_images: bool = True) -> Iterator[Episode]:
-        for i in self.episode_indices:
-            try:
-                yield self._load_episode(i, load_images)
-            except DatasetError as err:
-                if self.on_error == "raise":
-                    raise
-                self.report.add(err, i)
 
-    def __len__(self) -> int:
-        return self.num_episodes
 
 
 def _fixed_list_to_numpy(rows, name: str, path: Path, episode_index: int) -> np.ndarray:

@@ -70,3 +70,44 @@ class SkipReport:
         lines = [f"{self.count} episode(s) skipped:"]
         lines += [f"  episode {s.episode_index} ({s.path}): {s.reason}" for s in self.skipped]
         return "\n".join(lines)
+
+
+class EpisodeReaderBase:
+    """What every dataset reader shares: the episode index and on_error-aware iteration.
+
+    A subclass sets ``features``, ``_episodes`` (episode_index -> metadata row with a ``length``),
+    ``episode_indices``, ``on_error`` and ``report`` and implements ``episode(i, load_images)``,
+    which always raises DatasetError on bad data; ``iter_episodes`` applies the on_error policy.
+    """
+
+    features: dict
+    _episodes: dict[int, dict]
+    episode_indices: list[int]
+    on_error: str
+    report: SkipReport
+
+    def episode(self, episode_index: int, load_images: bool = True):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_indices)
+
+    @property
+    def num_frames(self) -> int:
+        return int(sum(int(r["length"]) for r in self._episodes.values()))
+
+    def state_names(self) -> list[str]:
+        return list(self.features.get("observation.state", {}).get("names") or [])
+
+    def iter_episodes(self, load_images: bool = True):
+        for i in self.episode_indices:
+            try:
+                yield self.episode(i, load_images)
+            except DatasetError as err:
+                if self.on_error == "raise":
+                    raise
+                self.report.add(err, i)
+
+    def __len__(self) -> int:
+        return self.num_episodes
