@@ -12,6 +12,21 @@ import pytest
 os.environ.setdefault("EMU_GUIDE_RUNS", os.path.join(os.path.dirname(__file__), "..", "runs", "tests"))
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one thread: the suite's models are tiny (per-op overhead, not FLOPs),
+    and on a 2-core host two threads spin-wait against each other and the test's own subprocesses."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch

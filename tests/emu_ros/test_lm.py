@@ -11,14 +11,6 @@ from emu_ros.layout import compact, emu35
 from emu_ros.lm import LMConfig, LMLoadError, build_lm, count_params, load_lm, pick_attn_implementation, save_lm
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core host: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def layout():
     return compact(30, 50)

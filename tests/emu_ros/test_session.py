@@ -6,7 +6,7 @@ import pytest
 
 from emu_ros.backends.base import BackendError, DecodeOptions, load_backend
 from emu_ros.session import GuidanceSession, SessionError
-from tests.emu_ros.backends.conftest import make_model_dir, one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.emu_ros.backends.conftest import make_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ def model_dir(tmp_path_factory):
 
 
 def test_random_model_is_replanned_not_executed(model_dir, tmp_path):
-    torch.set_num_threads(1)
     backend = make_backend("torch", None, model_path=str(model_dir))
     env = make_env("table_clear", resolution=backend.image_size[0])
     config = RunnerConfig(monitor=MonitorConfig(max_replans=2, max_planning_calls=10))

@@ -44,12 +44,3 @@ def frame():
     return Frame(image=rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8), stamp=1.0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core host: one thread avoids spin-wait oversubscription."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

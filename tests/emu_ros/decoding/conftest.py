@@ -36,12 +36,3 @@ def eager_model(layout):
     return tiny_lm(layout, "eager")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core host: one thread avoids spin-wait oversubscription."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

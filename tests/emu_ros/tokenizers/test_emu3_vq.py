@@ -7,17 +7,6 @@ from emu_ros.tokenizers import VisionTokenizerError, load_vision_tokenizer
 from emu_ros.tokenizers.emu3_vq import Emu3VQTokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small convs on a shared 2-core machine: one thread avoids spin-wait oversubscription (40x here)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     from transformers import Emu3VQVAEConfig

@@ -1,20 +1,10 @@
 import numpy as np
 import pytest
-import torch
 
 from emu_ros.image_metrics import object_position_error, psnr
 from emu_ros.tokenizers.evaluate import evaluate_tokenizer, save_reconstruction_png, sim_frames
 from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
 from emu_ros.tokenizers.train import train_fsq_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small convs on a shared 2-core machine: one thread avoids spin-wait oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

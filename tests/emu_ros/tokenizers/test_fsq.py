@@ -8,17 +8,6 @@ from emu_ros.tokenizers import VisionTokenizerError, load_vision_tokenizer
 from emu_ros.tokenizers.fsq import FSQ, FSQAutoencoder, FSQConfig, FSQTokenizer, fsq_loss
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small convs on a shared 2-core machine: one thread avoids spin-wait oversubscription (40x here)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return FSQTokenizer.from_config(FSQConfig(), seed=0)

@@ -6,16 +6,6 @@ import yaml
 from emu_ros.tokenizers import VisionTokenizerError, load_vision_tokenizer
 from emu_ros.tokenizers.ibq import IBQConfig, IBQTokenizer, Quantize
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small convs on a shared 2-core machine: one thread avoids spin-wait oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = IBQConfig(
     ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=16, resolution=16,
     n_embed=97, embed_dim=8,
