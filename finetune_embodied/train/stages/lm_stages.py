@@ -107,20 +107,10 @@ class LMStage(Stage):
         return load_vision_tokenizer(self.cfg.tokenizer)
 
     def collate(self, samples: list[TrainingSequence]) -> dict[str, Any]:
-        """Right-pad to the longest sample: PAD ids, attention 0, label IGNORE, weight 0."""
-        t = max(len(s) for s in samples)
-        b = len(samples)
-        ids = torch.full((b, t), self.layout.pad, dtype=torch.long)
-        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
-        weights = torch.zeros((b, t), dtype=torch.float32)
-        attn = torch.zeros((b, t), dtype=torch.long)
-        for r, s in enumerate(samples):
-            n = len(s)
-            ids[r, :n] = torch.from_numpy(s.input_ids)
-            labels[r, :n] = torch.from_numpy(s.labels)
-            weights[r, :n] = torch.from_numpy(s.loss_weights)
-            attn[r, :n] = 1
-        return {"input_ids": ids, "labels": labels, "loss_weights": weights, "attention_mask": attn, "samples": samples}
+        """Right-pad to the longest sample (PAD ids, attention 0, label IGNORE, weight 0); keep the samples."""
+        from finetune_embodied.sequences import collate_sequences
+
+        return {**collate_sequences(samples, self.layout.pad), "samples": samples}
 
     # ---- model ------------------------------------------------------------------------------
     def lm_config(self):
