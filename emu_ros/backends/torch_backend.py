@@ -318,7 +318,7 @@ class TorchBackend(LocalModelBackend):
         if num_threads is None and str(device).startswith("cpu"):
             # Small models on a CPU are bound by per-op overhead, not FLOPs: a second thread buys
             # little and, on a shared host (a training job, the ROS executor), oversubscription
-            # made steps 10-50x slower (measured: 72 ms with 1 thread vs 4 s with 2 under load).
+            # made small-model work 4x (p50) to 47x (p95) slower (docs/tokenizers.md, speed bench).
             num_threads = 1
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
