@@ -46,7 +46,10 @@ __all__ = [
     "ParseError",
     "ParsedStep",
     "TrainingSequence",
+    "PLAN_REQUEST",
+    "PLAN_SEPARATOR",
     "build_answer",
+    "build_plan_sequence",
     "build_prompt",
     "build_training_sequence",
     "build_unconditional_prompt",
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 TASKS = ("t2i", "x2i", "howto", "story", "explore", "vla")  # Emu3.5's template tasks
+PLAN_REQUEST = "list the remaining steps:"  # rest-of-plan training sequences: prefix of the instruction
+PLAN_SEPARATOR = ";"  # between the steps of a rest-of-plan answer
 DONE_TEXT = "Task complete."  # the final answer's text (emu35/emu3); compact uses the <done> token
 IGNORE_INDEX = -100  # label of positions that carry no loss (the prompt)
 _EMU35_SYSTEM = "You are a helpful assistant for {task} task.{extra}"
@@ -100,6 +105,7 @@ class TrainingSequence:
     loss_weights: np.ndarray  # (T,) float32
     image_spans: list[ImageSpan] = field(default_factory=list)
     prompt_length: int = 0  # answer starts here
+    kind: str = "step"  # "step" (a guidance answer) or "plan" (auxiliary rest-of-plan answer, training only)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -397,3 +403,43 @@ def build_training_sequence(
     return TrainingSequence(
         input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans, prompt_length=p
     )
+
+
+def build_plan_sequence(
+    layout: TokenLayout,
+    text_tok: TextTokenizer,
+    instruction: str,
+    history: list[str],
+    frame_codes: np.ndarray,
+    remaining_steps: list[str],
+    task: str = "vla",
+) -> TrainingSequence:
+    """Auxiliary text-only example: "PLAN_REQUEST instruction" + done steps + frame -> every step
+    still to do, separated by PLAN_SEPARATOR, then EOS.
+
+    One such answer names every object still to be handled, in plan order, so a frame teaches the
+    model to read the whole scene, not only the object of the next step (a guidance answer carries
+    one name per frame). The guidance runtime never asks for it: the request prefix keeps the two
+    tasks apart.
+    """
+    if not remaining_steps:
+        raise ValueError("build_plan_sequence needs at least one remaining step")
+    steps = [_clean_text(t, f"remaining_steps[{i}]") for i, t in enumerate(remaining_steps)]
+    unknown = sorted({w for t in steps for w in text_tok.unknown_words(t)})
+    if unknown:
+        raise ValueError(f"remaining_steps have words the text tokenizer does not know: {unknown}")
+    prompt = build_prompt(layout, text_tok, f"{PLAN_REQUEST} {_clean_text(instruction, 'instruction')}", history,
+                          frame_codes, task=task)
+    answer = _encode(layout, text_tok, f" {PLAN_SEPARATOR} ".join(steps), "remaining_steps") + [layout.eos]
+    input_ids = np.asarray(prompt + answer, dtype=np.int64)
+    p = len(prompt)
+    labels = input_ids.copy()
+    labels[:p] = IGNORE_INDEX
+    weights = np.zeros(len(input_ids), dtype=np.float32)
+    weights[p:] = 1.0
+    spans = []
+    for s, e in layout.find_images(input_ids):
+        h, w = layout.parse_image(input_ids[s:e]).shape
+        spans.append(ImageSpan(start=s, end=e, height=h, width=w, is_target=False))
+    return TrainingSequence(input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans,
+                            prompt_length=p, kind="plan")

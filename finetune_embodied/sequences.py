@@ -126,6 +126,8 @@ def dataset_texts(episodes: Iterable[Episode]) -> list[str]:
 class SequenceDataset:
     """A map-style torch Dataset of ``TrainingSequence`` built from episodes.
 
+    ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
+    ``emu_ros.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
     frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
     """
@@ -142,8 +144,9 @@ class SequenceDataset:
         max_history: int | None = None,
         seed: int = 0,
         task: str = "vla",
+        plan_sequences: bool = False,
     ) -> None:
-        from emu_ros.prompt import build_training_sequence
+        from emu_ros.prompt import build_plan_sequence, build_training_sequence
 
         if not visual_loss_weight >= 0:
             raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
@@ -166,6 +169,13 @@ class SequenceDataset:
                 )
                 self.samples.append(s)
                 self.sequences.append(seq)
+            if plan_sequences:  # one rest-of-plan answer per step boundary (see build_plan_sequence)
+                bounds = [s for s in plan if not s.mid_step and not s.is_final]
+                for i, s in enumerate(bounds):
+                    rest = [b.step_text for b in bounds[i:]]
+                    seq = build_plan_sequence(layout, text_tok, ep.task, list(s.history), codes[s.frame_index], rest, task=task)
+                    self.samples.append(s)
+                    self.sequences.append(seq)
         if not self.sequences:
             raise ValueError("SequenceDataset: no episodes given")
 

@@ -66,10 +66,12 @@ class DataConfig:
     heldout_fraction: float = 0.1  # episodes kept out of training for evaluation (split by episode)
     image_size: int = 96  # frames are resized to image_size x image_size
     visual_loss_weight: float = 0.5  # loss weight of visual tokens vs text (Emu3.5 used 0.5)
+    object_loss_weight: float = 0.0  # tokenizer stage: pixels that stand out from the table weigh 1 + this
     max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
     frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
+    plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (emu_ros.prompt.build_plan_sequence)
     extra_texts: list[str] = field(default_factory=list)  # more texts for the word vocabulary (e.g. all instruction paraphrases)
     on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
     synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
@@ -81,6 +83,7 @@ class DataConfig:
         _check(0 <= self.heldout_fraction < 1, f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}")
         _check(isinstance(self.image_size, int) and self.image_size >= 8, f"data.image_size must be an int >= 8, got {self.image_size!r}")
         _check(self.visual_loss_weight >= 0, f"data.visual_loss_weight must be >= 0, got {self.visual_loss_weight!r}")
+        _check(self.object_loss_weight >= 0, f"data.object_loss_weight must be >= 0, got {self.object_loss_weight!r}")
         _check(self.max_seq_len >= 8, f"data.max_seq_len must be >= 8, got {self.max_seq_len!r}")
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")

@@ -245,3 +245,14 @@ def test_pad_batch_left_pads():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="non-empty"):
         pad_batch([[1], []], pad_id=0)
+
+
+def test_plan_sequence_validates_its_steps(word_tok):
+    from emu_ros.prompt import build_plan_sequence
+
+    layout = compact(word_tok.vocab_size, 16)
+    codes = np.zeros((2, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match="at least one remaining step"):
+        build_plan_sequence(layout, word_tok, "clear the table", [], codes, [])
+    with pytest.raises(ValueError, match="does not know"):
+        build_plan_sequence(layout, word_tok, "clear the table", [], codes, ["juggle the zebra"])

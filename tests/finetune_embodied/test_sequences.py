@@ -113,3 +113,27 @@ def test_collate_pads_with_ignore_index(built):
         assert (batch["labels"][r, n:] == IGNORE_INDEX).all() and (batch["input_ids"][r, n:] == layout.pad).all()
         assert (batch["loss_weights"][r, n:] == 0).all()
     assert min(lengths) < max(lengths)  # the final sample is shorter: padding really happened
+
+
+def test_plan_sequences_name_every_remaining_step_and_are_training_only():
+    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
+
+    episodes = [make_episode(0)]
+    text_tok = WordTokenizer.build(dataset_texts(episodes) + [PLAN_REQUEST, PLAN_SEPARATOR])
+    vision = FSQTokenizer.from_config(FSQConfig(image_size=32, levels=(4, 4), channels=(8, 8, 8), out_channels=8))
+    layout = compact(text_tok.vocab_size, vision.num_codes)
+    plain = SequenceDataset(episodes, layout, text_tok, vision, mid_samples_per_step=1)
+    ds = SequenceDataset(episodes, layout, text_tok, vision, mid_samples_per_step=1, plan_sequences=True)
+    plans = [s for s in ds.sequences if s.kind == "plan"]
+    assert len(ds) == len(plain) + 3 and len(plans) == 3  # one per step boundary, none for "done"
+    for i, seq in enumerate(plans):
+        answer = seq.input_ids[seq.prompt_length:]
+        assert answer[-1] == layout.eos and not any(layout.is_visual(answer))
+        assert text_tok.decode(answer[:-1]) == f"{PLAN_SEPARATOR} ".join(STEPS[i:])  # decode glues punctuation
+        request = text_tok.encode(PLAN_REQUEST)
+        assert list(seq.input_ids[2 : 2 + len(request)]) == request
+        assert (seq.labels[: seq.prompt_length] == IGNORE_INDEX).all() and (seq.loss_weights[seq.prompt_length:] == 1).all()
+        assert not any(sp.is_target for sp in seq.image_spans)
+    # the frame and history are the boundary sample's
+    bound = [s for s in ds.samples if not s.mid_step and not s.is_final]
+    assert [s.history for s in bound[-3:]] == [(), (STEPS[0],), tuple(STEPS[:2])]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from finetune_embodied.train.config import TrainConfig
@@ -56,7 +57,9 @@ class Stage:
 
     def eval_samples(self) -> list[Any]:
         n = min(len(self.eval_set), self.cfg.eval.max_samples)
-        return [self.eval_set[i] for i in range(n)]
+        # Evenly spaced over the held-out set: every held-out episode (and task) is represented.
+        picks = np.linspace(0, len(self.eval_set) - 1, n).round().astype(int) if n else []
+        return [self.eval_set[int(i)] for i in picks]
 
 
 def split_heldout(items: list[Any], groups: list[int], fraction: float) -> tuple[list[Any], list[Any]]:

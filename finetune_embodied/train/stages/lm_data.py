@@ -34,7 +34,11 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     vision = load_vision_tokenizer(cfg.tokenizer)
     reader = LeRobotV3Reader(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
-    text_tok = text_tokenizer_for(cfg, lambda: dataset_texts(reader.iter_episodes(load_images=False)) + list(d.extra_texts))
+    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
+
+    plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
+    text_tok = text_tokenizer_for(
+        cfg, lambda: dataset_texts(reader.iter_episodes(load_images=False)) + list(d.extra_texts) + plan_words)
     layout = compact(text_tok.vocab_size, vision.num_codes)
     unknown = sorted({w for t in dataset_texts(reader.iter_episodes(load_images=False)) for w in text_tok.unknown_words(t)})
     if unknown:
@@ -51,6 +55,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         visual_loss_weight=d.visual_loss_weight,
         max_history=d.max_history,
         seed=cfg.seed,
+        plan_sequences=d.plan_sequences,
     )
     groups = [s.episode_index for s in ds.samples]
     return text_tok, layout, list(ds.sequences), groups, reader.report.summary() if reader.report.count else ""

@@ -73,6 +73,8 @@ class LMStage(Stage):
         self.data_report = ""
         self.text_tok, self.layout, sequences, groups = self._load_data()
         self.train_set, self.eval_set = split_heldout(sequences, groups, cfg.data.heldout_fraction)
+        # Held-out metrics are about guidance answers; auxiliary rest-of-plan answers only train.
+        self.eval_set = [s for s in self.eval_set if s.kind == "step"]
         if not self.train_set:
             raise ValueError(f"stage {self.name!r}: no training sequences after holding out evaluation episodes")
         longest = max(len(s) for s in sequences)

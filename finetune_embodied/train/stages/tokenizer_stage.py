@@ -123,7 +123,7 @@ class TokenizerStage(Stage):
         from emu_ros.tokenizers.fsq import fsq_loss
 
         recon, codes = model(batch["images"])
-        loss, parts = fsq_loss(recon.float(), batch["images"])
+        loss, parts = fsq_loss(recon.float(), batch["images"], object_weight=self.cfg.data.object_loss_weight)
         parts.pop("loss", None)
         n_codes = self.fsq_config().num_codes
         parts["code_usage"] = float(torch.unique(codes).numel()) / min(n_codes, codes.numel())

@@ -132,3 +132,20 @@ def test_loss_and_a_short_training_run_reduce_the_error():
         assert model.encoder[0].weight.grad.abs().sum() > 0  # the encoder is trained through FSQ
         opt.step()
     assert parts["loss"] < 0.3 * first
+
+
+def test_object_weight_emphasises_pixels_that_stand_out_from_the_table():
+    from emu_ros.tokenizers.fsq import object_pixel_mask
+
+    table = torch.full((1, 3, 32, 32), 0.2)
+    img = table.clone()
+    img[:, 0, 12:16, 12:16] = 0.9  # a small red object
+    mask = object_pixel_mask(img)
+    assert mask[0, 0, 12:16, 12:16].all() and mask[0, 0, :4, :4].sum() == 0
+    lost_object = fsq_loss(table, img, object_weight=4.0)[0]  # recon drops the object
+    assert lost_object > 2 * fsq_loss(table, img)[0]
+    noisy_table = img.clone()
+    noisy_table[:, :, :4, :4] += 0.7  # the same error on plain table pixels counts less when weighted
+    assert fsq_loss(noisy_table, img, object_weight=4.0)[0] < fsq_loss(noisy_table, img)[0]
+    with pytest.raises(ValueError, match="object_weight"):
+        fsq_loss(img, img, object_weight=-1.0)
