@@ -48,6 +48,7 @@ __all__ = [
     "TrainingSequence",
     "PLAN_REQUEST",
     "PLAN_SEPARATOR",
+    "answer_opening_ids",
     "build_answer",
     "build_plan_sequence",
     "build_prompt",
@@ -302,6 +303,18 @@ def build_answer(
         + _frame_block(layout, subgoal_codes, "subgoal_codes")
         + [layout.eos]
     )
+
+
+def answer_opening_ids(layout: TokenLayout, text_tok: TextTokenizer, step_text: str | None) -> list[int] | None:
+    """The ids an answer starts with: the step text's, or the final marker's when ``step_text`` is
+    None. None when the text has words the tokenizer lacks (the model cannot say it anyway)."""
+    _check_pair(layout, text_tok)
+    if step_text is None:
+        return [layout.extra["done"]] if layout.name == "compact" else _encode(layout, text_tok, DONE_TEXT, "done marker")
+    step_text = _clean_text(step_text, "step_text")
+    if text_tok.unknown_words(step_text):
+        return None
+    return _encode(layout, text_tok, step_text, "step_text")
 
 
 def parse_step(

@@ -6,12 +6,17 @@
     session.mark_done(step)              # it worked: it joins the history
     session.replan()                     # or: forget the pending step and ask again from the next frame
 
+A re-plan after a rejected step (``replan(reject=True)``, the default) also tells the decoder not to
+give that answer again for this step: greedy decoding would otherwise repeat it forever. The list
+of rejected answers is cleared when a step is marked done.
+
 The session validates the instruction up front (a backend that knows its vocabulary, like the
 default word-level model, rejects unknown words here, not deep inside decoding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from emu_guide.types import Frame, Plan, PlanStatus, PlanStep
@@ -33,6 +38,7 @@ class GuidanceSession:
     history: list[PlanStep] = field(default_factory=list)  # steps done, in order
     pending: PlanStep | None = None  # proposed by next_step, not yet done
     finished: bool = False  # the model said the task is complete
+    rejected: list[PlanStep] = field(default_factory=list)  # answers rejected for the current step
 
     def __post_init__(self) -> None:
         if not isinstance(self.instruction, str) or not self.instruction.strip():
@@ -50,7 +56,14 @@ class GuidanceSession:
             raise SessionError("the task is already complete; start a new session")
         if len(self.history) >= self.max_steps:
             raise SessionError(f"{self.max_steps} steps done without the model saying the task is complete")
-        step = self.backend.next_step(frame, self.instruction, list(self.history), self.options)
+        options = self.options
+        if self.rejected:
+            options = dataclasses.replace(
+                options,
+                avoid_texts=tuple(dict.fromkeys([*options.avoid_texts, *(r.text for r in self.rejected if not r.is_final)])),
+                avoid_final=options.avoid_final or any(r.is_final for r in self.rejected),
+            )
+        step = self.backend.next_step(frame, self.instruction, list(self.history), options)
         if step.index != len(self.history):
             raise BackendError(f"backend returned step index {step.index}, expected {len(self.history)}")
         self.pending = step
@@ -68,9 +81,16 @@ class GuidanceSession:
             raise SessionError("the final step is not an action; nothing to mark done")
         self.history.append(self.pending)
         self.pending = None
+        self.rejected = []
 
-    def replan(self) -> None:
-        """Drop the pending proposal (it failed or the world changed); history stays."""
+    def replan(self, reject: bool = True) -> None:
+        """Drop the pending proposal; history stays.
+
+        ``reject=True``: the proposal was wrong (unparseable, not groundable, failed, or a premature
+        "done"): the next proposals for this step avoid it. ``reject=False``: only the world changed.
+        """
+        if reject and self.pending is not None:
+            self.rejected.append(self.pending)
         self.pending = None
         self.finished = False
 

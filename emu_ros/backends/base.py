@@ -32,6 +32,10 @@ class DecodeOptions:
     text_top_p: float = 1.0
     max_text_tokens: int = 48
     seed: int | None = 0
+    # Re-planning: answers the planner rejected for this step. The decoder may not give them again,
+    # so the model's next-best answer comes out instead of the same one (greedy text is deterministic).
+    avoid_texts: tuple[str, ...] = ()  # step sentences
+    avoid_final: bool = False  # the "task complete" answer
 
     def __post_init__(self) -> None:
         self.mode = DecodeMode.parse(self.mode)
@@ -47,6 +51,9 @@ class DecodeOptions:
             raise ValueError("temperatures must be >= 0")
         if not 0.0 < self.top_p <= 1.0 or not 0.0 < self.text_top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}, {self.text_top_p}")
+        self.avoid_texts = tuple(self.avoid_texts)
+        if not all(isinstance(t, str) and t.strip() for t in self.avoid_texts):
+            raise ValueError(f"avoid_texts must be non-empty strings, got {self.avoid_texts!r}")
         if self.max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
 

@@ -128,7 +128,7 @@ class LocalModelBackend:
         self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
     ) -> PlanStep:
         from emu_ros.decoding import answer_grammar, generate_answer
-        from emu_ros.prompt import ParseError, build_prompt, build_unconditional_prompt, parse_step
+        from emu_ros.prompt import ParseError, answer_opening_ids, build_prompt, build_unconditional_prompt, parse_step
 
         options = self._options(options)
         self.check_instruction(instruction)
@@ -155,9 +155,11 @@ class LocalModelBackend:
                 f"{self.name}: prompt of {len(prompt)} tokens plus the answer ({needed} in all) exceeds the model's"
                 f" context of {limit} positions (history of {len(history)} steps too long?)"
             )
+        avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
+        banned = [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
         answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
-                                 **answer_grammar(self.layout))  # fmt: skip
+                                 banned=banned, **answer_grammar(self.layout))  # fmt: skip
         self.last_answer = answer
         try:
             parsed = parse_step(self.layout, self.text, answer.tokens, expected_grid=grid)

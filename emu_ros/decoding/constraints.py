@@ -12,7 +12,7 @@ the model together with the next token that does need logits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import Enum
 
 import torch
@@ -47,6 +47,7 @@ class DecodeConstraint:
         final_ids: Iterable[int] = (),
         text_before_image: bool = False,
         text_id_limit: int | None = None,
+        banned: Iterable[Sequence[int]] = (),
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -67,6 +68,9 @@ class DecodeConstraint:
         # Text ids the text tokenizer can decode: ids below min(limit, visual_offset); specials still pass.
         self.text_id_limit = layout.visual_offset if text_id_limit is None else min(int(text_id_limit), layout.visual_offset)
         self._specials = {layout.eos, layout.boi, *self.final_ids}
+        # Answers the caller rejected (re-planning): an answer opening with banned[:-1] may not go on
+        # with banned[-1], so the exact rejected text (or the final marker) cannot come back.
+        self.banned = [tuple(int(t) for t in b) for b in banned if len(b)]
         self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
@@ -130,7 +134,19 @@ class DecodeConstraint:
                 if not first and self.final_ids:
                     mask[sorted(self.final_ids)] = False
             self._masks[key] = mask
+        banned = self._banned_next()
+        if banned:
+            mask = self._masks[key].clone()
+            mask[[t for t in banned if t < vocab_size]] = False
+            return mask
         return self._masks[key]
+
+    def _banned_next(self) -> set[int]:
+        """Tokens that would complete a banned answer right now (only in the opening text run)."""
+        if not self.banned or self.phase is not Phase.TEXT or self.images_done:
+            return set()
+        n = len(self.tokens)
+        return {b[n] for b in self.banned if len(b) == n + 1 and tuple(self.tokens) == b[:n]}
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Set disallowed ids to -inf in logits (..., V)."""
@@ -155,6 +171,8 @@ class DecodeConstraint:
         if token == lay.boi and self.text_before_image and self.text_run == 0:
             return False
         if token in self.final_ids and self.tokens:
+            return False
+        if token in self._banned_next():
             return False
         return not (token == lay.boi and self.images_done >= self.max_images)
 

@@ -47,3 +47,28 @@ def test_session_rejects_unknown_instruction(backend):
         GuidanceSession(backend, "feed the flamingo")
     with pytest.raises(SessionError, match="empty"):
         GuidanceSession(backend, "")
+
+
+def test_replan_after_a_rejection_gets_a_different_answer(backend, frame):
+    opts = DecodeOptions(seed=1, dida_steps=2, max_text_tokens=6)
+    s = GuidanceSession(backend, "clear the table", opts)
+    seen = []
+    for _ in range(3):
+        step = s.next_step(frame)
+        key = (step.is_final, step.text)
+        assert key not in seen  # greedy text would repeat itself without the rejection list
+        seen.append(key)
+        s.replan()
+    assert len(s.rejected) == 3
+    s.replan(reject=False)  # nothing pending: nothing added
+    again = GuidanceSession(backend, "clear the table", opts).next_step(frame)
+    assert (again.is_final, again.text) == seen[0]  # a fresh session starts from the model's first choice
+    step = s.next_step(frame)
+    if not step.is_final:
+        s.mark_done(step)
+        assert s.rejected == []
+
+
+def test_avoid_options_are_validated():
+    with pytest.raises(ValueError, match="avoid_texts"):
+        DecodeOptions(avoid_texts=("",))

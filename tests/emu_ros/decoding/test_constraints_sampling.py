@@ -79,3 +79,24 @@ def test_sample_greedy_and_seeded():
     draws = sample(torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20_000, 3), 1.0, generator=make_generator(2))[0]
     freq = np.bincount(draws.numpy(), minlength=3) / 20_000
     assert np.allclose(freq, [0.7, 0.2, 0.1], atol=0.02)
+
+
+def test_banned_answers_block_only_their_last_token():
+    from emu_ros.layout import compact
+
+    lay = compact(num_text_words=20, num_visual_codes=16)
+    w = lambda i: 32 + i  # noqa: E731  (compact word ids start after the 32 specials)
+    done = lay.extra["done"]
+    cons = DecodeConstraint(lay, (2, 2), final_ids=[done], banned=[[w(1), w(2), w(3)], [done]])
+    assert not cons.allowed_mask(lay.vocab_size)[done] and not cons.is_allowed(done)  # "done" was rejected
+    cons.advance(w(1))
+    assert cons.allowed_mask(lay.vocab_size)[w(3)]  # w(3) only completes the banned answer after w(1) w(2)
+    cons.advance(w(2))
+    mask = cons.allowed_mask(lay.vocab_size)
+    assert not mask[w(3)] and not cons.is_allowed(w(3)) and mask[w(4)]
+    with pytest.raises(ConstraintError):
+        cons.advance(w(3))
+    cons.advance(w(4))
+    assert cons.allowed_mask(lay.vocab_size)[w(3)]  # the answer already differs
+    fresh = DecodeConstraint(lay, (2, 2), final_ids=[done])
+    assert fresh.allowed_mask(lay.vocab_size)[done]  # the cached masks are not shared or mutated
