@@ -225,6 +225,24 @@ def consolidate(cfg: RecordConfig) -> dict:
     return manifest
 
 
+_CONTENT_FIELDS_IGNORED = ("workers", "keep_shards")  # do not change what the dataset holds
+
+
+def _up_to_date_manifest(cfg: RecordConfig) -> dict | None:
+    """The manifest of ``cfg.out`` when it was consolidated from exactly these jobs and settings, else None."""
+    path = Path(cfg.out) / "meta" / "emu_recording.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in _CONTENT_FIELDS_IGNORED}
+    have = {k: v for k, v in manifest.get("config", {}).items() if k not in _CONTENT_FIELDS_IGNORED}
+    listed = len(manifest.get("episodes", [])) + len(manifest.get("excluded", []))
+    return manifest if have == want and listed == len(cfg.jobs()) else None
+
+
 def record(cfg: RecordConfig, progress: bool = True) -> dict:
     """Record the missing shards (in ``cfg.workers`` processes), then consolidate. Returns a summary."""
     from tqdm import tqdm
@@ -253,7 +271,9 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
                 bar.update(1)
     bar.close()
     record_s = time.perf_counter() - t0
-    manifest = consolidate(cfg)
+    manifest = None if todo else _up_to_date_manifest(cfg)  # a resumed pipeline: nothing new to write
+    if manifest is None:
+        manifest = consolidate(cfg)
     if not cfg.keep_shards:
         shutil.rmtree(cfg.shard_dir, ignore_errors=True)
     frames = sum(r["frames"] for r in results)

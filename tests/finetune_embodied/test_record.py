@@ -51,6 +51,15 @@ def test_record_two_workers_writes_labelled_dataset(tmp_path):
         assert ep.state[0, 3] == 0.0
     assert any(t.startswith("put the") and t.endswith("back") for t in labels) or any("again" in t for t in labels)
     assert reader.subtasks is not None and len(reader.subtasks) == len(labels)
+    # A re-run with nothing new to record (a resumed pipeline) keeps the dataset as it is...
+    stamp = (Path(cfg.out) / "meta" / "emu_recording.json").stat().st_mtime_ns
+    again = rec.record(rec.RecordConfig(out=cfg.out, episodes_per_task=3, seed_offset=40, mistake_rate=0.5, workers=1),
+                       progress=False)
+    assert again["episodes_recorded_now"] == 0 and again["episodes_in_dataset"] == 3
+    assert (Path(cfg.out) / "meta" / "emu_recording.json").stat().st_mtime_ns == stamp
+    # ...but a different selection of the same shards is consolidated afresh.
+    fewer = rec.record(rec.RecordConfig(out=cfg.out, episodes_per_task=2, seed_offset=40, mistake_rate=0.5), progress=False)
+    assert fewer["episodes_in_dataset"] == 2 and open_dataset(cfg.out).num_episodes == 2
 
 
 def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
