@@ -225,7 +225,7 @@ def consolidate(cfg: RecordConfig) -> dict:
     return manifest
 
 
-_CONTENT_FIELDS_IGNORED = ("workers", "keep_shards")  # do not change what the dataset holds
+_CONTENT_FIELDS_IGNORED = ("out", "workers", "keep_shards")  # do not change what the dataset holds
 
 
 def _up_to_date_manifest(cfg: RecordConfig) -> dict | None:

@@ -161,6 +161,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's model config (width, layers...)
     init_from: str = ""  # checkpoint (directory) of a previous stage to start from
     tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
+    visual_embedding_init: str = "random"  # LM stages from scratch: "random" or "tokenizer" (rows start from what each code looks like)
     log_every: int = 10  # metrics.jsonl line every N steps
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +177,8 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.distributed in STRATEGIES, f"distributed must be one of {STRATEGIES}, got {self.distributed!r}")
         _check(isinstance(self.model, dict), f"model must be a mapping of overrides, got {self.model!r}")
+        _check(self.visual_embedding_init in ("random", "tokenizer"),
+               f"visual_embedding_init must be 'random' or 'tokenizer', got {self.visual_embedding_init!r}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),

@@ -65,6 +65,47 @@ def weighted_next_token_loss(
     return loss, parts
 
 
+def code_appearance_features(vision, batch: int = 125) -> np.ndarray:
+    """(num_codes, 15) what each visual code looks like: decode a grid filled with that code and take
+    the mean RGB of the centre cell's pixels and of its four quadrants, standardised per feature."""
+    n = vision.num_codes
+    h, w = vision.code_grid()
+    feats = []
+    for start in range(0, n, batch):
+        codes = np.arange(start, min(start + batch, n), dtype=np.int64)
+        images = vision.decode(np.broadcast_to(codes[:, None, None], (len(codes), h, w)).copy()).astype(np.float32) / 255.0
+        ph, pw = images.shape[1] // h, images.shape[2] // w
+        r, c = h // 2, w // 2
+        cell = images[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
+        q = [cell[:, : ph // 2, : pw // 2], cell[:, : ph // 2, pw // 2 :], cell[:, ph // 2 :, : pw // 2], cell[:, ph // 2 :, pw // 2 :]]
+        feats.append(np.concatenate([cell.mean((1, 2))] + [x.mean((1, 2)) for x in q], axis=1))
+    f = np.concatenate(feats)
+    return (f - f.mean(0)) / (f.std(0) + 1e-6)
+
+
+@torch.no_grad()
+def init_visual_embeddings(model: torch.nn.Module, layout: TokenLayout, vision, seed: int = 0, structured: float = 0.8) -> None:
+    """Start each visual code's embedding row from what the code looks like (a random projection of
+    ``code_appearance_features``) plus a random part, at the model's initializer scale.
+
+    Codes that decode to similar colours start close together, so a word learned from some red codes
+    already transfers to the other red codes; with tied embeddings the subgoal-image head starts
+    with the same structure. Training is free to move every row (this is only an initialisation,
+    the exported model is a plain Qwen3).
+    """
+    emb = model.get_input_embeddings().weight
+    feats = torch.from_numpy(code_appearance_features(vision)).to(emb.dtype)
+    g = torch.Generator().manual_seed(int(seed))
+    proj = torch.randn(feats.shape[1], emb.shape[1], generator=g) / feats.shape[1] ** 0.5
+    noise = torch.randn(feats.shape[0], emb.shape[1], generator=g)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    shaped = feats @ proj
+    shaped = shaped / shaped.std()  # the features are correlated (all colour means): rescale to unit variance
+    rows = std * (structured * shaped + (1 - structured**2) ** 0.5 * noise)
+    lo = layout.visual_offset
+    emb[lo : lo + layout.num_visual_codes] = rows.to(emb.device)
+
+
 class LMStage(Stage):
     name = "next_token"
 
@@ -131,6 +172,10 @@ class LMStage(Stage):
         from emu_ros.lm import build_lm, pick_attn_implementation
 
         model = build_lm(self.lm_config(), attn_implementation=pick_attn_implementation(self.info.device), seed=self.cfg.seed)
+        if self.cfg.visual_embedding_init == "tokenizer" and not self.cfg.init_from:
+            if self.vision is None:
+                raise ValueError("visual_embedding_init 'tokenizer' needs `tokenizer:` (the trained vision tokenizer)")
+            init_visual_embeddings(model, self.layout, self.vision, self.cfg.seed)
         return model.train()
 
     def model_config(self) -> dict[str, Any]:

@@ -75,3 +75,34 @@ def test_lora_trains_adapters_only(tiny_lm):
 def test_bf16_on_cpu_is_refused(tiny_lm):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         train(tiny_lm("bf", "precision=bf16", "optim.max_steps=1"), progress=False)
+
+
+def test_visual_embedding_init_follows_what_codes_look_like():
+    import numpy as np
+
+    from emu_ros.layout import compact
+    from emu_ros.lm import LMConfig, build_lm
+    from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
+    from finetune_embodied.train.config import ConfigError
+    from finetune_embodied.train.stages.lm_stages import code_appearance_features, init_visual_embeddings
+
+    torch.manual_seed(0)
+    vision = FSQTokenizer.from_config(FSQConfig(image_size=32, levels=(4, 4, 4), channels=(8, 8, 8), out_channels=8))
+    layout = compact(10, vision.num_codes)
+    model = build_lm(LMConfig(vocab_size=layout.vocab_size, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                              head_dim=32, intermediate_size=64))
+    before = model.get_input_embeddings().weight.detach().clone()
+    init_visual_embeddings(model, layout, vision, seed=0)
+    after = model.get_input_embeddings().weight.detach()
+    lo, hi = layout.visual_offset, layout.visual_offset + layout.num_visual_codes
+    assert torch.equal(before[:lo], after[:lo]) and not torch.equal(before[lo:hi], after[lo:hi])
+    assert abs(float(after[lo:hi].std()) - 0.02) < 0.005  # the model's initializer scale
+    # codes that look alike start close: embedding distances follow appearance distances
+    feats = code_appearance_features(vision)
+    emb = after[lo:hi].numpy()
+    pairs = np.random.default_rng(0).integers(0, vision.num_codes, size=(400, 2))
+    d_feat = np.linalg.norm(feats[pairs[:, 0]] - feats[pairs[:, 1]], axis=1)
+    d_emb = np.linalg.norm(emb[pairs[:, 0]] - emb[pairs[:, 1]], axis=1)
+    assert np.corrcoef(d_feat, d_emb)[0, 1] > 0.5
+    with pytest.raises(ConfigError, match="visual_embedding_init"):
+        load_config(None, ["data.source=synthetic", "visual_embedding_init=pretty"])
