@@ -220,7 +220,9 @@ def consolidate(cfg: RecordConfig) -> dict:
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    if old.exists():
+    if old.is_symlink():  # <out> was a link to a dataset elsewhere: drop the link, keep its target
+        old.unlink()
+    elif old.exists():
         shutil.rmtree(old)
     return manifest
 

@@ -60,6 +60,14 @@ def test_record_two_workers_writes_labelled_dataset(tmp_path):
     # ...but a different selection of the same shards is consolidated afresh.
     fewer = rec.record(rec.RecordConfig(out=cfg.out, episodes_per_task=2, seed_offset=40, mistake_rate=0.5), progress=False)
     assert fewer["episodes_in_dataset"] == 2 and open_dataset(cfg.out).num_episodes == 2
+    # <out> may be a link to a dataset elsewhere: consolidation replaces the link, the target stays.
+    linked = tmp_path / "linked"
+    linked.symlink_to(Path(cfg.out).resolve())
+    Path(f"{linked}.shards").symlink_to(cfg.shard_dir.resolve())  # the recorded episodes are reused
+    rec.record(rec.RecordConfig(out=str(linked), episodes_per_task=3, seed_offset=40, mistake_rate=0.5,
+                                workers=1), progress=False)
+    assert not linked.is_symlink() and open_dataset(linked).num_episodes == 3
+    assert open_dataset(cfg.out).num_episodes == 2
 
 
 def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
