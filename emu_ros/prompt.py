@@ -401,6 +401,12 @@ def build_training_sequence(
         raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
     prompt = build_prompt(layout, text_tok, instruction, history, frame_codes, task=task)
     answer = build_answer(layout, text_tok, step_text, subgoal_codes, is_final)
+    return _training_sequence(layout, prompt, answer, visual_loss_weight, "step")
+
+
+def _training_sequence(layout: TokenLayout, prompt: list[int], answer: list[int], visual_loss_weight: float,
+                       kind: str) -> TrainingSequence:
+    """Labels (the answer only), loss weights (text 1, visual cells ``visual_loss_weight``) and image spans."""
     input_ids = np.asarray(prompt + answer, dtype=np.int64)
     p = len(prompt)
     labels = input_ids.copy()
@@ -413,9 +419,8 @@ def build_training_sequence(
     for s, e in layout.find_images(input_ids):
         h, w = layout.parse_image(input_ids[s:e]).shape
         spans.append(ImageSpan(start=s, end=e, height=h, width=w, is_target=s >= p))
-    return TrainingSequence(
-        input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans, prompt_length=p
-    )
+    return TrainingSequence(input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans,
+                            prompt_length=p, kind=kind)
 
 
 def build_plan_sequence(
@@ -444,15 +449,4 @@ def build_plan_sequence(
     prompt = build_prompt(layout, text_tok, f"{PLAN_REQUEST} {_clean_text(instruction, 'instruction')}", history,
                           frame_codes, task=task)
     answer = _encode(layout, text_tok, f" {PLAN_SEPARATOR} ".join(steps), "remaining_steps") + [layout.eos]
-    input_ids = np.asarray(prompt + answer, dtype=np.int64)
-    p = len(prompt)
-    labels = input_ids.copy()
-    labels[:p] = IGNORE_INDEX
-    weights = np.zeros(len(input_ids), dtype=np.float32)
-    weights[p:] = 1.0
-    spans = []
-    for s, e in layout.find_images(input_ids):
-        h, w = layout.parse_image(input_ids[s:e]).shape
-        spans.append(ImageSpan(start=s, end=e, height=h, width=w, is_target=False))
-    return TrainingSequence(input_ids=input_ids, labels=labels, loss_weights=weights, image_spans=spans,
-                            prompt_length=p, kind="plan")
+    return _training_sequence(layout, prompt, answer, 1.0, "plan")  # a text-only answer: no visual cells
