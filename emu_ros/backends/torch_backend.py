@@ -123,12 +123,19 @@ class LocalModelBackend:
             raise BackendError(f"{self.name}: decode mode 'oracle' needs the oracle backend, not a model")
         return options
 
+    def banned_openings(self, options: DecodeOptions) -> list[list[int]]:
+        """Token ids of the answers the caller rejected (``avoid_texts``, ``avoid_final``) for the decoder to ban."""
+        from emu_ros.prompt import answer_opening_ids
+
+        avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
+        return [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
+
     # ---- the step -----------------------------------------------------------------------------
     def next_step(
         self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
     ) -> PlanStep:
         from emu_ros.decoding import answer_grammar, generate_answer
-        from emu_ros.prompt import ParseError, answer_opening_ids, build_prompt, build_unconditional_prompt, parse_step
+        from emu_ros.prompt import ParseError, build_prompt, build_unconditional_prompt, parse_step
 
         options = self._options(options)
         self.check_instruction(instruction)
@@ -155,11 +162,9 @@ class LocalModelBackend:
                 f"{self.name}: prompt of {len(prompt)} tokens plus the answer ({needed} in all) exceeds the model's"
                 f" context of {limit} positions (history of {len(history)} steps too long?)"
             )
-        avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
-        banned = [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
         answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
-                                 banned=banned, **answer_grammar(self.layout))  # fmt: skip
+                                 banned=self.banned_openings(options), **answer_grammar(self.layout))  # fmt: skip
         self.last_answer = answer
         try:
             parsed = parse_step(self.layout, self.text, answer.tokens, expected_grid=grid)

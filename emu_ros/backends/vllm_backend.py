@@ -168,7 +168,7 @@ class VllmBackend(LocalModelBackend):
         import time
 
         from emu_ros.decoding import answer_grammar
-        from emu_ros.prompt import ParseError, answer_opening_ids, build_prompt, parse_step
+        from emu_ros.prompt import ParseError, build_prompt, parse_step
 
         options = self._options(options)
         if options.mode is DecodeMode.DIDA:
@@ -186,10 +186,8 @@ class VllmBackend(LocalModelBackend):
         codes = self.vision.encode_one(self.prepare_frame(frame))
         prompt = build_prompt(self.layout, self.text, instruction, [h.text for h in history], codes, task=self.task)
         grid = tuple(codes.shape)
-        avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
-        banned = [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
         proc = ConstrainedLogitsProcessor(self.layout, grid, options, text_id_limit=self.text.vocab_size,
-                                          banned=banned, **answer_grammar(self.layout))  # fmt: skip
+                                          banned=self.banned_openings(options), **answer_grammar(self.layout))  # fmt: skip
         params = self._vllm.SamplingParams(
             temperature=1.0, max_tokens=options.max_text_tokens + self.layout.image_block(*grid).length + 2,
             logits_processors=[proc], seed=options.seed, stop_token_ids=[self.layout.eos], detokenize=False,

@@ -128,5 +128,3 @@ class LeRobotV21Reader(EpisodeReaderBase):
             episode_index=episode_index,
             timestamp=timestamp,
         )
-
-

@@ -595,8 +595,6 @@ class LeRobotV3Reader(EpisodeReaderBase):
         return self._load_episode(episode_index, load_images)
 
 
-
-
 def _fixed_list_to_numpy(rows, name: str, path: Path, episode_index: int) -> np.ndarray:
     """A list<float> column -> (N, D) float32; ragged or non-finite rows are a DatasetError."""
     try:

@@ -24,6 +24,7 @@ def text_tokenizer_for(cfg, texts_fn) -> WordTokenizer:
 
 
 def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any], list[int], str]:
+    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
     from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
     from finetune_embodied.sequences import SequenceDataset, dataset_texts
     from finetune_embodied.train.stages.tokenizer_stage import camera_key, load_vision_tokenizer
@@ -34,8 +35,6 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     vision = load_vision_tokenizer(cfg.tokenizer)
     reader = LeRobotV3Reader(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
-    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
-
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
     text_tok = text_tokenizer_for(
         cfg, lambda: dataset_texts(reader.iter_episodes(load_images=False)) + list(d.extra_texts) + plan_words)
