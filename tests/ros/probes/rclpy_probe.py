@@ -50,7 +50,8 @@ class Probe(Node):
         self.create_subscription(Plan, "plan", lambda m: self._add(self.plans, m), RELIABLE)
         self.create_subscription(ActionGoal, "action_goal", lambda m: self._add(self.goals, m), RELIABLE)
         self.step_results: list[tuple[float, Any]] = []
-        self.create_subscription(StepResult, "step_result", lambda m: self._add(self.step_results, m), RELIABLE)
+        self.step_result_sub = self.create_subscription(StepResult, "step_result",
+                                                        lambda m: self._add(self.step_results, m), RELIABLE)
         self.create_subscription(String, f"{NODE}/frame_stats", lambda m: self.stats.append(json.loads(m.data)), RELIABLE)
         self.client = ActionClient(self, Guide, "guide")
         self.set_client = self.create_client(SetParameters, f"{NODE}/set_parameters")
@@ -337,11 +338,13 @@ def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     # for the node's outputs AND the bridge's step_result publisher before the first goal.
     probe.wait_outputs()
     deadline = time.monotonic() + 30
-    while probe.count_publishers("/step_result") == 0:
+    # Matched, not merely discovered: our step_result subscription must be connected to the bridge's
+    # publisher (under load the match lagged the graph discovery and every StepResult was lost).
+    while probe.step_result_sub.get_publisher_count() == 0:
         if time.monotonic() > deadline:
-            raise TimeoutError("the sim bridge's step_result publisher never appeared")
+            raise TimeoutError("the sim bridge's step_result publisher never matched our subscription")
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(1.0)  # the publisher side matches us a moment later
     t0 = time.monotonic()
     handle = probe.send_goal(args["instruction"], mode=1, max_steps=args.get("max_steps", 30), feedback=feedback)
     result = result_dict(handle, timeout=args.get("timeout", 120))
