@@ -119,12 +119,18 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
         raise ValueError(f"{lm_ckpt} holds LoRA adapters: merge them before exporting")
     lm_cfg = LMConfig(**meta["lm"])
     lm = build_lm(lm_cfg, seed=0)
-    missing, unexpected = lm.load_state_dict(ck["weights"], strict=False)
-    if [k for k in missing if k != "lm_head.weight"] or unexpected:
-        raise ValueError(f"{lm_ckpt}: weights do not fit LMConfig: missing {missing[:3]}, unexpected {unexpected[:3]}")
     text = WordTokenizer.load(lm_ckpt)
     vision = load_vision_tokenizer(tokenizer_ckpt)
     layout = compact(text.vocab_size, vision.num_codes)
+    weights = ck["weights"]
+    if meta.get("visual_codes"):  # trained with factorised code rows: write the summed plain table
+        from finetune_embodied.train.factorized_codes import materialize
+
+        vc = meta["visual_codes"]
+        weights = materialize(weights, layout.visual_offset, tuple(vc["levels"]), residual=vc["mode"] == "factorized")
+    missing, unexpected = lm.load_state_dict(weights, strict=False)
+    if [k for k in missing if k != "lm_head.weight"] or unexpected:
+        raise ValueError(f"{lm_ckpt}: weights do not fit LMConfig: missing {missing[:3]}, unexpected {unexpected[:3]}")
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg)

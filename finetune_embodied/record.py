@@ -62,6 +62,11 @@ class RecordConfig:
     max_steps: int = 2000  # low-level steps per episode before giving up
     workers: int = 1
     keep_shards: bool = True  # shards let a later run with more episodes reuse these
+    # Video of the consolidated dataset. Full-resolution chroma and lossless (in YUV) by default:
+    # training frames must look like the live frames the model will see (yuv420p crf 20 moved 30%
+    # of the default tokenizer's codes; yuv444p crf 0 about 6%, docs/datasets.md).
+    pix_fmt: str = "yuv444p"
+    crf: int = 0
 
     def __post_init__(self) -> None:
         from sim_envs.seeds import check_seed, seeds_for
@@ -85,6 +90,10 @@ class RecordConfig:
             raise ValueError(f"resolution must be a positive even number (video needs it), got {self.resolution}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        from finetune_embodied.datasets.video import PIX_FMTS
+
+        if self.pix_fmt not in PIX_FMTS or not 0 <= self.crf <= 51:
+            raise ValueError(f"pix_fmt must be one of {PIX_FMTS} and crf in 0..51, got {self.pix_fmt!r}, {self.crf}")
         if self.fps <= 0 or self.max_steps <= 0:
             raise ValueError(f"fps and max_steps must be positive, got {self.fps}, {self.max_steps}")
 
@@ -196,7 +205,7 @@ def consolidate(cfg: RecordConfig) -> dict:
         shutil.rmtree(tmp)
     included, excluded = [], []
     writer = LeRobotV3Writer(tmp, cfg.fps, {CAMERA: (cfg.resolution, cfg.resolution)}, STATE_NAMES, ACTION_NAMES,
-                             robot_type="sim_envs_tabletop", with_subtasks=True)
+                             robot_type="sim_envs_tabletop", with_subtasks=True, pix_fmt=cfg.pix_fmt, crf=cfg.crf)
     try:
         for task, seed in cfg.jobs():
             ep, meta = load_shard(shard_path(cfg.shard_dir, task, seed), cfg)
@@ -306,6 +315,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=10, help="frame rate written to the dataset")
     parser.add_argument("--max-steps", type=int, default=2000, help="low-level steps per episode before giving up")
     parser.add_argument("--workers", type=int, default=1, help="recording processes")
+    parser.add_argument("--pix-fmt", default="yuv444p", choices=["yuv444p", "yuv420p"],
+                        help="video chroma layout (yuv420p halves colour resolution, as LeRobot records)")
+    parser.add_argument("--crf", type=int, default=0, help="h264 quality, 0 (lossless in YUV) .. 51")
     parser.add_argument("--no-keep-shards", action="store_true", help="delete <out>.shards after consolidation")
     parser.add_argument("--json", default=None, help="also write the summary JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -317,7 +329,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = RecordConfig(out=out, tasks=tuple(args.tasks), seeds=tuple(args.seeds or ()), episodes_per_task=args.episodes,
                            seed_offset=args.seed_offset, mistake_rate=args.mistake_rate, resolution=args.resolution,
                            fps=args.fps, max_steps=args.max_steps, workers=args.workers,
-                           keep_shards=not args.no_keep_shards)
+                           keep_shards=not args.no_keep_shards, pix_fmt=args.pix_fmt, crf=args.crf)
     except ValueError as exc:
         print(f"emu-guide record: {exc}")
         return 2

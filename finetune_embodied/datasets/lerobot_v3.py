@@ -24,7 +24,7 @@ import numpy as np
 
 from .episode import IMAGE_KEY_PREFIX, Episode
 from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
-from .video import DEFAULT_CODEC, VideoWriter, decode_frames
+from .video import DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PIX_FMT, PIX_FMTS, VideoWriter, decode_frames
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -187,6 +187,8 @@ class LeRobotV3Writer:
         video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_IN_MB,
         max_episodes_per_file: int | None = None,
         codec: str = DEFAULT_CODEC,
+        pix_fmt: str = DEFAULT_PIX_FMT,
+        crf: int = DEFAULT_CRF,
         overwrite: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -208,7 +210,11 @@ class LeRobotV3Writer:
         self.data_files_size_in_mb = data_files_size_in_mb
         self.video_files_size_in_mb = video_files_size_in_mb
         self.max_episodes_per_file = max_episodes_per_file
+        if pix_fmt not in PIX_FMTS:
+            raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
         self.codec = codec
+        self.pix_fmt = pix_fmt
+        self.crf = int(crf)
         self.tasks: dict[str, int] = {}
         self.subtasks: dict[str, int] = {}
         self.episode_rows: list[dict] = []
@@ -234,7 +240,7 @@ class LeRobotV3Writer:
                     "video.height": h,
                     "video.width": w,
                     "video.codec": "h264" if self.codec == "libx264" else self.codec,
-                    "video.pix_fmt": "yuv420p",
+                    "video.pix_fmt": self.pix_fmt,
                     "video.is_depth_map": False,
                     "video.fps": self.fps,
                     "video.channels": 3,
@@ -275,7 +281,7 @@ class LeRobotV3Writer:
         for key in self.camera_keys:
             h, w = self.camera_shapes[key]
             vpath = self.root / DEFAULT_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
-            self._videos[key] = VideoWriter(vpath, self.fps, w, h, codec=self.codec)
+            self._videos[key] = VideoWriter(vpath, self.fps, w, h, codec=self.codec, crf=self.crf, pix_fmt=self.pix_fmt)
 
     def _close_files(self) -> None:
         if self._data_writer is not None:

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["DatasetError", "ON_ERROR_CHOICES", "SkipReport", "SkippedEpisode", "check_on_error"]
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,16 @@ class EpisodeReaderBase:
     def state_names(self) -> list[str]:
         return list(self.features.get("observation.state", {}).get("names") or [])
 
-    def iter_episodes(self, load_images: bool = True):
-        for i in self.episode_indices:
+    def iter_episodes(self, load_images: bool = True, max_episodes: int = 0):
+        """Episodes in index order; ``max_episodes`` > 0 takes that many, evenly spaced over the
+        dataset (a recording is task-major, so every task stays represented)."""
+        indices = self.episode_indices
+        if max_episodes < 0:
+            raise ValueError(f"max_episodes must be >= 0, got {max_episodes}")
+        if 0 < max_episodes < len(indices):
+            picks = np.linspace(0, len(indices) - 1, max_episodes).round().astype(int)
+            indices = [indices[k] for k in sorted(set(picks.tolist()))]
+        for i in indices:
             try:
                 yield self.episode(i, load_images)
             except DatasetError as err:

@@ -10,26 +10,34 @@ import numpy as np
 
 from .validation import DatasetError
 
-__all__ = ["VideoWriter", "decode_frames", "DEFAULT_CODEC"]
+__all__ = ["VideoWriter", "decode_frames", "frame_to_rgb", "DEFAULT_CODEC", "DEFAULT_CRF", "DEFAULT_PIX_FMT", "PIX_FMTS"]
 
 DEFAULT_CODEC = "libx264"  # h264: decodable by torchcodec, PyAV and browsers; LeRobot defaults to AV1
+DEFAULT_PIX_FMT = "yuv420p"  # what LeRobot writes; chroma at half resolution in both directions
+DEFAULT_CRF = 20
+PIX_FMTS = ("yuv420p", "yuv444p")  # yuv444p keeps full-resolution colour (thin, coloured objects)
 
 
 class VideoWriter:
     """Appends RGB frames to one mp4 whose frame k has pts k/fps (no B-frames, so pts == dts order)."""
 
-    def __init__(self, path: str | Path, fps: int, width: int, height: int, codec: str = DEFAULT_CODEC, crf: int = 20):
+    def __init__(self, path: str | Path, fps: int, width: int, height: int, codec: str = DEFAULT_CODEC,
+                 crf: int = DEFAULT_CRF, pix_fmt: str = DEFAULT_PIX_FMT):
         import av
 
+        if pix_fmt not in PIX_FMTS:
+            raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
+        if not 0 <= int(crf) <= 51:
+            raise ValueError(f"crf must be in 0..51 (0: lossless in YUV), got {crf}")
         if width % 2 or height % 2:
-            raise ValueError(f"video size must be even for yuv420p, got {width}x{height}")
+            raise ValueError(f"video size must be even for {pix_fmt}, got {width}x{height}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.width, self.height, self.fps = width, height, fps
         self._container = av.open(str(self.path), mode="w")
         self._stream = self._container.add_stream(codec, rate=fps)
         self._stream.width, self._stream.height = width, height
-        self._stream.pix_fmt = "yuv420p"
+        self._stream.pix_fmt = pix_fmt
         self._stream.codec_context.time_base = Fraction(1, fps)
         # g=2: short GOPs make random access cheap (what LeRobot uses); bf=0: pts stay monotonic.
         opts = {"g": "2", "bf": "0", "crf": str(crf)}
@@ -38,6 +46,7 @@ class VideoWriter:
         self._stream.options = opts
         self.num_frames = 0
         self.codec = codec
+        self.pix_fmt = pix_fmt
 
     def write(self, frames: np.ndarray) -> None:
         import av
@@ -58,6 +67,29 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+
+
+# BT.601 limited-range YUV -> RGB: what swscale assumes for untagged h264 (and what it used to
+# write our videos). Converting in numpy/OpenCV is about 10x faster than PyAV's per-frame
+# ``to_ndarray(format="rgb24")`` on small frames (docs/datasets.md) and matches it within 1 level.
+_BT601_COLORSPACES = (2, 5, 6)  # unspecified, BT470BG, SMPTE170M
+_LIMITED_RANGES = (0, 1)  # unspecified, MPEG (limited)
+
+
+def frame_to_rgb(frame) -> np.ndarray:
+    """A decoded ``av.VideoFrame`` -> (H, W, 3) uint8 RGB."""
+    fmt = frame.format.name
+    if int(frame.colorspace) in _BT601_COLORSPACES and int(frame.color_range) in _LIMITED_RANGES:
+        if fmt == "yuv444p":
+            planes = frame.to_ndarray().astype(np.float32)  # (3, H, W): Y, U, V
+            y, u, v = planes[0] - 16.0, planes[1] - 128.0, planes[2] - 128.0
+            rgb = np.stack([1.164 * y + 1.596 * v, 1.164 * y - 0.392 * u - 0.813 * v, 1.164 * y + 2.017 * u], axis=-1)
+            return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        if fmt == "yuv420p":
+            import cv2
+
+            return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return frame.to_ndarray(format="rgb24")  # anything else: swscale, slower but general
 
 
 def decode_frames(
@@ -91,7 +123,7 @@ def decode_frames(
                     continue
                 if k >= last:
                     break
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(frame_to_rgb(frame))
     except DatasetError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:

@@ -69,6 +69,8 @@ class DataConfig:
     object_loss_weight: float = 0.0  # tokenizer stage: pixels that stand out from the table weigh 1 + this
     max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
     frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
+    max_episodes: int = 0  # tokenizer stage: read this many episodes, evenly spaced (0 = all)
+    mid_samples_per_step: int = 2  # LM stages: frames sampled inside each step besides its boundary frame
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
     plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (emu_ros.prompt.build_plan_sequence)
@@ -85,6 +87,8 @@ class DataConfig:
         _check(self.visual_loss_weight >= 0, f"data.visual_loss_weight must be >= 0, got {self.visual_loss_weight!r}")
         _check(self.object_loss_weight >= 0, f"data.object_loss_weight must be >= 0, got {self.object_loss_weight!r}")
         _check(self.max_seq_len >= 8, f"data.max_seq_len must be >= 8, got {self.max_seq_len!r}")
+        _check(self.max_episodes >= 0, f"data.max_episodes must be >= 0, got {self.max_episodes!r}")
+        _check(self.mid_samples_per_step >= 0, f"data.mid_samples_per_step must be >= 0, got {self.mid_samples_per_step!r}")
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
@@ -150,6 +154,9 @@ class DidaConfig:
         _check(self.noisy_loss_weight + self.next_token_loss_weight > 0, "dida: at least one loss weight must be > 0")
 
 
+VISUAL_CODES = ("table", "factorized", "digits")
+
+
 @dataclass
 class TrainConfig:
     stage: str = "next_token"  # "tokenizer", "next_token" or "dida"
@@ -162,6 +169,11 @@ class TrainConfig:
     init_from: str = ""  # checkpoint (directory) of a previous stage to start from
     tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
     visual_embedding_init: str = "random"  # LM stages from scratch: "random" or "tokenizer" (rows start from what each code looks like)
+    # LM stages: how visual-code rows of the embedding table are parametrised while training.
+    # "table": one free row per code. "factorized": per-FSQ-channel digit embeddings summed, plus a
+    # per-code residual. "digits": the digit sums alone. Exports are plain Qwen3 tables either way
+    # (finetune_embodied/train/factorized_codes.py).
+    visual_codes: str = "table"
     log_every: int = 10  # metrics.jsonl line every N steps
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,6 +191,8 @@ class TrainConfig:
         _check(isinstance(self.model, dict), f"model must be a mapping of overrides, got {self.model!r}")
         _check(self.visual_embedding_init in ("random", "tokenizer"),
                f"visual_embedding_init must be 'random' or 'tokenizer', got {self.visual_embedding_init!r}")
+        _check(self.visual_codes in VISUAL_CODES,
+               f"visual_codes must be one of {VISUAL_CODES}, got {self.visual_codes!r}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),

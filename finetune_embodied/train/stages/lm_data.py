@@ -9,6 +9,9 @@ reported (``data_report``), never dropped silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,15 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
             f"dataset {d.path}: words not in the vocabulary of init_from {cfg.init_from!r}: {unknown[:10]}"
             " (train next_token from scratch on this data, or record with the same phrasing)"
         )
+    cache = _cache_path(cfg, vision_path=cfg.tokenizer, words=text_tok.words if hasattr(text_tok, "words") else None)
+    if cache is not None and cache.is_file():
+        # The next_token and dida stages read the same episodes: the second reuses the first's work.
+        import pickle
+
+        with open(cache, "rb") as f:
+            sequences, groups = pickle.load(f)
+        print(f"[data] {len(sequences)} sequences from the cache {cache}")
+        return text_tok, layout, sequences, groups, reader.report.summary() if reader.report.count else ""
     ds = SequenceDataset(
         reader.iter_episodes(),
         layout,
@@ -53,8 +65,57 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         camera_key=key,
         visual_loss_weight=d.visual_loss_weight,
         max_history=d.max_history,
+        mid_samples_per_step=d.mid_samples_per_step,
         seed=cfg.seed,
         plan_sequences=d.plan_sequences,
     )
     groups = [s.episode_index for s in ds.samples]
+    if cache is not None and not reader.report.count:  # a run that skipped bad episodes is not cached
+        _write_cache(cache, (list(ds.sequences), groups))
     return text_tok, layout, list(ds.sequences), groups, reader.report.summary() if reader.report.count else ""
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
+    """Where this exact data (dataset files, tokenizer weights, vocabulary, sampling settings) is
+    cached, or None when it cannot be keyed (a tokenizer without a weights file, a non-word vocabulary)."""
+    d = cfg.data
+    root = Path(d.path)
+    weights = sorted(Path(vision_path).rglob("*.safetensors")) if vision_path else []
+    if not weights or words is None:
+        return None
+    key = {
+        "dataset": str(root.resolve()),
+        "files": sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in root.rglob("*") if p.is_file()),
+        "tokenizer": [_file_digest(p) for p in weights],
+        "words": list(words),
+        "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed],
+        "format": 1,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    from emu_guide.paths import artifacts_root
+
+    return artifacts_root() / "cache" / "sequences" / f"{digest}.pkl"
+
+
+def _write_cache(path: Path, payload: Any) -> None:
+    """Best effort: written aside and renamed; a full disk only costs the next stage a rebuild."""
+    import pickle
+
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        print(f"[data] sequence cache not written ({exc}); the next stage rebuilds the sequences")

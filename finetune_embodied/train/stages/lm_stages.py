@@ -176,12 +176,30 @@ class LMStage(Stage):
             if self.vision is None:
                 raise ValueError("visual_embedding_init 'tokenizer' needs `tokenizer:` (the trained vision tokenizer)")
             init_visual_embeddings(model, self.layout, self.vision, self.cfg.seed)
+        if self.cfg.visual_codes != "table":
+            from finetune_embodied.train.factorized_codes import apply_factorized_codes
+
+            apply_factorized_codes(model, self.layout.visual_offset, self.code_levels(),
+                                   residual=self.cfg.visual_codes == "factorized")
         return model.train()
+
+    def code_levels(self) -> tuple[int, ...]:
+        """The FSQ levels behind the visual codes (``visual_codes`` other than "table" need them)."""
+        levels = getattr(getattr(self.vision, "config", None), "levels", None)
+        if not levels:
+            raise ValueError(
+                f"visual_codes {self.cfg.visual_codes!r} needs an FSQ vision tokenizer (`tokenizer:`), "
+                f"got {type(self.vision).__name__ if self.vision is not None else 'none'}"
+            )
+        return tuple(int(v) for v in levels)
 
     def model_config(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {"kind": "lm", "lm": asdict(self.lm_config()), "layout": self._layout_doc()}
+        doc = {"kind": "lm", "lm": asdict(self.lm_config()), "layout": self._layout_doc()}
+        if self.cfg.visual_codes != "table":  # what export needs to materialise the plain table
+            doc["visual_codes"] = {"mode": self.cfg.visual_codes, "levels": list(self.code_levels())}
+        return doc
 
     def _layout_doc(self) -> dict[str, Any]:
         return {"name": self.layout.name, "num_text_words": self.layout.visual_offset - 32,
@@ -208,6 +226,18 @@ class LMStage(Stage):
         weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
         if any(".lora_" in k for k in weights):
             raise CheckpointError(f"init_from {str(path)!r} holds LoRA adapters; export (merge) it first")
+        from finetune_embodied.train.factorized_codes import DIGIT_KEY, materialize
+
+        has_digits = any(k.startswith(DIGIT_KEY) for k in weights)
+        if has_digits and self.cfg.visual_codes == "table":
+            # A factorised checkpoint into a plain table: the summed rows carry over exactly.
+            weights = materialize(weights, self.layout.visual_offset, self.code_levels_of(path),
+                                  residual=self._init_residual(path))
+        elif not has_digits and self.cfg.visual_codes != "table":
+            raise CheckpointError(
+                f"init_from {str(path)!r} has a plain embedding table; visual_codes {self.cfg.visual_codes!r} "
+                "starts from a factorised checkpoint or from scratch (use visual_codes: table)"
+            )
         missing, unexpected = model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
@@ -215,6 +245,21 @@ class LMStage(Stage):
                 f"init_from {str(path)!r} does not fit the configured LM: missing {missing[:3]}, unexpected"
                 f" {list(unexpected)[:3]}; shapes must match (same model overrides and vocabulary)"
             )
+
+    @staticmethod
+    def _init_doc(path: Path) -> dict[str, Any]:
+        cfg_file = Path(path) / "config.json"
+        doc = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        return (doc.get("model") or {}).get("visual_codes") or {}
+
+    def code_levels_of(self, path: Path) -> tuple[int, ...]:
+        levels = self._init_doc(path).get("levels")
+        if not levels:
+            raise CheckpointError(f"init_from {str(path)!r}: factorised weights but no visual_codes levels in config.json")
+        return tuple(int(v) for v in levels)
+
+    def _init_residual(self, path: Path) -> bool:
+        return self._init_doc(path).get("mode", "factorized") == "factorized"
 
     def write_files(self, directory: Path) -> None:
         self.text_tok.save(directory)

@@ -42,7 +42,7 @@ def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray]
     key = camera_key(reader.camera_keys, d.camera, d.path)
     frames: list[np.ndarray] = []
     groups: list[int] = []
-    for ep in reader.iter_episodes():
+    for ep in reader.iter_episodes(max_episodes=d.max_episodes):
         video = ep.images[key]
         idx = np.arange(len(video))
         if d.frames_per_episode and len(idx) > d.frames_per_episode:
