@@ -27,6 +27,10 @@ def test_refuses_heldout_seeds_and_bad_options(tmp_path):
         rec.RecordConfig(out=str(tmp_path / "d"), tasks=("juggle",))
     with pytest.raises(ValueError, match="mistake_rate"):
         rec.RecordConfig(out=str(tmp_path / "d"), mistake_rate=1.5)
+    with pytest.raises(ValueError, match="pix_fmt"):
+        rec.RecordConfig(out=str(tmp_path / "d"), pix_fmt="yuv411p")
+    with pytest.raises(ValueError, match="crf"):
+        rec.RecordConfig(out=str(tmp_path / "d"), crf=-1)
     parser = ArgumentParser()
     rec.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "d"), "--seeds", "1000001", "--no-progress"])

@@ -1,0 +1,41 @@
+"""The LM stages' sequence cache: the second stage on the same data reuses the first one's sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_train_bad_data import _dataset, _tok_cfg
+
+from finetune_embodied.train.checkpoint import latest_checkpoint
+from finetune_embodied.train.config import load_config
+from finetune_embodied.train.loop import train
+from finetune_embodied.train.stages.lm_data import dataset_sequences
+
+
+def _lm_cfg(tmp_path, ds, tok, *extra):
+    return load_config(None, [
+        "stage=next_token", f"data.path={ds}", f"tokenizer={tok}", f"checkpoint.dir={tmp_path / 'lm'}", *extra,
+    ])
+
+
+def test_second_read_comes_from_the_cache_and_settings_change_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    ds = _dataset(tmp_path / "ds", n_episodes=2)
+    train(_tok_cfg(tmp_path, ds), progress=False)
+    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
+
+    _, _, first, groups, _ = dataset_sequences(_lm_cfg(tmp_path, ds, tok), None)
+    assert len(list((tmp_path / "runs" / "cache" / "sequences").glob("*.pkl"))) == 1
+    capsys.readouterr()
+    _, _, again, groups2, _ = dataset_sequences(_lm_cfg(tmp_path, ds, tok), None)
+    assert "from the cache" in capsys.readouterr().out
+    assert groups2 == groups and len(again) == len(first)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        np.testing.assert_array_equal(a.loss_weights, b.loss_weights)
+        assert a.image_spans == b.image_spans and a.kind == b.kind
+
+    # Other sampling settings: a different key, a fresh build with a different number of sequences.
+    _, _, fewer, _, _ = dataset_sequences(_lm_cfg(tmp_path, ds, tok, "data.mid_samples_per_step=0"), None)
+    assert "from the cache" not in capsys.readouterr().out
+    assert 0 < len(fewer) < len(first)
+    assert len(list((tmp_path / "runs" / "cache" / "sequences").glob("*.pkl"))) == 2
