@@ -57,8 +57,13 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
             sequences, groups = pickle.load(f)
         print(f"[data] {len(sequences)} sequences from the cache {cache}")
         return text_tok, layout, sequences, groups, reader.report.summary() if reader.report.count else ""
+    from tqdm.auto import tqdm
+
+    # Decoding and tokenising every episode takes minutes on a large recording: show it.
+    episodes = tqdm(reader.iter_episodes(), total=reader.num_episodes, desc="[data] episodes -> sequences",
+                    mininterval=10, disable=not getattr(info, "is_main", True))
     ds = SequenceDataset(
-        reader.iter_episodes(),
+        episodes,
         layout,
         text_tok,
         vision,
