@@ -37,6 +37,10 @@ class MonitorConfig:
     progress_threshold: float = 0.5  # subgoal_progress needed when there is no checker
     change_threshold: int = 40  # per-pixel max-channel difference that counts as "changed" (0-255)
     min_confidence: float = 0.0  # grounding confidence below this -> re-plan (robots: > 0; the sim acts by name)
+    # A step the checker already calls done before anything is executed makes no progress (e.g.
+    # "pick up the blue cup" once the cup is in the rack): re-plan with it rejected instead of
+    # counting it, or a model that repeats a finished step loops until the step limit.
+    reject_already_done: bool = True
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.max_replans < 0:
@@ -180,6 +184,10 @@ class ExecutionMonitor:
             return StepOutcome("failed", 0, f"goal {goal.status.value}: {goal.reason}", before, before)
         if goal.confidence < self.config.min_confidence:
             why = f"grounding confidence {goal.confidence:.2f} < {self.config.min_confidence}"
+            self.record("replan", idx, why, text=step.text)
+            return StepOutcome("failed", 0, why, before, before)
+        if self.config.reject_already_done and self.executor.check(goal):
+            why = "already done before executing: the step would make no progress"
             self.record("replan", idx, why, text=step.text)
             return StepOutcome("failed", 0, why, before, before)
         results: list[StepResult] = []

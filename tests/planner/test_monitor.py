@@ -146,3 +146,21 @@ def test_progress_tolerates_a_degraded_subgoal_and_rejects_the_wrong_change():
         assert sim.execute_skill(plan[0].goal).success
         assert subgoal_progress(before, sim.render(), noisy) > 0.6  # the right step, soft subgoal
     env.close()
+
+
+def test_a_step_already_done_before_executing_is_rejected_not_counted(episode):
+    env, step = episode
+    ex = SimExecutor(env)
+    mon = ExecutionMonitor(ex)
+    place = env.unwrapped.ground_truth_plan()[1]
+    pick_step = PlanStep(index=1, text=step.text, goal=step.goal)
+    assert mon.run_step(step, step.goal, ex.observe()).status == "done"
+    assert mon.run_step(PlanStep(index=1, text=place.text, goal=place.goal), place.goal, ex.observe()).status == "done"
+    # The item is now where it belongs: picking it "again" is a no-op the checker already calls done.
+    attempts = mon.attempts
+    out = mon.run_step(pick_step, step.goal, ex.observe())
+    assert out.status == "failed" and out.attempts == 0 and "already done" in out.reason
+    assert mon.attempts == attempts and mon.events[-1].kind == "replan"
+    # Switched off, the old behaviour: executed and counted as done.
+    legacy = ExecutionMonitor(ex, MonitorConfig(reject_already_done=False))
+    assert legacy.run_step(pick_step, step.goal, ex.observe()).status == "done"
