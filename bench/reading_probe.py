@@ -12,7 +12,11 @@ default LM's size) with one 12x12 frame:
   (``finetune_embodied.train.factorized_codes``);
 - ``recon``: the tokenizer's reconstruction, 8x8 pixel patches through a linear layer
   (the information the codes keep, in pixel form);
-- ``pixels``: the raw frame's 8x8 patches (the upper bound at this resolution).
+- ``pixels``: the raw frame's 8x8 patches (the upper bound at this resolution);
+- ``lm``: the default guidance LM itself (``LMConfig()``, Qwen3, digit code rows) on the real
+  prompt (``emu_ros.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
+  answer "pick up the <colour> <kind>" and scored on the words it predicts there (needs
+  ``--model-dir`` for the word vocabulary; session 3 measured chance here, docs/training.md).
 
 Trained on TRAIN-seed scenes (first frames), scored on held-out seeds; a gap between train and
 held-out accuracy is memorisation. Prints a table and writes JSON (``--out``). One thread per
@@ -29,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("codes", "digits", "recon", "pixels")
+MODES = ("codes", "digits", "recon", "pixels", "lm")
 
 
-def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 96, 96, 3) first frames and (n, 2) [colour, kind] labels of the first pick."""
+def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(n, 96, 96, 3) first frames, (n, 2) [colour, kind] labels of the first pick, instructions."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the envs)
@@ -42,15 +46,86 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray]:
 
     colours, kinds = list(PALETTE), list(KINDS)
     env = gym.make("sim_envs/TableClear-v0", resolution=96)
-    images, labels = [], []
+    images, labels, instructions = [], [], []
     for seed in range(first_seed, first_seed + n):
         obs, _ = env.reset(seed=seed)
         goal = env.unwrapped._plan[0].goal  # ActionGoal("pick", "<colour> <kind>")
         colour, kind = goal.object.split()
         images.append(obs["image"])
         labels.append((colours.index(colour), kinds.index(kind)))
+        instructions.append(env.unwrapped.instruction)
     env.close()
-    return np.stack(images), np.asarray(labels)
+    return np.stack(images), np.asarray(labels), instructions
+
+
+def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, seed: int) -> dict:
+    """The ``lm`` mode: the guidance LM learns "prompt -> pick up the <colour> <kind>" and nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    from emu_ros.backends.torch_backend import load_model_dir
+    from emu_ros.lm import LMConfig, build_lm
+    from emu_ros.prompt import build_prompt
+    from finetune_embodied.train.factorized_codes import apply_factorized_codes
+    from sim_envs.rigid import PALETTE
+    from sim_envs.table_clear import KINDS
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    parts = load_model_dir(model_dir)
+    layout, words = parts["layout"], parts["text"]
+    colour_ids = torch.tensor([words.encode(c)[0] for c in PALETTE])
+    kind_ids = torch.tensor([words.encode(k)[0] for k in KINDS])
+    opening = words.encode("pick up the")
+
+    def batch(images, labels, instructions):
+        codes = np.asarray(tokenizer.encode(images))
+        seqs = [build_prompt(layout, words, ins, [], c) + opening + [int(colour_ids[y[0]]), int(kind_ids[y[1]]), layout.eos]
+                for c, y, ins in zip(codes, labels, instructions)]
+        width = max(len(q) for q in seqs)
+        ids = torch.full((len(seqs), width), layout.pad)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, q in enumerate(seqs):
+            ids[i, : len(q)], mask[i, : len(q)] = torch.tensor(q), 1
+        colour_pos = torch.tensor([len(q) - 4 for q in seqs])  # this position predicts the colour word
+        return ids, mask, colour_pos
+
+    xtr, xte = batch(*train), batch(*heldout)
+    ytr, yte = torch.as_tensor(train[1]), torch.as_tensor(heldout[1])
+    model = apply_factorized_codes(build_lm(LMConfig(vocab_size=layout.vocab_size)), layout.visual_offset,
+                                   tuple(tokenizer.config.levels), residual=False).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def accuracy(x, y) -> dict:
+        model.eval()
+        ids, mask, cpos = x
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        rows = torch.arange(len(ids))
+        c = logits[rows, cpos][:, colour_ids].argmax(1)
+        k = logits[rows, cpos + 1][:, kind_ids].argmax(1)
+        model.train()
+        ok_c, ok_k = c == y[:, 0], k == y[:, 1]
+        return {"colour": float(ok_c.float().mean()), "kind": float(ok_k.float().mean()),
+                "both": float((ok_c & ok_k).float().mean())}
+
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, len(ytr), (32,), generator=g)
+        ids, mask, cpos = (t[idx] for t in xtr)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        rows = torch.arange(len(idx))
+        # The LM loss on the two answer words that need the image (the opening is trivial).
+        loss = F.cross_entropy(logits[rows, cpos], ids[rows, cpos + 1]) + F.cross_entropy(logits[rows, cpos + 1], ids[rows, cpos + 2])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 250 == 0:
+            print(f"  lm: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
+    n = len(yte)
+    return {"mode": "lm", "steps": steps, "train": accuracy(tuple(t[:n] for t in xtr), ytr[:n]),
+            "heldout": accuracy(xte, yte), "seconds": time.perf_counter() - t0}
 
 
 def run_mode(mode: str, tokenizer, train: tuple, heldout: tuple, steps: int, seed: int) -> dict:
@@ -139,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per mode (batch 32)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-dir", default="emu_ros/default_model", help="lm mode: the word vocabulary and layout")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
     args = p.parse_args(argv)
 
@@ -148,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{tokenizer.config.image_size} px / {tokenizer.config.downsample}")
     train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]))
     heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]))
-    rows = [run_mode(m, tokenizer, train, heldout, args.steps, args.seed) for m in args.modes]
+    rows = [run_lm(tokenizer, args.model_dir, train, heldout, args.steps, args.seed) if m == "lm"
+            else run_mode(m, tokenizer, train, heldout, args.steps, args.seed) for m in args.modes]
 
     print(f"\nReading probe: first TableClear pick from one 96 px frame; {args.train_scenes} train / "
           f"{args.heldout_scenes} held-out scenes, {args.steps} steps; tokenizer {args.tokenizer}")
