@@ -39,7 +39,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or could not be written; the message names the path."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -120,7 +121,7 @@ def save_checkpoint(
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "step": step,
-            "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+            "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for p in [*files, tmp / MANIFEST]:
@@ -172,7 +173,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"checkpoint {str(path)!r}: file {name!r} has {p.stat().st_size} bytes, manifest says {info['bytes']} (truncated?)"
             )
-        if _sha256(p) != info["sha256"]:
+        if sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"checkpoint {str(path)!r}: file {name!r} does not match its sha256 (corrupt)")
     return manifest
 

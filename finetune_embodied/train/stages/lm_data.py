@@ -80,17 +80,11 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     return text_tok, layout, list(ds.sequences), groups, reader.report.summary() if reader.report.count else ""
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
     """Where this exact data (dataset files, tokenizer weights, vocabulary, sampling settings) is
     cached, or None when it cannot be keyed (a tokenizer without a weights file, a non-word vocabulary)."""
+    from finetune_embodied.train.checkpoint import sha256_file
+
     d = cfg.data
     root = Path(d.path)
     weights = sorted(Path(vision_path).rglob("*.safetensors")) if vision_path else []
@@ -100,7 +94,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
         "dataset": str(root.resolve()),
         "files": sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                         for p in root.rglob("*") if p.is_file()),
-        "tokenizer": [_file_digest(p) for p in weights],
+        "tokenizer": [sha256_file(p) for p in weights],
         "words": list(words),
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed],
         "format": 1,
