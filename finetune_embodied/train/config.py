@@ -193,6 +193,9 @@ class TrainConfig:
                f"visual_embedding_init must be 'random' or 'tokenizer', got {self.visual_embedding_init!r}")
         _check(self.visual_codes in VISUAL_CODES,
                f"visual_codes must be one of {VISUAL_CODES}, got {self.visual_codes!r}")
+        _check(self.visual_codes == "table" or self.visual_embedding_init == "random",
+               f"visual_embedding_init {self.visual_embedding_init!r} initialises table rows; visual_codes "
+               f"{self.visual_codes!r} builds them from digit embeddings (use one or the other)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),

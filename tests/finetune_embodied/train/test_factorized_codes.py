@@ -93,3 +93,5 @@ def test_visual_codes_need_an_fsq_tokenizer(tiny_lm):
         train(tiny_lm("run", "visual_codes=digits"), progress=False)
     with pytest.raises(ValueError, match="visual_codes must be one of"):
         tiny_lm("run2", "visual_codes=hashed")
+    with pytest.raises(ValueError, match="use one or the other"):
+        tiny_lm("run3", "visual_codes=digits", "visual_embedding_init=tokenizer")
