@@ -39,3 +39,33 @@ def test_second_read_comes_from_the_cache_and_settings_change_the_key(tmp_path, 
     assert "from the cache" not in capsys.readouterr().out
     assert 0 < len(fewer) < len(first)
     assert len(list((tmp_path / "runs" / "cache" / "sequences").glob("*.pkl"))) == 2
+
+
+TINY = "model={hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, head_dim: 16, intermediate_size: 64}"
+FAST = ["optim.max_steps=2", "optim.batch_size=2", "eval.max_samples=2", "data.heldout_fraction=0.5"]
+
+
+def test_factorised_checkpoints_chain_between_stages(tmp_path, monkeypatch):
+    """digits next_token -> dida as a plain table (materialised) works; a plain table into digits is refused."""
+    import pytest
+
+    from finetune_embodied.train.checkpoint import CheckpointError, load_checkpoint
+    from finetune_embodied.train.factorized_codes import DIGIT_KEY
+
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    ds = _dataset(tmp_path / "ds", n_episodes=2)
+    train(_tok_cfg(tmp_path, ds), progress=False)
+    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
+
+    def lm(name, *extra):
+        return load_config(None, ["stage=next_token", f"data.path={ds}", f"tokenizer={tok}", TINY, *FAST,
+                                  f"checkpoint.dir={tmp_path / name}", *extra])
+
+    train(lm("nt", "visual_codes=digits"), progress=False)
+    nt = latest_checkpoint(tmp_path / "nt" / "checkpoints")
+    assert any(k.startswith(DIGIT_KEY) for k in load_checkpoint(nt)["weights"])
+    train(lm("plain", f"init_from={nt}", "visual_codes=table"), progress=False)
+    plain = latest_checkpoint(tmp_path / "plain" / "checkpoints")
+    assert not any(k.startswith(DIGIT_KEY) for k in load_checkpoint(plain)["weights"])
+    with pytest.raises(CheckpointError, match="plain embedding table"):
+        train(lm("back", f"init_from={plain}", "visual_codes=digits"), progress=False)
