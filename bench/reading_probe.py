@@ -16,7 +16,8 @@ default LM's size) with one 12x12 frame:
 - ``lm``: the default guidance LM itself (``LMConfig()``, Qwen3, digit code rows) on the real
   prompt (``emu_ros.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
   answer "pick up the <colour> <kind>" and scored on the words it predicts there (needs
-  ``--model-dir`` for the word vocabulary; session 3 measured chance here, docs/training.md).
+  ``--model-dir`` for the word vocabulary; session 3 measured chance here with the tied head and
+  0.256 held-out colour with an untied one, ``--lm-untied``; docs/training.md).
 
 Trained on TRAIN-seed scenes (first frames), scored on held-out seeds; a gap between train and
 held-out accuracy is memorisation. Prints a table and writes JSON (``--out``). One thread per
@@ -58,7 +59,7 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.stack(images), np.asarray(labels), instructions
 
 
-def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, seed: int) -> dict:
+def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, seed: int, untied: bool = False) -> dict:
     """The ``lm`` mode: the guidance LM learns "prompt -> pick up the <colour> <kind>" and nothing else."""
     import torch
     import torch.nn.functional as F
@@ -92,8 +93,9 @@ def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, 
 
     xtr, xte = batch(*train), batch(*heldout)
     ytr, yte = torch.as_tensor(train[1]), torch.as_tensor(heldout[1])
-    model = apply_factorized_codes(build_lm(LMConfig(vocab_size=layout.vocab_size)), layout.visual_offset,
-                                   tuple(tokenizer.config.levels), residual=False).train()
+    lm_cfg = LMConfig(vocab_size=layout.vocab_size, tie_word_embeddings=not untied)
+    model = apply_factorized_codes(build_lm(lm_cfg), layout.visual_offset, tuple(tokenizer.config.levels),
+                                   residual=False).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
 
@@ -124,7 +126,7 @@ def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, 
         if (step + 1) % 250 == 0:
             print(f"  lm: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
     n = len(yte)
-    return {"mode": "lm", "steps": steps, "train": accuracy(tuple(t[:n] for t in xtr), ytr[:n]),
+    return {"mode": "lm-untied" if untied else "lm", "steps": steps, "train": accuracy(tuple(t[:n] for t in xtr), ytr[:n]),
             "heldout": accuracy(xte, yte), "seconds": time.perf_counter() - t0}
 
 
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", default="emu_ros/default_model", help="lm mode: the word vocabulary and layout")
+    p.add_argument("--lm-untied", action="store_true", help="lm mode: an output head of its own (not the input embedding)")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
     args = p.parse_args(argv)
 
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{tokenizer.config.image_size} px / {tokenizer.config.downsample}")
     train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]))
     heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]))
-    rows = [run_lm(tokenizer, args.model_dir, train, heldout, args.steps, args.seed) if m == "lm"
+    rows = [run_lm(tokenizer, args.model_dir, train, heldout, args.steps, args.seed, args.lm_untied) if m == "lm"
             else run_mode(m, tokenizer, train, heldout, args.steps, args.seed) for m in args.modes]
 
     print(f"\nReading probe: first TableClear pick from one 96 px frame; {args.train_scenes} train / "

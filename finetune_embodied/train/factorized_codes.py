@@ -97,14 +97,14 @@ class _TiedHead(nn.Module):
 
 
 def apply_factorized_codes(model: nn.Module, visual_offset: int, levels: tuple[int, ...], residual: bool = True) -> nn.Module:
-    """Swap a tied Qwen3ForCausalLM's embedding and head for the factorised pair (in place)."""
-    if not model.config.tie_word_embeddings:
-        raise ValueError("factorised visual codes need tied word embeddings (LMConfig.tie_word_embeddings=True)")
+    """Swap a Qwen3ForCausalLM's input embedding for the factorised one (in place); a tied head
+    follows it, an untied head (``LMConfig.tie_word_embeddings=False``) keeps its own rows."""
     base = model.model.embed_tokens
     emb = FactorizedCodeEmbedding(base.weight, visual_offset, levels, residual,
                                   float(getattr(model.config, "initializer_range", 0.02)))
     model.model.embed_tokens = emb
-    model.lm_head = _TiedHead(emb)
+    if model.config.tie_word_embeddings:
+        model.lm_head = _TiedHead(emb)
     return model
 
 

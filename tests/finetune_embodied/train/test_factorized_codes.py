@@ -30,9 +30,10 @@ def test_digits_are_the_fsq_levels_of_each_code():
     torch.testing.assert_close((digits.float() - half) / half, levels)
 
 
-@pytest.mark.parametrize("residual", [True, False])
-def test_training_updates_digits_and_the_export_is_a_plain_qwen3_with_equal_logits(residual):
-    model = apply_factorized_codes(build_lm(CFG), TEXT_ROWS, LEVELS, residual=residual).train()
+@pytest.mark.parametrize("residual,tied", [(True, True), (False, True), (False, False)])
+def test_training_updates_digits_and_the_export_is_a_plain_qwen3_with_equal_logits(residual, tied):
+    cfg = LMConfig(**{**CFG.__dict__, "tie_word_embeddings": tied})
+    model = apply_factorized_codes(build_lm(cfg), TEXT_ROWS, LEVELS, residual=residual).train()
     assert isinstance(model.model.embed_tokens, FactorizedCodeEmbedding)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ids = torch.randint(0, CFG.vocab_size, (2, 12))
@@ -46,10 +47,10 @@ def test_training_updates_digits_and_the_export_is_a_plain_qwen3_with_equal_logi
     assert all(not torch.equal(b, t) for b, t in zip(before, model.model.embed_tokens.digit_tables))
 
     state = model.state_dict()
-    assert sum(k.startswith(DIGIT_KEY) for k in state) == len(LEVELS) and "lm_head.weight" not in state
-    plain = build_lm(CFG)
+    assert sum(k.startswith(DIGIT_KEY) for k in state) == len(LEVELS) and ("lm_head.weight" in state) != tied
+    plain = build_lm(cfg)
     missing, unexpected = plain.load_state_dict(materialize(state, TEXT_ROWS, LEVELS, residual=residual), strict=False)
-    assert missing == ["lm_head.weight"] and not unexpected  # tied: the head is the embedding
+    assert missing == (["lm_head.weight"] if tied else []) and not unexpected  # tied: the head is the embedding
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -74,9 +75,6 @@ def test_codes_that_share_digits_share_parameters():
 
 
 def test_clear_errors():
-    untied = LMConfig(**{**CFG.__dict__, "tie_word_embeddings": False})
-    with pytest.raises(ValueError, match="tied word embeddings"):
-        apply_factorized_codes(build_lm(untied), TEXT_ROWS, LEVELS)
     with pytest.raises(ValueError, match="do not fit"):
         apply_factorized_codes(build_lm(CFG), CFG.vocab_size - 10, LEVELS)
     state = apply_factorized_codes(build_lm(CFG), TEXT_ROWS, LEVELS).state_dict()
