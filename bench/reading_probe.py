@@ -16,8 +16,9 @@ default LM's size) with one 12x12 frame:
 - ``lm``: the default guidance LM itself (``LMConfig()``, Qwen3, digit code rows) on the real
   prompt (``emu_ros.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
   answer "pick up the <colour> <kind>" and scored on the words it predicts there (needs
-  ``--model-dir`` for the word vocabulary; session 3 measured chance here with the tied head and
-  0.256 held-out colour with an untied one, ``--lm-untied``; docs/training.md).
+  ``--model-dir`` for the word vocabulary). Session 3 measured chance here with the tied head; an
+  untied head (``--lm-untied`` here; measured on an ad-hoc variant with free code rows and one
+  fixed instruction) read 0.256 held-out colour after 500 steps (docs/training.md).
 
 Trained on TRAIN-seed scenes (first frames), scored on held-out seeds; a gap between train and
 held-out accuracy is memorisation. Prints a table and writes JSON (``--out``). One thread per
