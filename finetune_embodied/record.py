@@ -90,10 +90,9 @@ class RecordConfig:
             raise ValueError(f"resolution must be a positive even number (video needs it), got {self.resolution}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        from finetune_embodied.datasets.video import PIX_FMTS
+        from finetune_embodied.datasets.video import check_video_settings
 
-        if self.pix_fmt not in PIX_FMTS or not 0 <= self.crf <= 51:
-            raise ValueError(f"pix_fmt must be one of {PIX_FMTS} and crf in 0..51, got {self.pix_fmt!r}, {self.crf}")
+        check_video_settings(self.pix_fmt, self.crf)
         if self.fps <= 0 or self.max_steps <= 0:
             raise ValueError(f"fps and max_steps must be positive, got {self.fps}, {self.max_steps}")
 
@@ -305,6 +304,8 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune_embodied.datasets.video import PIX_FMTS
+
     parser.add_argument("--out", default=None, help="dataset folder (default: <runs>/datasets/sim)")
     parser.add_argument("--tasks", nargs="+", default=["table_clear"], help="task names (table_clear, ...)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (consecutive TRAIN seeds)")
@@ -315,7 +316,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=10, help="frame rate written to the dataset")
     parser.add_argument("--max-steps", type=int, default=2000, help="low-level steps per episode before giving up")
     parser.add_argument("--workers", type=int, default=1, help="recording processes")
-    parser.add_argument("--pix-fmt", default="yuv444p", choices=["yuv444p", "yuv420p"],
+    parser.add_argument("--pix-fmt", default="yuv444p", choices=list(PIX_FMTS),
                         help="video chroma layout (yuv420p halves colour resolution, as LeRobot records)")
     parser.add_argument("--crf", type=int, default=0, help="h264 quality, 0 (lossless in YUV) .. 51")
     parser.add_argument("--no-keep-shards", action="store_true", help="delete <out>.shards after consolidation")

@@ -110,9 +110,13 @@ class FSQ(nn.Module):
         codes = (digits * self.basis.view(1, -1, 1, 1)).sum(dim=1)
         return rounded / hw, codes
 
+    def codes_to_digits(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (...) -> per-channel level indices (..., d) in [0, L_i) (mixed radix, channel 0 lowest)."""
+        return (codes.unsqueeze(-1) // self.basis) % self.levels.to(torch.int64)
+
     def codes_to_levels(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) -> normalised levels (B, d, h, w), exactly what ``forward`` returned."""
-        digits = (codes.unsqueeze(1) // self.basis.view(1, -1, 1, 1)) % self.levels.to(torch.int64).view(1, -1, 1, 1)
+        digits = self.codes_to_digits(codes).permute(0, 3, 1, 2)
         hw = self.half_width.view(1, -1, 1, 1)
         return (digits.float() - hw) / hw
 

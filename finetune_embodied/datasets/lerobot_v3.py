@@ -24,7 +24,7 @@ import numpy as np
 
 from .episode import IMAGE_KEY_PREFIX, Episode
 from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
-from .video import DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PIX_FMT, PIX_FMTS, VideoWriter, decode_frames
+from .video import DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PIX_FMT, VideoWriter, check_video_settings, decode_frames
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -210,8 +210,7 @@ class LeRobotV3Writer:
         self.data_files_size_in_mb = data_files_size_in_mb
         self.video_files_size_in_mb = video_files_size_in_mb
         self.max_episodes_per_file = max_episodes_per_file
-        if pix_fmt not in PIX_FMTS:
-            raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
+        check_video_settings(pix_fmt, crf)
         self.codec = codec
         self.pix_fmt = pix_fmt
         self.crf = int(crf)

@@ -10,12 +10,20 @@ import numpy as np
 
 from .validation import DatasetError
 
-__all__ = ["VideoWriter", "decode_frames", "frame_to_rgb", "DEFAULT_CODEC", "DEFAULT_CRF", "DEFAULT_PIX_FMT", "PIX_FMTS"]
+__all__ = ["VideoWriter", "decode_frames", "frame_to_rgb", "check_video_settings", "DEFAULT_CODEC", "DEFAULT_CRF", "DEFAULT_PIX_FMT", "PIX_FMTS"]
 
 DEFAULT_CODEC = "libx264"  # h264: decodable by torchcodec, PyAV and browsers; LeRobot defaults to AV1
 DEFAULT_PIX_FMT = "yuv420p"  # what LeRobot writes; chroma at half resolution in both directions
 DEFAULT_CRF = 20
 PIX_FMTS = ("yuv420p", "yuv444p")  # yuv444p keeps full-resolution colour (thin, coloured objects)
+
+
+def check_video_settings(pix_fmt: str, crf: int) -> None:
+    """ValueError naming the bad value unless ``pix_fmt`` is one we write and ``crf`` is in 0..51."""
+    if pix_fmt not in PIX_FMTS:
+        raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
+    if not 0 <= int(crf) <= 51:
+        raise ValueError(f"crf must be in 0..51 (0: lossless in YUV), got {crf}")
 
 
 class VideoWriter:
@@ -25,10 +33,7 @@ class VideoWriter:
                  crf: int = DEFAULT_CRF, pix_fmt: str = DEFAULT_PIX_FMT):
         import av
 
-        if pix_fmt not in PIX_FMTS:
-            raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
-        if not 0 <= int(crf) <= 51:
-            raise ValueError(f"crf must be in 0..51 (0: lossless in YUV), got {crf}")
+        check_video_settings(pix_fmt, crf)
         if width % 2 or height % 2:
             raise ValueError(f"video size must be even for {pix_fmt}, got {width}x{height}")
         self.path = Path(path)

@@ -31,17 +31,23 @@ DIGIT_KEY = "model.embed_tokens.digit_tables."  # + channel index
 
 
 def code_digits(levels: tuple[int, ...]) -> torch.Tensor:
-    """(num_codes, len(levels)) int64: the per-channel level index of every FSQ code (mixed radix,
-    channel 0 least significant, as ``emu_ros.tokenizers.fsq.FSQ`` numbers them)."""
-    n = 1
-    for v in levels:
-        n *= int(v)
-    codes = torch.arange(n, dtype=torch.int64)
-    out, basis = [], 1
-    for v in levels:
-        out.append((codes // basis) % int(v))
-        basis *= int(v)
-    return torch.stack(out, dim=1)
+    """(num_codes, len(levels)) int64: the per-channel level index of every FSQ code, numbered as
+    ``emu_ros.tokenizers.fsq.FSQ`` numbers them."""
+    from emu_ros.tokenizers.fsq import FSQ
+
+    fsq = FSQ(tuple(int(v) for v in levels))
+    return fsq.codes_to_digits(torch.arange(int(fsq.levels.prod().item()), dtype=torch.int64))
+
+
+def summed_table(weight: torch.Tensor, digit_tables, digits: torch.Tensor, visual_offset: int,
+                 residual: bool) -> torch.Tensor:
+    """(vocab, hidden): ``weight`` with its visual rows replaced by the digit sums (+ the rows
+    themselves as the residual)."""
+    lo, hi = visual_offset, visual_offset + digits.shape[0]
+    visual = sum(t[digits[:, i]] for i, t in enumerate(digit_tables))  # (codes, hidden)
+    if residual:
+        visual = visual + weight[lo:hi]
+    return torch.cat([weight[:lo], visual, weight[hi:]], dim=0)
 
 
 class FactorizedCodeEmbedding(nn.Module):
@@ -75,11 +81,7 @@ class FactorizedCodeEmbedding(nn.Module):
 
     def table(self) -> torch.Tensor:
         """(vocab, hidden): the effective embedding table."""
-        lo, hi = self.visual_offset, self.visual_offset + self.num_codes
-        visual = sum(t[self.digits[:, i]] for i, t in enumerate(self.digit_tables))  # (codes, hidden)
-        if self.residual:
-            visual = visual + self.weight[lo:hi]
-        return torch.cat([self.weight[:lo], visual, self.weight[hi:]], dim=0)
+        return summed_table(self.weight, self.digit_tables, self.digits, self.visual_offset, self.residual)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.table())  # (B, T) -> (B, T, hidden)
@@ -119,15 +121,14 @@ def materialize(weights: dict[str, torch.Tensor], visual_offset: int, levels: tu
         return dict(weights)
     if len(keys) != len(levels):
         raise ValueError(f"factorised checkpoint has {len(keys)} digit tables, the tokenizer has {len(levels)} channels")
-    emb = FactorizedCodeEmbedding(weights[EMBED_KEY], visual_offset, levels, residual=False, init_std=0.0)
+    digits = code_digits(levels)
+    for i, k in enumerate(keys):
+        if tuple(weights[k].shape) != (levels[i], weights[EMBED_KEY].shape[1]):
+            raise ValueError(f"{k}: shape {tuple(weights[k].shape)} does not fit levels {levels}")
+    if visual_offset + digits.shape[0] > weights[EMBED_KEY].shape[0]:
+        raise ValueError(f"factorised codes: {digits.shape[0]} codes from row {visual_offset} do not fit the table")
     with torch.no_grad():
-        emb.weight.copy_(weights[EMBED_KEY])
-        emb.residual = residual
-        for t, k in zip(emb.digit_tables, keys):
-            if tuple(t.shape) != tuple(weights[k].shape):
-                raise ValueError(f"{k}: shape {tuple(weights[k].shape)}, expected {tuple(t.shape)} for levels {levels}")
-            t.copy_(weights[k])
-        table = emb.table()
+        table = summed_table(weights[EMBED_KEY], [weights[k] for k in keys], digits, visual_offset, residual)
     out = {k: v for k, v in weights.items() if not k.startswith(DIGIT_KEY)}
     out[EMBED_KEY] = table.detach().clone()
     return out

@@ -231,8 +231,8 @@ class LMStage(Stage):
         has_digits = any(k.startswith(DIGIT_KEY) for k in weights)
         if has_digits and self.cfg.visual_codes == "table":
             # A factorised checkpoint into a plain table: the summed rows carry over exactly.
-            weights = materialize(weights, self.layout.visual_offset, self.code_levels_of(path),
-                                  residual=self._init_residual(path))
+            levels, residual = self._init_visual_codes(path)
+            weights = materialize(weights, self.layout.visual_offset, levels, residual=residual)
         elif not has_digits and self.cfg.visual_codes != "table":
             raise CheckpointError(
                 f"init_from {str(path)!r} has a plain embedding table; visual_codes {self.cfg.visual_codes!r} "
@@ -247,19 +247,14 @@ class LMStage(Stage):
             )
 
     @staticmethod
-    def _init_doc(path: Path) -> dict[str, Any]:
+    def _init_visual_codes(path: Path) -> tuple[tuple[int, ...], bool]:
+        """(FSQ levels, residual) of a factorised ``init_from`` checkpoint, from its config.json."""
         cfg_file = Path(path) / "config.json"
         doc = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-        return (doc.get("model") or {}).get("visual_codes") or {}
-
-    def code_levels_of(self, path: Path) -> tuple[int, ...]:
-        levels = self._init_doc(path).get("levels")
-        if not levels:
+        vc = (doc.get("model") or {}).get("visual_codes") or {}
+        if not vc.get("levels"):
             raise CheckpointError(f"init_from {str(path)!r}: factorised weights but no visual_codes levels in config.json")
-        return tuple(int(v) for v in levels)
-
-    def _init_residual(self, path: Path) -> bool:
-        return self._init_doc(path).get("mode", "factorized") == "factorized"
+        return tuple(int(v) for v in vc["levels"]), vc.get("mode", "factorized") == "factorized"
 
     def write_files(self, directory: Path) -> None:
         self.text_tok.save(directory)
