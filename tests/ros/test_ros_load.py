@@ -37,7 +37,20 @@ def test_60hz_frames_for_60s_while_planning(tmp_path):
     reasons = " | ".join(r["rejected_by_reason"])
     for kind in ("unsupported image encoding", "data size", "image data is empty", "compressed image"):
         assert kind in reasons, (kind, reasons)
-    assert r["frames_received"] >= 0.5 * r["frames_sent_valid"]
+    # the subscription keeps taking frames for the whole run: the received counter (published at
+    # 2 Hz) grows in every 5 s window. How many arrive is a throughput figure that moves with other
+    # load on the host (90% alone, 42% in one CI run): bench/ros_node_load.py reports it; here only
+    # a floor that a stalled or blocked subscription would miss
+    received = [row[0] for row in r["stats_series"]]
+    # the stream starts after the first stats and stops before the last: trim the flat ends
+    first = next(i for i, n in enumerate(received) if n > received[0]) - 1
+    last = received.index(received[-1])
+    received = received[first : last + 1]
+    assert len(received) >= 2 * seconds * 0.8, len(received)
+    window = 10  # stats messages
+    stalls = [i for i in range(len(received) - window) if received[i + window] <= received[i]]
+    assert not stalls, f"no frame received in the 5 s after stats message(s) {stalls[:5]}"
+    assert r["frames_received"] >= 0.2 * r["frames_sent_valid"]
     # planning went on at its configured rate (5 Hz) throughout
     assert r["steps"] >= 0.5 * 5.0 * seconds
     # no backlog: steps are planned from a frame close to the newest. A backlog (a queue of old
