@@ -38,8 +38,9 @@ import numpy as np
 MODES = ("codes", "digits", "recon", "pixels", "lm")
 
 
-def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(n, 96, 96, 3) first frames, (n, 2) [colour, kind] labels of the first pick, instructions."""
+def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[int, int]]]]:
+    """(n, 96, 96, 3) first frames, (n, 2) [colour, kind] labels of the first pick, instructions,
+    and every item on the table as (colour, kind) (TableClear takes the items in any order)."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the envs)
@@ -48,7 +49,7 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     colours, kinds = list(PALETTE), list(KINDS)
     env = gym.make("sim_envs/TableClear-v0", resolution=96)
-    images, labels, instructions = [], [], []
+    images, labels, instructions, present = [], [], [], []
     for seed in range(first_seed, first_seed + n):
         obs, _ = env.reset(seed=seed)
         goal = env.unwrapped._plan[0].goal  # ActionGoal("pick", "<colour> <kind>")
@@ -56,12 +57,33 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         images.append(obs["image"])
         labels.append((colours.index(colour), kinds.index(kind)))
         instructions.append(env.unwrapped.instruction)
+        present.append([(colours.index(it.colour_name), kinds.index(it.kind)) for it in env.unwrapped.items])
     env.close()
-    return np.stack(images), np.asarray(labels), instructions
+    return np.stack(images), np.asarray(labels), instructions, present
 
 
-def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, seed: int, untied: bool = False) -> dict:
-    """The ``lm`` mode: the guidance LM learns "prompt -> pick up the <colour> <kind>" and nothing else."""
+def run_lm(
+    tokenizer,
+    model_dir: str,
+    train: tuple,
+    heldout: tuple,
+    steps: int,
+    seed: int,
+    untied: bool = False,
+    target: str = "first",
+    lr: float = 1e-3,
+    init: str = "hf",
+) -> dict:
+    """The ``lm`` mode: the guidance LM learns "prompt -> pick up the <colour> <kind>" and nothing else.
+
+    ``target``: "first" answers the plan's first item (the one nearest the camera); "any" answers
+    an item drawn at random from the table at every step, so the LM learns which items are there
+    (TableClear accepts them in any order). Both are scored on the first item and on presence:
+    is the greedy colour on the table, is the greedy item (colour, then kind given it)?
+    ``init``: "hf" keeps the transformers initialisation (normal, std 0.02, everywhere); "embed"
+    starts only the input embedding unit-normal (nn.Embedding's default); "torch" also re-initialises
+    every Linear with PyTorch's default, as the encoder modes have it.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -72,6 +94,8 @@ def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, 
     from sim_envs.rigid import PALETTE
     from sim_envs.table_clear import KINDS
 
+    if target not in ("first", "any"):
+        raise ValueError(f"target must be 'first' or 'any', got {target!r}")
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     parts = load_model_dir(model_dir)
@@ -80,55 +104,139 @@ def run_lm(tokenizer, model_dir: str, train: tuple, heldout: tuple, steps: int, 
     kind_ids = torch.tensor([words.encode(k)[0] for k in KINDS])
     opening = words.encode("pick up the")
 
-    def batch(images, labels, instructions):
+    def prompts(images, instructions) -> list[list[int]]:
         codes = np.asarray(tokenizer.encode(images))
-        seqs = [build_prompt(layout, words, ins, [], c) + opening + [int(colour_ids[y[0]]), int(kind_ids[y[1]]), layout.eos]
-                for c, y, ins in zip(codes, labels, instructions)]
+        return [build_prompt(layout, words, ins, [], c) + opening for c, ins in zip(codes, instructions)]
+
+    def batch(heads: list[list[int]], labels) -> tuple:
+        """Prompt + "<colour> <kind> <eos>", right-padded; the position that predicts the colour."""
+        seqs = [q + [int(colour_ids[y[0]]), int(kind_ids[y[1]]), layout.eos] for q, y in zip(heads, labels)]
         width = max(len(q) for q in seqs)
         ids = torch.full((len(seqs), width), layout.pad)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, q in enumerate(seqs):
             ids[i, : len(q)], mask[i, : len(q)] = torch.tensor(q), 1
-        colour_pos = torch.tensor([len(q) - 4 for q in seqs])  # this position predicts the colour word
-        return ids, mask, colour_pos
+        return ids, mask, torch.tensor([len(q) - 1 for q in heads])
 
-    xtr, xte = batch(*train), batch(*heldout)
-    ytr, yte = torch.as_tensor(train[1]), torch.as_tensor(heldout[1])
+    ptr, pte = prompts(train[0], train[2]), prompts(heldout[0], heldout[2])
     lm_cfg = LMConfig(vocab_size=layout.vocab_size, tie_word_embeddings=not untied)
-    model = apply_factorized_codes(build_lm(lm_cfg), layout.visual_offset, tuple(tokenizer.config.levels),
-                                   residual=False).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = apply_factorized_codes(
+        build_lm(lm_cfg), layout.visual_offset, tuple(tokenizer.config.levels), residual=False
+    ).train()
+    if init == "torch":  # every Linear with PyTorch's default (Kaiming-uniform)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+    if init in ("torch", "embed"):  # unit-normal input rows (nn.Embedding's default), digit sums too
+        embed = model.get_input_embeddings()  # the factorised table: text rows and digit tables
+        with torch.no_grad():
+            embed.weight.normal_(0.0, 1.0)
+            for table in embed.digit_tables:
+                table.normal_(0.0, len(embed.digit_tables) ** -0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
 
     @torch.no_grad()
-    def accuracy(x, y) -> dict:
+    def accuracy(heads, first, present) -> dict:
         model.eval()
-        ids, mask, cpos = x
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        ids, mask, cpos = batch(heads, first)
         rows = torch.arange(len(ids))
-        c = logits[rows, cpos][:, colour_ids].argmax(1)
-        k = logits[rows, cpos + 1][:, kind_ids].argmax(1)
+        c = model(input_ids=ids, attention_mask=mask).logits[rows, cpos][:, colour_ids].argmax(1)
+        k_first = model(input_ids=ids, attention_mask=mask).logits[rows, cpos + 1][:, kind_ids].argmax(1)
+        ids[rows, cpos + 1] = colour_ids[c]  # the kind the LM names after its own colour
+        k_own = model(input_ids=ids, attention_mask=mask).logits[rows, cpos + 1][:, kind_ids].argmax(1)
         model.train()
-        ok_c, ok_k = c == y[:, 0], k == y[:, 1]
-        return {"colour": float(ok_c.float().mean()), "kind": float(ok_k.float().mean()),
-                "both": float((ok_c & ok_k).float().mean())}
+        y = torch.as_tensor(np.asarray(first))
+        ok_c, ok_k = c == y[:, 0], k_first == y[:, 1]
+        colour_there = [int(ci) in {a for a, _ in items} for ci, items in zip(c, present)]
+        item_there = [(int(ci), int(ki)) in items for ci, ki, items in zip(c, k_own, present)]
+        return {
+            "colour": float(ok_c.float().mean()),
+            "kind": float(ok_k.float().mean()),
+            "both": float((ok_c & ok_k).float().mean()),
+            "colour_present": float(np.mean(colour_there)),
+            "item_present": float(np.mean(item_there)),
+        }
 
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.randint(0, len(ytr), (32,), generator=g)
-        ids, mask, cpos = (t[idx] for t in xtr)
+        idx = torch.randint(0, len(ptr), (32,), generator=g).tolist()
+        if target == "first":
+            labels = [train[1][i] for i in idx]
+        else:
+            labels = [train[3][i][rng.integers(len(train[3][i]))] for i in idx]
+        ids, mask, cpos = batch([ptr[i] for i in idx], labels)
         logits = model(input_ids=ids, attention_mask=mask).logits
         rows = torch.arange(len(idx))
         # The LM loss on the two answer words that need the image (the opening is trivial).
-        loss = F.cross_entropy(logits[rows, cpos], ids[rows, cpos + 1]) + F.cross_entropy(logits[rows, cpos + 1], ids[rows, cpos + 2])
+        loss = F.cross_entropy(logits[rows, cpos], ids[rows, cpos + 1]) + F.cross_entropy(
+            logits[rows, cpos + 1], ids[rows, cpos + 2]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         if (step + 1) % 250 == 0:
             print(f"  lm: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    n = len(yte)
-    return {"mode": "lm-untied" if untied else "lm", "steps": steps, "train": accuracy(tuple(t[:n] for t in xtr), ytr[:n]),
-            "heldout": accuracy(xte, yte), "seconds": time.perf_counter() - t0}
+    n = len(pte)
+    name = (
+        "lm"
+        + ("-untied" if untied else "")
+        + ("-any" if target == "any" else "")
+        + (f"-lr{lr:g}" if lr != 1e-3 else "")
+        + (f"-init-{init}" if init != "hf" else "")
+    )
+    return {
+        "mode": name,
+        "steps": steps,
+        "train": accuracy(ptr[:n], train[1][:n], train[3][:n]),
+        "heldout": accuracy(pte, heldout[1], heldout[3]),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def eval_model(model_dir: str, heldout: tuple) -> dict:
+    """A trained guidance model (``--eval-model``): does its first step read the frame?
+
+    For each held-out TableClear first frame, the LM's distribution over colour words right after
+    "pick up the" (the real prompt, frame at the backend's resolution). Reported: greedy colour =
+    the first item's; greedy colour on the table; probability mass on the table's colours (a
+    frame-blind LM gets about the share of the palette present); mean pairwise total-variation
+    distance between scenes' colour distributions (near 0: the same answer whatever the frame).
+    """
+    import torch
+
+    from emu_ros.backends.torch_backend import load_model_dir
+    from emu_ros.prompt import build_prompt
+    from sim_envs.rigid import PALETTE
+
+    torch.set_num_threads(1)
+    parts = load_model_dir(model_dir)
+    lm, layout, words, vision = parts["lm"].eval(), parts["layout"], parts["text"], parts["vision"]
+    colour_ids = torch.tensor([words.encode(c)[0] for c in PALETTE])
+    opening = words.encode("pick up the")
+    images, labels, instructions, present = heldout
+    codes = np.asarray(vision.encode(images))
+    probs = []
+    with torch.no_grad():
+        for c, ins in zip(codes, instructions):
+            ids = torch.tensor([build_prompt(layout, words, ins, [], c) + opening])
+            logits = lm(input_ids=ids).logits[0, -1, colour_ids]
+            probs.append(torch.softmax(logits, 0).numpy())
+    p = np.stack(probs)  # (n, 10)
+    on_table = [sorted({a for a, _ in items}) for items in present]
+    greedy = p.argmax(1)
+    tv = 0.5 * np.abs(p[:, None, :] - p[None, :, :]).sum(-1)
+    n = len(p)
+    return {
+        "mode": f"model {model_dir}",
+        "scenes": n,
+        "colour": float(np.mean(greedy == labels[:, 0])),
+        "colour_present": float(np.mean([g in t for g, t in zip(greedy, on_table)])),
+        "mass_on_table": float(np.mean([p[i, t].sum() for i, t in enumerate(on_table)])),
+        "blind_mass_on_table": float(np.mean([len(t) / len(PALETTE) for t in on_table])),
+        "pairwise_tv": float(tv.sum() / (n * (n - 1))),
+    }
 
 
 def run_mode(mode: str, tokenizer, train: tuple, heldout: tuple, steps: int, seed: int) -> dict:
@@ -189,8 +297,11 @@ def run_mode(mode: str, tokenizer, train: tuple, heldout: tuple, steps: int, see
         c, k = model(x)
         model.train()
         ok_c, ok_k = c.argmax(1) == y[:, 0], k.argmax(1) == y[:, 1]
-        return {"colour": float(ok_c.float().mean()), "kind": float(ok_k.float().mean()),
-                "both": float((ok_c & ok_k).float().mean())}
+        return {
+            "colour": float(ok_c.float().mean()),
+            "kind": float(ok_k.float().mean()),
+            "both": float((ok_c & ok_k).float().mean()),
+        }
 
     t0 = time.perf_counter()
     for step in range(steps):
@@ -202,13 +313,17 @@ def run_mode(mode: str, tokenizer, train: tuple, heldout: tuple, steps: int, see
         opt.step()
         if (step + 1) % 250 == 0:
             print(f"  {mode}: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    return {"mode": mode, "steps": steps, "train": accuracy(xtr[: len(xte)], ytr[: len(xte)]),
-            "heldout": accuracy(xte, yte), "seconds": time.perf_counter() - t0}
+    return {
+        "mode": mode,
+        "steps": steps,
+        "train": accuracy(xtr[: len(xte)], ytr[: len(xte)]),
+        "heldout": accuracy(xte, yte),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emu_ros.tokenizers.fsq import FSQTokenizer
-    from sim_envs.seeds import HELDOUT_SEEDS, TRAIN_SEEDS
+    from sim_envs.seeds import HELDOUT_SEEDS
 
     p = argparse.ArgumentParser(prog="bench/reading_probe.py", description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default="emu_ros/default_model/vision_tokenizer", help="an FSQ tokenizer directory")
@@ -218,31 +333,97 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", default="emu_ros/default_model", help="lm mode: the word vocabulary and layout")
-    p.add_argument("--lm-untied", action="store_true", help="lm mode: an output head of its own (not the input embedding)")
+    p.add_argument(
+        "--lm-untied", action="store_true", help="lm mode: an output head of its own (not the input embedding)"
+    )
+    p.add_argument(
+        "--lm-target",
+        choices=("first", "any"),
+        default="first",
+        help="lm mode: answer the nearest item (the plan's first) or a random item on the table",
+    )
+    p.add_argument("--lm-lr", type=float, default=1e-3, help="lm mode: AdamW learning rate")
+    p.add_argument(
+        "--lm-init",
+        choices=("hf", "embed", "torch"),
+        default="hf",
+        help="lm mode: transformers' init (std 0.02); unit-normal input embedding; or PyTorch defaults too",
+    )
+    p.add_argument("--eval-model", default="", help="instead: how a trained model directory's first step reads")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
     args = p.parse_args(argv)
 
-    tokenizer = FSQTokenizer.load(args.tokenizer)
-    if tokenizer.config.image_size != 96 or tokenizer.config.downsample != 8:
-        raise SystemExit(f"the probe expects a 96 px, 12x12 tokenizer; {args.tokenizer} is "
-                         f"{tokenizer.config.image_size} px / {tokenizer.config.downsample}")
-    train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]))
-    heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]))
-    rows = [run_lm(tokenizer, args.model_dir, train, heldout, args.steps, args.seed, args.lm_untied) if m == "lm"
-            else run_mode(m, tokenizer, train, heldout, args.steps, args.seed) for m in args.modes]
-
-    print(f"\nReading probe: first TableClear pick from one 96 px frame; {args.train_scenes} train / "
-          f"{args.heldout_scenes} held-out scenes, {args.steps} steps; tokenizer {args.tokenizer}")
-    print("| input | held-out colour | held-out kind | held-out both | train both | s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        h, t = r["heldout"], r["train"]
-        print(f"| {r['mode']} | {h['colour']:.3f} | {h['kind']:.3f} | {h['both']:.3f} | {t['both']:.3f} | {r['seconds']:.0f} |")
+    if args.eval_model:
+        r = eval_model(args.eval_model, scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0])))
+        print(f"\nFirst-step reading of {args.eval_model} on {r['scenes']} held-out TableClear frames")
+        print("| greedy colour = first item | greedy colour on table | mass on table's colours (frame-blind) "
+              "| pairwise TV |")
+        print("|---|---|---|---|")
+        print(f"| {r['colour']:.3f} | {r['colour_present']:.3f} | {r['mass_on_table']:.3f} "
+              f"({r['blind_mass_on_table']:.3f}) | {r['pairwise_tv']:.3f} |")
+        rows = [r]
+    else:
+        rows = run_probes(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"JSON: {out}")
     return 0
+
+
+def run_probes(args) -> list[dict]:
+    from emu_ros.tokenizers.fsq import FSQTokenizer
+    from sim_envs.seeds import HELDOUT_SEEDS, TRAIN_SEEDS
+
+    tokenizer = FSQTokenizer.load(args.tokenizer)
+    if tokenizer.config.image_size != 96 or tokenizer.config.downsample != 8:
+        raise SystemExit(
+            f"the probe expects a 96 px, 12x12 tokenizer; {args.tokenizer} is "
+            f"{tokenizer.config.image_size} px / {tokenizer.config.downsample}"
+        )
+    train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]))
+    heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]))
+    rows = [
+        run_lm(
+            tokenizer,
+            args.model_dir,
+            train,
+            heldout,
+            args.steps,
+            args.seed,
+            args.lm_untied,
+            args.lm_target,
+            args.lm_lr,
+            args.lm_init,
+        )
+        if m == "lm"
+        else run_mode(m, tokenizer, train, heldout, args.steps, args.seed)
+        for m in args.modes
+    ]
+
+    print(
+        f"\nReading probe: first TableClear pick from one 96 px frame; {args.train_scenes} train / "
+        f"{args.heldout_scenes} held-out scenes, {args.steps} steps; tokenizer {args.tokenizer}"
+    )
+    print(
+        "| input | held-out colour | held-out kind | held-out both | train both | held-out colour on table | "
+        "held-out item on table | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        h, t = r["heldout"], r["train"]
+        there = f"{h['colour_present']:.3f} | {h['item_present']:.3f}" if "colour_present" in h else "- | -"
+        print(
+            f"| {r['mode']} | {h['colour']:.3f} | {h['kind']:.3f} | {h['both']:.3f} | {t['both']:.3f} | {there} | "
+            f"{r['seconds']:.0f} |"
+        )
+    # what a reader that ignores the frame gets: a colour from the palette, an item from all 80
+    chance_colour = float(np.mean([len({c for c, _ in items}) / 10 for items in heldout[3]]))
+    print(
+        f"chance: colour 0.100, kind 0.125, both 0.0125; colour on table {chance_colour:.3f}, item on table "
+        f"{6 / 80:.3f}"
+    )
+    return rows
 
 
 if __name__ == "__main__":

@@ -169,6 +169,11 @@ class TrainConfig:
     init_from: str = ""  # checkpoint (directory) of a previous stage to start from
     tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
     visual_embedding_init: str = "random"  # LM stages from scratch: "random" or "tokenizer" (rows start from what each code looks like)
+    # LM stages from scratch: std of the input embedding at init (0 = the model's initializer_range,
+    # 0.02). At 1.0 (nn.Embedding's default) each token's own embedding dominates the residual
+    # stream at the start; at 0.02 the first layers' outputs drown it and the small LM never learns
+    # to read the frame (bench/reading_probe.py --lm-init, docs/training.md). Needs an untied head.
+    input_embedding_init_std: float = 0.0
     # LM stages: how visual-code rows of the embedding table are parametrised while training.
     # "table": one free row per code. "factorized": per-FSQ-channel digit embeddings summed, plus a
     # per-code residual. "digits": the digit sums alone. Exports are plain Qwen3 tables either way
@@ -196,6 +201,10 @@ class TrainConfig:
         _check(self.visual_codes == "table" or self.visual_embedding_init == "random",
                f"visual_embedding_init {self.visual_embedding_init!r} initialises table rows; visual_codes "
                f"{self.visual_codes!r} builds them from digit embeddings (use one or the other)")
+        _check(isinstance(self.input_embedding_init_std, (int, float)) and self.input_embedding_init_std >= 0,
+               f"input_embedding_init_std must be a number >= 0, got {self.input_embedding_init_std!r}")
+        _check(not (self.input_embedding_init_std and self.visual_embedding_init == "tokenizer"),
+               "input_embedding_init_std redraws the rows that visual_embedding_init 'tokenizer' sets (use one or the other)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),

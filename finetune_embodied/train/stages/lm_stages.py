@@ -84,6 +84,23 @@ def code_appearance_features(vision, batch: int = 125) -> np.ndarray:
 
 
 @torch.no_grad()
+def scale_input_embedding(model: torch.nn.Module, std: float, visual_offset: int, num_visual_codes: int) -> None:
+    """Redraw the input embedding with standard deviation ``std`` (from the global torch RNG, which
+    ``build_lm`` seeded). A factorised table draws its digit tables so that a code's summed row has
+    ``std``; its per-code residual ("factorized") stays at zero."""
+    from finetune_embodied.train.factorized_codes import FactorizedCodeEmbedding
+
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        residual = emb.weight[visual_offset : visual_offset + num_visual_codes].clone()
+        emb.weight.normal_(0.0, std)
+        if isinstance(emb, FactorizedCodeEmbedding):
+            if emb.residual:
+                emb.weight[visual_offset : visual_offset + num_visual_codes] = residual
+            for table in emb.digit_tables:
+                table.normal_(0.0, std / len(emb.digit_tables) ** 0.5)
+
+
 def init_visual_embeddings(model: torch.nn.Module, layout: TokenLayout, vision, seed: int = 0, structured: float = 0.8) -> None:
     """Start each visual code's embedding row from what the code looks like (a random projection of
     ``code_appearance_features``) plus a random part, at the model's initializer scale.
@@ -181,6 +198,14 @@ class LMStage(Stage):
 
             apply_factorized_codes(model, self.layout.visual_offset, self.code_levels(),
                                    residual=self.cfg.visual_codes == "factorized")
+        if self.cfg.input_embedding_init_std and not self.cfg.init_from:
+            if model.config.tie_word_embeddings:
+                raise ValueError(
+                    f"input_embedding_init_std {self.cfg.input_embedding_init_std} needs an untied output head "
+                    "(model.tie_word_embeddings: false): tied, the head would start with logits that large too"
+                )
+            scale_input_embedding(model, self.cfg.input_embedding_init_std, self.layout.visual_offset,
+                                  self.layout.num_visual_codes)
         return model.train()
 
     def code_levels(self) -> tuple[int, ...]:

@@ -106,3 +106,37 @@ def test_visual_embedding_init_follows_what_codes_look_like():
     assert np.corrcoef(d_feat, d_emb)[0, 1] > 0.5
     with pytest.raises(ConfigError, match="visual_embedding_init"):
         load_config(None, ["data.source=synthetic", "visual_embedding_init=pretty"])
+
+
+def test_input_embedding_init_std_redraws_the_input_rows_and_needs_an_untied_head(tiny_lm):
+    from emu_ros.lm import LMConfig, build_lm
+    from finetune_embodied.train.config import ConfigError
+    from finetune_embodied.train.distributed import DistInfo
+    from finetune_embodied.train.factorized_codes import apply_factorized_codes
+    from finetune_embodied.train.stages import make_stage
+    from finetune_embodied.train.stages.lm_stages import scale_input_embedding
+
+    untied = "model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, head_dim: 32, intermediate_size: 128, tie_word_embeddings: false}"  # fmt: skip
+    info = DistInfo()
+    stage = make_stage(tiny_lm("untied", untied, "input_embedding_init_std=1.0"), info)
+    model = stage.build_model()
+    assert abs(float(model.get_input_embeddings().weight.detach().std()) - 1.0) < 0.1
+    assert abs(float(model.lm_head.weight.detach().std()) - 0.02) < 0.005  # the head keeps the model's scale
+    default = make_stage(tiny_lm("default", untied), info).build_model()
+    assert abs(float(default.get_input_embeddings().weight.detach().std()) - 0.02) < 0.005
+    with pytest.raises(ValueError, match="untied output head"):
+        make_stage(tiny_lm("tied", "input_embedding_init_std=1.0"), info).build_model()
+    with pytest.raises(ConfigError, match="input_embedding_init_std"):
+        load_config(None, ["data.source=synthetic", "input_embedding_init_std=-1"])
+
+    # factorised rows: a code's summed row gets the std; the per-code residual stays zero
+    levels, text_rows = (8, 5, 5, 5), 40
+    cfg = LMConfig(vocab_size=text_rows + 1000, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=32,
+                   intermediate_size=64, tie_word_embeddings=False)  # fmt: skip
+    for residual in (False, True):
+        lm = apply_factorized_codes(build_lm(cfg), text_rows, levels, residual=residual)
+        scale_input_embedding(lm, 1.0, text_rows, 1000)
+        emb = lm.get_input_embeddings()
+        table = emb.table().detach()
+        assert abs(float(table[:text_rows].std()) - 1.0) < 0.15 and abs(float(table[text_rows:].std()) - 1.0) < 0.1
+        assert bool((emb.weight[text_rows:] == 0).all()) == residual
