@@ -195,7 +195,7 @@ def run_lm(
     }
 
 
-def eval_model(model_dir: str, heldout: tuple) -> dict:
+def eval_model(model_dir: str, heldout: tuple, plan_prompt: bool = False) -> dict:
     """A trained guidance model (``--eval-model``): does its first step read the frame?
 
     For each held-out TableClear first frame, the LM's distribution over colour words right after
@@ -203,11 +203,13 @@ def eval_model(model_dir: str, heldout: tuple) -> dict:
     the first item's; greedy colour on the table; probability mass on the table's colours (a
     frame-blind LM gets about the share of the palette present); mean pairwise total-variation
     distance between scenes' colour distributions (near 0: the same answer whatever the frame).
+    ``plan_prompt``: ask the rest-of-plan question instead ("list the remaining steps: ..."; what
+    the reading warm-up stage trains) and read the colour of the first step it lists.
     """
     import torch
 
     from emu_ros.backends.torch_backend import load_model_dir
-    from emu_ros.prompt import build_prompt
+    from emu_ros.prompt import PLAN_REQUEST, build_prompt
     from sim_envs.rigid import PALETTE
 
     torch.set_num_threads(1)
@@ -220,7 +222,8 @@ def eval_model(model_dir: str, heldout: tuple) -> dict:
     probs = []
     with torch.no_grad():
         for c, ins in zip(codes, instructions):
-            ids = torch.tensor([build_prompt(layout, words, ins, [], c) + opening])
+            request = f"{PLAN_REQUEST} {ins}" if plan_prompt else ins
+            ids = torch.tensor([build_prompt(layout, words, request, [], c) + opening])
             logits = lm(input_ids=ids).logits[0, -1, colour_ids]
             probs.append(torch.softmax(logits, 0).numpy())
     p = np.stack(probs)  # (n, 10)
@@ -229,7 +232,7 @@ def eval_model(model_dir: str, heldout: tuple) -> dict:
     tv = 0.5 * np.abs(p[:, None, :] - p[None, :, :]).sum(-1)
     n = len(p)
     return {
-        "mode": f"model {model_dir}",
+        "mode": f"model {model_dir}" + (" (rest-of-plan prompt)" if plan_prompt else ""),
         "scenes": n,
         "colour": float(np.mean(greedy == labels[:, 0])),
         "colour_present": float(np.mean([g in t for g, t in zip(greedy, on_table)])),
@@ -350,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         help="lm mode: transformers' init (std 0.02); unit-normal input embedding; or PyTorch defaults too",
     )
     p.add_argument("--eval-model", default="", help="instead: how a trained model directory's first step reads")
+    p.add_argument("--plan-prompt", action="store_true", help="--eval-model: ask for the rest of the plan instead")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
     args = p.parse_args(argv)
 
     if args.eval_model:
-        r = eval_model(args.eval_model, scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0])))
-        print(f"\nFirst-step reading of {args.eval_model} on {r['scenes']} held-out TableClear frames")
+        r = eval_model(args.eval_model, scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0])), args.plan_prompt)
+        print(f"\nFirst-step reading of {r['mode']} on {r['scenes']} held-out TableClear frames")
         print("| greedy colour = first item | greedy colour on table | mass on table's colours (frame-blind) "
               "| pairwise TV |")
         print("|---|---|---|---|")

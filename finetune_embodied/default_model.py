@@ -39,7 +39,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, dict):
         raise ValueError(f"pipeline config {path} must be a mapping")
-    unknown = set(doc) - {"record", "export", "quick", *STAGES}
+    unknown = set(doc) - {"record", "export", "quick", "reading", *STAGES}
     if unknown:
         raise ValueError(f"pipeline config {path}: unknown sections {sorted(unknown)}")
     return doc
@@ -292,7 +292,12 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
     tok_ckpt = latest_checkpoint(work / "tokenizer" / "checkpoints")
     vocab = json.dumps(sim_instruction_texts())
     lm_common = common + [f"tokenizer={tok_ckpt}", f"data.extra_texts={vocab}"]
-    stages["next_token"] = _run_stage("next_token", lm_common + flat("next_token"), work, state, progress)
+    nt_init: list[str] = []
+    if "reading" in doc:  # optional reading warm-up: next_token starts from it
+        stages["reading"] = _run_stage("reading", lm_common + flat("reading"), work, state, progress)
+        state_path.write_text(json.dumps(state, indent=1))
+        nt_init = [f"init_from={latest_checkpoint(work / 'reading' / 'checkpoints')}"]
+    stages["next_token"] = _run_stage("next_token", lm_common + nt_init + flat("next_token"), work, state, progress)
     state_path.write_text(json.dumps(state, indent=1))
     nt_ckpt = latest_checkpoint(work / "next_token" / "checkpoints")
     stages["dida"] = _run_stage("dida", lm_common + [f"init_from={nt_ckpt}"] + flat("dida"), work, state, progress)

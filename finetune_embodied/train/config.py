@@ -74,6 +74,10 @@ class DataConfig:
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
     plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (emu_ros.prompt.build_plan_sequence)
+    # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
+    # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
+    # Evaluation always uses held-out "step" sequences.
+    train_kinds: list[str] = field(default_factory=lambda: ["step", "plan"])
     extra_texts: list[str] = field(default_factory=list)  # more texts for the word vocabulary (e.g. all instruction paraphrases)
     on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
     synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
@@ -94,6 +98,10 @@ class DataConfig:
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
         _check(isinstance(self.extra_texts, list) and all(isinstance(t, str) for t in self.extra_texts),
                f"data.extra_texts must be a list of strings, got {self.extra_texts!r}")
+        _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan"},
+               f"data.train_kinds must be a non-empty list of 'step' and/or 'plan', got {self.train_kinds!r}")
+        _check(self.plan_sequences or "step" in self.train_kinds,
+               f"data.train_kinds {self.train_kinds!r} trains plan sequences only; set data.plan_sequences: true")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
         _check(self.synthetic_grid >= 1, f"data.synthetic_grid must be >= 1, got {self.synthetic_grid!r}")
         _check(self.synthetic_codes >= 2, f"data.synthetic_codes must be >= 2, got {self.synthetic_codes!r}")

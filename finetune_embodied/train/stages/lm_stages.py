@@ -133,8 +133,10 @@ class LMStage(Stage):
         self.train_set, self.eval_set = split_heldout(sequences, groups, cfg.data.heldout_fraction)
         # Held-out metrics are about guidance answers; auxiliary rest-of-plan answers only train.
         self.eval_set = [s for s in self.eval_set if s.kind == "step"]
+        self.train_set = [s for s in self.train_set if s.kind in cfg.data.train_kinds]
         if not self.train_set:
-            raise ValueError(f"stage {self.name!r}: no training sequences after holding out evaluation episodes")
+            raise ValueError(f"stage {self.name!r}: no training sequences of kinds {cfg.data.train_kinds} after "
+                             "holding out evaluation episodes")
         longest = max(len(s) for s in sequences)
         if longest > cfg.data.max_seq_len:
             raise ValueError(

@@ -69,3 +69,35 @@ def test_factorised_checkpoints_chain_between_stages(tmp_path, monkeypatch):
     assert not any(k.startswith(DIGIT_KEY) for k in load_checkpoint(plain)["weights"])
     with pytest.raises(CheckpointError, match="plain embedding table"):
         train(lm("back", f"init_from={plain}", "visual_codes=digits"), progress=False)
+
+
+def test_reading_warm_up_trains_rest_of_plan_sequences_only_and_next_token_starts_from_it(tmp_path, monkeypatch):
+    import pytest
+
+    from finetune_embodied.train.config import ConfigError
+    from finetune_embodied.train.distributed import DistInfo
+    from finetune_embodied.train.stages import make_stage
+
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    ds = _dataset(tmp_path / "ds", n_episodes=2)
+    train(_tok_cfg(tmp_path, ds), progress=False)
+    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
+
+    def lm(name, *extra):
+        return load_config(None, ["stage=next_token", f"data.path={ds}", f"tokenizer={tok}", TINY, *FAST,
+                                  "data.plan_sequences=true", f"checkpoint.dir={tmp_path / name}", *extra])
+
+    stage = make_stage(lm("reading", "data.train_kinds=[plan]"), DistInfo())
+    assert stage.train_set and {s.kind for s in stage.train_set} == {"plan"}
+    assert stage.eval_set and {s.kind for s in stage.eval_set} == {"step"}  # evaluation: guidance answers
+    both = make_stage(lm("both"), DistInfo())
+    assert {s.kind for s in both.train_set} == {"step", "plan"} and len(both.train_set) > len(stage.train_set)
+
+    train(lm("reading", "data.train_kinds=[plan]"), progress=False)
+    reading = latest_checkpoint(tmp_path / "reading" / "checkpoints")
+    train(lm("nt", f"init_from={reading}"), progress=False)
+
+    with pytest.raises(ConfigError, match="data.plan_sequences"):
+        load_config(None, ["data.source=synthetic", "data.train_kinds=[plan]"])
+    with pytest.raises(ConfigError, match="train_kinds"):
+        load_config(None, ["data.source=synthetic", "data.train_kinds=[pictures]"])
