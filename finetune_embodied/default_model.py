@@ -215,7 +215,9 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "| stage | steps | batch | lr | train samples | wall time | samples/s | held-out metrics |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in STAGES:
+    for name in ("tokenizer", "reading", "next_token", "dida"):
+        if name not in st:  # the reading warm-up is optional
+            continue
         s = st[name]
         c = s["config"]
         lines.append(

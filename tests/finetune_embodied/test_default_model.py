@@ -10,7 +10,9 @@ import pytest
 from emu_guide.paths import PROJECT_ROOT
 from finetune_embodied.default_model import run_pipeline, sim_instruction_texts
 
-TINY = "model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, head_dim: 32, intermediate_size: 128}"
+# (untied, as the recipe's LM stages are: a tied head refuses input_embedding_init_std)
+TINY = ("model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, head_dim: 32, intermediate_size: 128, "
+        "tie_word_embeddings: false}")
 FAST = ["optim.max_steps=2", "eval.max_samples=2", "data.heldout_fraction=0.5"]
 
 
@@ -21,6 +23,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
         PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
         stage_overrides={
             "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
+            "reading": [TINY, *FAST],
             "next_token": [TINY, *FAST],
             "dida": [TINY, *FAST],
         },
@@ -29,13 +32,16 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     assert not info["smoke"].get("error"), info["smoke"]
     assert json.loads((out / "guidance.json").read_text())["layout"] == "compact"
     card = (out / "MODEL_CARD.md").read_text()
-    assert "python -m finetune_embodied.default_model" in card and "| dida | 2 |" in card
+    assert "python -m finetune_embodied.default_model" in card and "| dida | 2 |" in card and "| reading | 2 |" in card
+    # next_token started from the reading warm-up
+    assert info["stages"]["next_token"]["config"]["init_from"].startswith(str(tmp_path / "work" / "reading"))
     assert info["export"]["weights_mb"] < 20
     # A second run resumes: nothing is re-recorded or re-trained.
     again = run_pipeline(
         PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
         stage_overrides={
             "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
+            "reading": [TINY, *FAST],
             "next_token": [TINY, *FAST],
             "dida": [TINY, *FAST],
         },
