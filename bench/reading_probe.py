@@ -38,9 +38,10 @@ import numpy as np
 MODES = ("codes", "digits", "recon", "pixels", "lm")
 
 
-def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[int, int]]]]:
+def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[int, int]]], list[list[str]]]:
     """(n, 96, 96, 3) first frames, (n, 2) [colour, kind] labels of the first pick, instructions,
-    and every item on the table as (colour, kind) (TableClear takes the items in any order)."""
+    every item on the table as (colour, kind) (TableClear takes the items in any order), and the
+    plan's step sentences."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the envs)
@@ -49,7 +50,7 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], 
 
     colours, kinds = list(PALETTE), list(KINDS)
     env = gym.make("sim_envs/TableClear-v0", resolution=96)
-    images, labels, instructions, present = [], [], [], []
+    images, labels, instructions, present, plans = [], [], [], [], []
     for seed in range(first_seed, first_seed + n):
         obs, _ = env.reset(seed=seed)
         goal = env.unwrapped._plan[0].goal  # ActionGoal("pick", "<colour> <kind>")
@@ -58,8 +59,9 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], 
         labels.append((colours.index(colour), kinds.index(kind)))
         instructions.append(env.unwrapped.instruction)
         present.append([(colours.index(it.colour_name), kinds.index(it.kind)) for it in env.unwrapped.items])
+        plans.append([step.text for step in env.unwrapped._plan])
     env.close()
-    return np.stack(images), np.asarray(labels), instructions, present
+    return np.stack(images), np.asarray(labels), instructions, present, plans
 
 
 def run_lm(
@@ -73,6 +75,8 @@ def run_lm(
     target: str = "first",
     lr: float = 1e-3,
     init: str = "hf",
+    answer: str = "item",
+    optim: str = "probe",
 ) -> dict:
     """The ``lm`` mode: the guidance LM learns "prompt -> pick up the <colour> <kind>" and nothing else.
 
@@ -83,19 +87,26 @@ def run_lm(
     ``init``: "hf" keeps the transformers initialisation (normal, std 0.02, everywhere); "embed"
     starts only the input embedding unit-normal (nn.Embedding's default); "torch" also re-initialises
     every Linear with PyTorch's default, as the encoder modes have it.
+    ``answer``: "item" trains "prompt -> pick up the <colour> <kind>" with the loss on those two
+    words; "plan" trains what the pipeline's rest-of-plan sequences hold at a first frame ("list the
+    remaining steps: <instruction>" + frame -> all twelve steps), with the loss on every answer token.
+    ``optim``: "probe" is constant-lr AdamW; "train" is the training loop's (betas 0.9/0.95, 50
+    warm-up steps, cosine to 0.1 x lr, gradient clipping at 1.0).
     """
     import torch
     import torch.nn.functional as F
 
     from emu_ros.backends.torch_backend import load_model_dir
     from emu_ros.lm import LMConfig, build_lm
-    from emu_ros.prompt import build_prompt
+    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR, build_prompt
     from finetune_embodied.train.factorized_codes import apply_factorized_codes
     from sim_envs.rigid import PALETTE
     from sim_envs.table_clear import KINDS
 
     if target not in ("first", "any"):
         raise ValueError(f"target must be 'first' or 'any', got {target!r}")
+    if answer not in ("item", "plan") or (answer == "plan" and target != "first"):
+        raise ValueError(f"answer must be 'item' or 'plan' (plan only with target 'first'), got {answer!r}")
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     parts = load_model_dir(model_dir)
@@ -106,11 +117,26 @@ def run_lm(
 
     def prompts(images, instructions) -> list[list[int]]:
         codes = np.asarray(tokenizer.encode(images))
+        if answer == "plan":
+            instructions = [f"{PLAN_REQUEST} {ins}" for ins in instructions]
         return [build_prompt(layout, words, ins, [], c) + opening for c, ins in zip(codes, instructions)]
 
-    def batch(heads: list[list[int]], labels) -> tuple:
-        """Prompt + "<colour> <kind> <eos>", right-padded; the position that predicts the colour."""
-        seqs = [q + [int(colour_ids[y[0]]), int(kind_ids[y[1]]), layout.eos] for q, y in zip(heads, labels)]
+    def rests(plans) -> list[list[int]]:
+        """answer "plan": the answer tokens after "pick up the <colour> <kind>"."""
+        if answer == "item":
+            return [[] for _ in plans]
+        out = []
+        for steps in plans:
+            ids = words.encode(f" {PLAN_SEPARATOR} ".join(steps))
+            assert ids[: len(opening)] == opening, steps[0]
+            out.append(ids[len(opening) + 2 :])
+        return out
+
+    def batch(heads: list[list[int]], labels, tails: list[list[int]] | None = None) -> tuple:
+        """Prompt + "<colour> <kind> [rest of the plan] <eos>", right-padded; the position that
+        predicts the colour."""
+        tails = tails or [[] for _ in heads]
+        seqs = [q + [int(colour_ids[y[0]]), int(kind_ids[y[1]])] + t + [layout.eos] for q, y, t in zip(heads, labels, tails)]
         width = max(len(q) for q in seqs)
         ids = torch.full((len(seqs), width), layout.pad)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -119,6 +145,7 @@ def run_lm(
         return ids, mask, torch.tensor([len(q) - 1 for q in heads])
 
     ptr, pte = prompts(train[0], train[2]), prompts(heldout[0], heldout[2])
+    rtr = rests(train[4])
     lm_cfg = LMConfig(vocab_size=layout.vocab_size, tie_word_embeddings=not untied)
     model = apply_factorized_codes(
         build_lm(lm_cfg), layout.visual_offset, tuple(tokenizer.config.levels), residual=False
@@ -133,7 +160,19 @@ def run_lm(
             embed.weight.normal_(0.0, 1.0)
             for table in embed.digit_tables:
                 table.normal_(0.0, len(embed.digit_tables) ** -0.5)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    if optim == "train":
+        import math
+
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+
+        def factor(step: int) -> float:
+            if step < 50:
+                return (step + 1) / 50
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 50) / max(1, steps - 50)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    else:
+        opt, sched = torch.optim.AdamW(model.parameters(), lr=lr), None
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
 
@@ -166,16 +205,27 @@ def run_lm(
             labels = [train[1][i] for i in idx]
         else:
             labels = [train[3][i][rng.integers(len(train[3][i]))] for i in idx]
-        ids, mask, cpos = batch([ptr[i] for i in idx], labels)
+        ids, mask, cpos = batch([ptr[i] for i in idx], labels, [rtr[i] for i in idx])
         logits = model(input_ids=ids, attention_mask=mask).logits
         rows = torch.arange(len(idx))
-        # The LM loss on the two answer words that need the image (the opening is trivial).
-        loss = F.cross_entropy(logits[rows, cpos], ids[rows, cpos + 1]) + F.cross_entropy(
-            logits[rows, cpos + 1], ids[rows, cpos + 2]
-        )
+        if answer == "item":
+            # The LM loss on the two answer words that need the image (the opening is trivial).
+            loss = F.cross_entropy(logits[rows, cpos], ids[rows, cpos + 1]) + F.cross_entropy(
+                logits[rows, cpos + 1], ids[rows, cpos + 2]
+            )
+        else:  # every answer token, from "pick" to EOS, as the pipeline's sequences weigh them
+            pos = torch.arange(ids.shape[1] - 1)[None, :]
+            start = (cpos - len(opening))[:, None]
+            target = ids[:, 1:].clone()
+            target[(pos < start) | (mask[:, 1:] == 0)] = -100
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
+        if sched is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if sched is not None:
+            sched.step()
         if (step + 1) % 250 == 0:
             print(f"  lm: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
     n = len(pte)
@@ -185,6 +235,8 @@ def run_lm(
         + ("-any" if target == "any" else "")
         + (f"-lr{lr:g}" if lr != 1e-3 else "")
         + (f"-init-{init}" if init != "hf" else "")
+        + (f"-answer-{answer}" if answer != "item" else "")
+        + (f"-optim-{optim}" if optim != "probe" else "")
     )
     return {
         "mode": name,
@@ -217,7 +269,7 @@ def eval_model(model_dir: str, heldout: tuple, plan_prompt: bool = False) -> dic
     lm, layout, words, vision = parts["lm"].eval(), parts["layout"], parts["text"], parts["vision"]
     colour_ids = torch.tensor([words.encode(c)[0] for c in PALETTE])
     opening = words.encode("pick up the")
-    images, labels, instructions, present = heldout
+    images, labels, instructions, present = heldout[:4]
     codes = np.asarray(vision.encode(images))
     probs = []
     with torch.no_grad():
@@ -352,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         default="hf",
         help="lm mode: transformers' init (std 0.02); unit-normal input embedding; or PyTorch defaults too",
     )
+    p.add_argument("--lm-answer", choices=("item", "plan"), default="item",
+                   help="lm mode: the first item (loss on its two words) or the whole plan (loss on every token)")
+    p.add_argument("--lm-optim", choices=("probe", "train"), default="probe",
+                   help="lm mode: constant-lr AdamW, or the training loop's schedule, betas and clipping")
     p.add_argument("--eval-model", default="", help="instead: how a trained model directory's first step reads")
     p.add_argument("--plan-prompt", action="store_true", help="--eval-model: ask for the rest of the plan instead")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
@@ -399,6 +455,8 @@ def run_probes(args) -> list[dict]:
             args.lm_target,
             args.lm_lr,
             args.lm_init,
+            args.lm_answer,
+            args.lm_optim,
         )
         if m == "lm"
         else run_mode(m, tokenizer, train, heldout, args.steps, args.seed)

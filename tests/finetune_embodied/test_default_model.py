@@ -16,11 +16,24 @@ TINY = ("model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, h
 FAST = ["optim.max_steps=2", "eval.max_samples=2", "data.heldout_fraction=0.5"]
 
 
+def _with_reading_stage(tmp_path: Path) -> Path:
+    """The shipped recipe plus the optional reading warm-up stage (next_token then starts from it)."""
+    import yaml
+
+    doc = yaml.safe_load((PROJECT_ROOT / "configs" / "train" / "default_model.yaml").read_text())
+    doc["reading"] = {"input_embedding_init_std": 1.0, "visual_codes": "digits", "data.mid_samples_per_step": 1}
+    doc["quick"]["reading"] = {"optim.max_steps": 10, "optim.batch_size": 4}
+    path = tmp_path / "default_model_reading.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 @pytest.mark.slow
 def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     out = tmp_path / "export"
+    config = _with_reading_stage(tmp_path)
     info = run_pipeline(
-        PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
+        config, out, tmp_path / "work", quick=True, progress=False,
         stage_overrides={
             "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
             "reading": [TINY, *FAST],
@@ -38,7 +51,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     assert info["export"]["weights_mb"] < 20
     # A second run resumes: nothing is re-recorded or re-trained.
     again = run_pipeline(
-        PROJECT_ROOT / "configs" / "train" / "default_model.yaml", out, tmp_path / "work", quick=True, progress=False,
+        config, out, tmp_path / "work", quick=True, progress=False,
         stage_overrides={
             "tokenizer": ["data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}", "data.frames_per_episode=4", *FAST],
             "reading": [TINY, *FAST],

@@ -83,7 +83,6 @@ def code_appearance_features(vision, batch: int = 125) -> np.ndarray:
     return (f - f.mean(0)) / (f.std(0) + 1e-6)
 
 
-@torch.no_grad()
 def scale_input_embedding(model: torch.nn.Module, std: float, visual_offset: int, num_visual_codes: int) -> None:
     """Redraw the input embedding with standard deviation ``std`` (from the global torch RNG, which
     ``build_lm`` seeded). A factorised table draws its digit tables so that a code's summed row has
@@ -101,6 +100,7 @@ def scale_input_embedding(model: torch.nn.Module, std: float, visual_offset: int
                 table.normal_(0.0, std / len(emb.digit_tables) ** 0.5)
 
 
+@torch.no_grad()
 def init_visual_embeddings(model: torch.nn.Module, layout: TokenLayout, vision, seed: int = 0, structured: float = 0.8) -> None:
     """Start each visual code's embedding row from what the code looks like (a random projection of
     ``code_appearance_features``) plus a random part, at the model's initializer scale.
