@@ -16,13 +16,21 @@ default LM's size) with one 12x12 frame:
 - ``lm``: the default guidance LM itself (``LMConfig()``, Qwen3, digit code rows) on the real
   prompt (``emu_ros.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
   answer "pick up the <colour> <kind>" and scored on the words it predicts there (needs
-  ``--model-dir`` for the word vocabulary). Session 3 measured chance here with the tied head; an
-  untied head (``--lm-untied`` here; measured on an ad-hoc variant with free code rows and one
-  fixed instruction) read 0.256 held-out colour after 500 steps (docs/training.md).
+  ``--model-dir`` for the word vocabulary). Options move it towards the pipeline's training one
+  setting at a time: ``--lm-untied`` (its own output head), ``--lm-init hf|embed|torch`` (the
+  initialisation; ``embed``, a unit-normal input embedding, is what makes it read),
+  ``--lm-target first|any``, ``--lm-answer item|plan`` (the whole rest-of-plan answer, loss on every
+  token), ``--lm-frames first|mixed`` (frames after 0-5 done pick-and-place pairs, done steps in
+  the prompt), ``--lm-optim probe|train`` (the training loop's schedule and clipping), ``--lm-lr``.
+  Session-4 results: docs/training.md ("What makes the probe read").
 
-Trained on TRAIN-seed scenes (first frames), scored on held-out seeds; a gap between train and
-held-out accuracy is memorisation. Prints a table and writes JSON (``--out``). One thread per
-mode; each 1000 steps take about 3.5 min on one core of this CPU.
+``--eval-model DIR`` instead reads a trained model directory: its colour distribution after "pick
+up the" on held-out first frames (``--plan-prompt``: after the rest-of-plan request).
+
+Trained on TRAIN-seed scenes, scored on held-out seeds; a gap between train and held-out
+accuracy is memorisation. Prints a table and writes JSON (``--out``). One thread per mode; 1000
+steps take about 3.5 min on one core for the encoder modes, about 13 min for ``lm`` (about 30 with
+``--lm-answer plan``).
 """
 
 from __future__ import annotations
@@ -38,10 +46,15 @@ import numpy as np
 MODES = ("codes", "digits", "recon", "pixels", "lm")
 
 
-def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[int, int]]], list[list[str]]]:
+def scenes(n: int, first_seed: int, mixed: bool = False) -> tuple:
     """(n, 96, 96, 3) first frames, (n, 2) [colour, kind] labels of the first pick, instructions,
-    every item on the table as (colour, kind) (TableClear takes the items in any order), and the
-    plan's step sentences."""
+    every item on the table as (colour, kind) (TableClear takes the items in any order), the
+    plan's step sentences from there on, and the done steps (the last four, as the prompt keeps).
+
+    ``mixed``: instead of first frames, each scene first runs 0-5 pick-and-place pairs of its plan
+    (the sim's skills; how many is drawn from the seed), as the pipeline's sequences sample frames
+    all through an episode with the done steps in the prompt.
+    """
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the envs)
@@ -50,18 +63,28 @@ def scenes(n: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], 
 
     colours, kinds = list(PALETTE), list(KINDS)
     env = gym.make("sim_envs/TableClear-v0", resolution=96)
-    images, labels, instructions, present, plans = [], [], [], [], []
+    images, labels, instructions, present, plans, histories = [], [], [], [], [], []
     for seed in range(first_seed, first_seed + n):
         obs, _ = env.reset(seed=seed)
-        goal = env.unwrapped._plan[0].goal  # ActionGoal("pick", "<colour> <kind>")
+        sim = env.unwrapped
+        plan = sim._plan
+        done = 2 * int(np.random.default_rng(seed).integers(0, 6)) if mixed else 0
+        for step in plan[:done]:
+            result = sim.execute_skill(step.goal)
+            if not result.success:
+                raise RuntimeError(f"seed {seed}: the expert's step {step.text!r} failed: {result.reason}")
+        image = sim.render() if done else obs["image"]
+        goal = plan[done].goal  # ActionGoal("pick", "<colour> <kind>")
         colour, kind = goal.object.split()
-        images.append(obs["image"])
+        images.append(image)
         labels.append((colours.index(colour), kinds.index(kind)))
-        instructions.append(env.unwrapped.instruction)
-        present.append([(colours.index(it.colour_name), kinds.index(it.kind)) for it in env.unwrapped.items])
-        plans.append([step.text for step in env.unwrapped._plan])
+        instructions.append(sim.instruction)
+        present.append([(colours.index(it.colour_name), kinds.index(it.kind)) for it in sim.items
+                        if it.location == "table"])
+        plans.append([step.text for step in plan[done:]])
+        histories.append([step.text for step in plan[:done]][-4:])
     env.close()
-    return np.stack(images), np.asarray(labels), instructions, present, plans
+    return np.stack(images), np.asarray(labels), instructions, present, plans, histories
 
 
 def run_lm(
@@ -115,11 +138,11 @@ def run_lm(
     kind_ids = torch.tensor([words.encode(k)[0] for k in KINDS])
     opening = words.encode("pick up the")
 
-    def prompts(images, instructions) -> list[list[int]]:
+    def prompts(images, instructions, histories) -> list[list[int]]:
         codes = np.asarray(tokenizer.encode(images))
         if answer == "plan":
             instructions = [f"{PLAN_REQUEST} {ins}" for ins in instructions]
-        return [build_prompt(layout, words, ins, [], c) + opening for c, ins in zip(codes, instructions)]
+        return [build_prompt(layout, words, ins, h, c) + opening for c, ins, h in zip(codes, instructions, histories)]
 
     def rests(plans) -> list[list[int]]:
         """answer "plan": the answer tokens after "pick up the <colour> <kind>"."""
@@ -144,7 +167,7 @@ def run_lm(
             ids[i, : len(q)], mask[i, : len(q)] = torch.tensor(q), 1
         return ids, mask, torch.tensor([len(q) - 1 for q in heads])
 
-    ptr, pte = prompts(train[0], train[2]), prompts(heldout[0], heldout[2])
+    ptr, pte = prompts(train[0], train[2], train[5]), prompts(heldout[0], heldout[2], heldout[5])
     rtr = rests(train[4])
     lm_cfg = LMConfig(vocab_size=layout.vocab_size, tie_word_embeddings=not untied)
     model = apply_factorized_codes(
@@ -408,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="lm mode: the first item (loss on its two words) or the whole plan (loss on every token)")
     p.add_argument("--lm-optim", choices=("probe", "train"), default="probe",
                    help="lm mode: constant-lr AdamW, or the training loop's schedule, betas and clipping")
+    p.add_argument("--lm-frames", choices=("first", "mixed"), default="first",
+                   help="first frames, or frames after 0-5 done pick-and-place pairs with those steps in the prompt")
     p.add_argument("--eval-model", default="", help="instead: how a trained model directory's first step reads")
     p.add_argument("--plan-prompt", action="store_true", help="--eval-model: ask for the rest of the plan instead")
     p.add_argument("--out", default="runs/bench/reading_probe.json")
@@ -441,8 +466,9 @@ def run_probes(args) -> list[dict]:
             f"the probe expects a 96 px, 12x12 tokenizer; {args.tokenizer} is "
             f"{tokenizer.config.image_size} px / {tokenizer.config.downsample}"
         )
-    train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]))
-    heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]))
+    mixed = args.lm_frames == "mixed"
+    train = scenes(args.train_scenes, int(TRAIN_SEEDS[0]), mixed)
+    heldout = scenes(args.heldout_scenes, int(HELDOUT_SEEDS[0]), mixed)
     rows = [
         run_lm(
             tokenizer,
@@ -462,9 +488,11 @@ def run_probes(args) -> list[dict]:
         else run_mode(m, tokenizer, train, heldout, args.steps, args.seed)
         for m in args.modes
     ]
+    for r in rows:
+        r["frames"] = args.lm_frames
 
     print(
-        f"\nReading probe: first TableClear pick from one 96 px frame; {args.train_scenes} train / "
+        f"\nReading probe: next TableClear pick from one 96 px frame ({args.lm_frames} frames); {args.train_scenes} train / "
         f"{args.heldout_scenes} held-out scenes, {args.steps} steps; tokenizer {args.tokenizer}"
     )
     print(
