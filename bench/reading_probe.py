@@ -509,9 +509,10 @@ def run_probes(args) -> list[dict]:
         )
     # what a reader that ignores the frame gets: a colour from the palette, an item from all 80
     chance_colour = float(np.mean([len({c for c, _ in items}) / 10 for items in heldout[3]]))
+    chance_item = float(np.mean([len(items) / 80 for items in heldout[3]]))
     print(
         f"chance: colour 0.100, kind 0.125, both 0.0125; colour on table {chance_colour:.3f}, item on table "
-        f"{6 / 80:.3f}"
+        f"{chance_item:.3f}"
     )
     return rows
 
