@@ -45,6 +45,20 @@ TINY = "model={hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, he
 FAST = ["optim.max_steps=2", "optim.batch_size=2", "eval.max_samples=2", "data.heldout_fraction=0.5"]
 
 
+def _tiny_lm_on_a_dataset(tmp_path, monkeypatch, *common):
+    """A 2-episode dataset and a trained toy tokenizer -> lm(name, *overrides): a tiny next-token config."""
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    ds = _dataset(tmp_path / "ds", n_episodes=2)
+    train(_tok_cfg(tmp_path, ds), progress=False)
+    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
+
+    def lm(name, *extra):
+        return load_config(None, ["stage=next_token", f"data.path={ds}", f"tokenizer={tok}", TINY, *FAST, *common,
+                                  f"checkpoint.dir={tmp_path / name}", *extra])
+
+    return lm
+
+
 def test_factorised_checkpoints_chain_between_stages(tmp_path, monkeypatch):
     """digits next_token -> dida as a plain table (materialised) works; a plain table into digits is refused."""
     import pytest
@@ -52,15 +66,7 @@ def test_factorised_checkpoints_chain_between_stages(tmp_path, monkeypatch):
     from finetune_embodied.train.checkpoint import CheckpointError, load_checkpoint
     from finetune_embodied.train.factorized_codes import DIGIT_KEY
 
-    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
-    ds = _dataset(tmp_path / "ds", n_episodes=2)
-    train(_tok_cfg(tmp_path, ds), progress=False)
-    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
-
-    def lm(name, *extra):
-        return load_config(None, ["stage=next_token", f"data.path={ds}", f"tokenizer={tok}", TINY, *FAST,
-                                  f"checkpoint.dir={tmp_path / name}", *extra])
-
+    lm = _tiny_lm_on_a_dataset(tmp_path, monkeypatch)
     train(lm("nt", "visual_codes=digits"), progress=False)
     nt = latest_checkpoint(tmp_path / "nt" / "checkpoints")
     assert any(k.startswith(DIGIT_KEY) for k in load_checkpoint(nt)["weights"])
@@ -78,15 +84,7 @@ def test_reading_warm_up_trains_rest_of_plan_sequences_only_and_next_token_start
     from finetune_embodied.train.distributed import DistInfo
     from finetune_embodied.train.stages import make_stage
 
-    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
-    ds = _dataset(tmp_path / "ds", n_episodes=2)
-    train(_tok_cfg(tmp_path, ds), progress=False)
-    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
-
-    def lm(name, *extra):
-        return load_config(None, ["stage=next_token", f"data.path={ds}", f"tokenizer={tok}", TINY, *FAST,
-                                  "data.plan_sequences=true", f"checkpoint.dir={tmp_path / name}", *extra])
-
+    lm = _tiny_lm_on_a_dataset(tmp_path, monkeypatch, "data.plan_sequences=true")
     stage = make_stage(lm("reading", "data.train_kinds=[plan]"), DistInfo())
     assert stage.train_set and {s.kind for s in stage.train_set} == {"plan"}
     assert stage.eval_set and {s.kind for s in stage.eval_set} == {"step"}  # evaluation: guidance answers
