@@ -178,9 +178,9 @@ class TrainConfig:
     tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
     visual_embedding_init: str = "random"  # LM stages from scratch: "random" or "tokenizer" (rows start from what each code looks like)
     # LM stages from scratch: std of the input embedding at init (0 = the model's initializer_range,
-    # 0.02). At 1.0 (nn.Embedding's default) each token's own embedding dominates the residual
-    # stream at the start; at 0.02 the first layers' outputs drown it and the small LM never learns
-    # to read the frame (bench/reading_probe.py --lm-init, docs/training.md). Needs an untied head.
+    # 0.02). On the reading probe the default LM learned to name objects in the frame at 1.0
+    # (nn.Embedding's default) and never at 0.02 (bench/reading_probe.py --lm-init,
+    # docs/training.md). Needs an untied head.
     input_embedding_init_std: float = 0.0
     # LM stages: how visual-code rows of the embedding table are parametrised while training.
     # "table": one free row per code. "factorized": per-FSQ-channel digit embeddings summed, plus a
