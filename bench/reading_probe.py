@@ -184,15 +184,13 @@ def run_lm(
             for table in embed.digit_tables:
                 table.normal_(0.0, len(embed.digit_tables) ** -0.5)
     if optim == "train":
-        import math
+        from finetune_embodied.train.config import load_config
+        from finetune_embodied.train.loop import lr_lambda_factory
 
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-
-        def factor(step: int) -> float:
-            if step < 50:
-                return (step + 1) / 50
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 50) / max(1, steps - 50)))
-
+        schedule = load_config(None, ["data.source=synthetic", f"optim.lr={lr}", "optim.warmup_steps=50",
+                                      f"optim.max_steps={steps}"])  # the loop's cosine to 0.1 x lr  # fmt: skip
+        factor = lr_lambda_factory(schedule)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     else:
         opt, sched = torch.optim.AdamW(model.parameters(), lr=lr), None
@@ -204,8 +202,9 @@ def run_lm(
         model.eval()
         ids, mask, cpos = batch(heads, first)
         rows = torch.arange(len(ids))
-        c = model(input_ids=ids, attention_mask=mask).logits[rows, cpos][:, colour_ids].argmax(1)
-        k_first = model(input_ids=ids, attention_mask=mask).logits[rows, cpos + 1][:, kind_ids].argmax(1)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        c = logits[rows, cpos][:, colour_ids].argmax(1)
+        k_first = logits[rows, cpos + 1][:, kind_ids].argmax(1)
         ids[rows, cpos + 1] = colour_ids[c]  # the kind the LM names after its own colour
         k_own = model(input_ids=ids, attention_mask=mask).logits[rows, cpos + 1][:, kind_ids].argmax(1)
         model.train()
