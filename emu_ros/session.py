@@ -17,6 +17,7 @@ default word-level model, rejects unknown words here, not deep inside decoding).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from emu_guide.types import Frame, Plan, PlanStatus, PlanStep
@@ -50,8 +51,12 @@ class GuidanceSession:
         if check is not None:
             check(self.instruction)  # BackendError naming the unknown words
 
-    def next_step(self, frame: Frame) -> PlanStep:
-        """The next step given the current frame; repeats replace a still-pending proposal."""
+    def next_step(self, frame: Frame, allowed_names: Sequence[str] | None = None) -> PlanStep:
+        """The next step given the current frame; repeats replace a still-pending proposal.
+
+        ``allowed_names``: grounded decoding for this call (the names the caller's detector sees in
+        ``frame``; ``options.known_names`` must be set). None keeps ``options.allowed_names``.
+        """
         if self.finished:
             raise SessionError("the task is already complete; start a new session")
         if len(self.history) >= self.max_steps:
@@ -63,6 +68,10 @@ class GuidanceSession:
                 avoid_texts=tuple(dict.fromkeys([*options.avoid_texts, *(r.text for r in self.rejected if not r.is_final)])),
                 avoid_final=options.avoid_final or any(r.is_final for r in self.rejected),
             )
+        if allowed_names is not None:
+            if not options.known_names:
+                raise SessionError("allowed_names needs options.known_names (the names a detector can recognise)")
+            options = dataclasses.replace(options, allowed_names=tuple(allowed_names))
         step = self.backend.next_step(frame, self.instruction, list(self.history), options)
         if step.index != len(self.history):
             raise BackendError(f"backend returned step index {step.index}, expected {len(self.history)}")

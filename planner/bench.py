@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
+    parser.add_argument("--grounded-decoding", action="store_true",
+                        help="the model may name only the objects the detector sees (plus the held one and the targets)")
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"], job["threads"])
     mode = "dida" if job["decode"] == "oracle" else job["decode"]
     config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
-                          use_checker=job["use_checker"])
+                          use_checker=job["use_checker"], grounded_decoding=job["grounded_decoding"])
     result = run_episode(env, backend, job["seed"], config)
     d = result.to_dict(with_steps=True)
     d.pop("events", None)
@@ -116,6 +118,7 @@ def run_bench(
     time_limit: float = 300.0,
     progress: bool = True,
     use_checker: bool = True,
+    grounded_decoding: bool = False,
 ) -> dict[str, Any]:
     """Run every (task, backend, decode, seed) episode; write bench.json and the plots; return the JSON."""
     from tqdm import tqdm
@@ -136,6 +139,7 @@ def run_bench(
     jobs = [
         {"task": t, "backend": b, "decode": m, "seed": s, "model_path": model_path, "time_limit": time_limit,
          "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker,
+         "grounded_decoding": grounded_decoding,
          "threads": None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)}
         for t in tasks for (b, m) in configs for i, s in enumerate(seeds)
     ]
@@ -170,6 +174,7 @@ def run_bench(
         "seeds": {"split": "heldout", "first": seeds[0], "count": len(seeds)},
         "workers": workers,
         "monitor": "checker" if use_checker else "frames only (frame vs predicted subgoal)",
+        "text": "grounded decoding (names the detector sees)" if grounded_decoding else "free",
         "wall_s": wall,
         "summaries": summaries,
         "episodes": sorted(results, key=lambda r: (r["task"], r["backend"], r["decode_mode"], r["seed"])),
@@ -253,10 +258,11 @@ def main(args: argparse.Namespace) -> int:
         report = run_bench(args.tasks, args.episodes, backends, args.decode, args.workers, out,
                            seed_offset=args.seed_offset, model_path=args.model_path, sheets=args.sheets,
                            sheets_per_config=args.sheets_per_config, time_limit=args.time_limit,
-                           use_checker=not args.no_checker)
+                           use_checker=not args.no_checker, grounded_decoding=args.grounded_decoding)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"text decoding: {report['text']}")
     print(format_table(report["summaries"]))
     print(f"\n{len(report['episodes'])} episodes in {report['wall_s']:.1f} s with {args.workers} workers; "
           f"wrote {out / 'bench.json'}, success_at_k.png, latency_hist.png, sheets/")

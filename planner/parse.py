@@ -157,18 +157,23 @@ class Vocabulary:
 
     objects: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
+    # Every object name the task can have (``name_vocabulary()``), a superset of ``objects``:
+    # what grounded decoding must know about to ban the absent ones.
+    known_objects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.objects = tuple(o.lower().strip() for o in self.objects)
         self.targets = tuple(t.lower().strip() for t in self.targets)
-        for name in (*self.objects, *self.targets):
+        self.known_objects = tuple(dict.fromkeys([*(o.lower().strip() for o in self.known_objects), *self.objects]))
+        for name in (*self.objects, *self.targets, *self.known_objects):
             if not name:
                 raise ValueError("Vocabulary: empty object/target name")
 
     @classmethod
     def from_env(cls, env: object) -> Vocabulary:
         u = getattr(env, "unwrapped", env)
-        return cls(tuple(u.object_names()), tuple(u.target_names()))
+        known = u.name_vocabulary() if hasattr(u, "name_vocabulary") else ()
+        return cls(tuple(u.object_names()), tuple(u.target_names()), tuple(known))
 
     @property
     def empty(self) -> bool:

@@ -11,6 +11,7 @@ the loop itself never reads to make decisions (only the oracle backend does, by 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ class RunnerConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     ground: bool = True  # run the detector (target poses, ordinals, sentence/subgoal cross-check)
     strict_grounding: bool = False  # an object not found -> UNGROUNDED (robots); the sim acts by name
+    # Grounded decoding: before each planning call the detector lists the objects it sees, and the
+    # model may name only those not yet put away by a confirmed step (plus the held object and the
+    # targets). Needs ground=True and a detector for the task (none for FoldCloth's cloth parts:
+    # then it is off, and the events say so).
+    grounded_decoding: bool = False
     use_checker: bool = True  # False: steps judged by frame vs predicted subgoal only, as on a robot
     keep_images: bool = True  # keep before/subgoal/after images per step (reports need them)
 
@@ -140,6 +146,7 @@ def run_episode(
         else:
             grounder = Grounder(detector, sim.camera, strict=config.strict_grounding, target_names=vocab.targets)
     ctx = ParseContext()
+    put_away: set[str] = set()  # objects a confirmed place/stack step put where they belong
     records: list[StepRecord] = []
     replans = retries = 0
     replans_this_step = 0
@@ -149,8 +156,14 @@ def run_episode(
     monitor.record("start", 0, "episode reset", seed=seed, instruction=sim.instruction, gt_steps=len(gt_plan))
     if no_detector:
         monitor.record("ground", 0, f"grounding off: {no_detector}")
+    decode = config.decode
+    if config.grounded_decoding:
+        if grounder is None:
+            monitor.record("ground", 0, "grounded decoding off: no detector for this task")
+        else:
+            decode = dataclasses.replace(decode, known_names=vocab.known_objects)
     try:
-        session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, config.decode)
+        session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, decode)
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
         monitor.record("error", 0, f"session refused the instruction: {exc}")
         stop_reason = f"session refused the instruction: {exc}"
@@ -165,14 +178,26 @@ def run_episode(
         k = int(sim.steps_done())
         gt = gt_plan[k] if k < len(gt_plan) else None
         monitor.planning_calls += 1
+        allowed, detect_ms = None, 0.0
+        if decode.known_names:
+            t_det = time.perf_counter()
+            seen = sorted({d.name for d in grounder.detector.detect(frame.image, vocab.objects)})
+            free = [n for n in seen if n not in put_away]
+            allowed = [*free, *([ctx.held_object] if ctx.held_object else []), *vocab.targets]
+            detect_ms = (time.perf_counter() - t_det) * 1e3
+            monitor.record("ground", k, "the model may name the objects the detector sees that were not put away",
+                           seen=seen, put_away=sorted(put_away))
         try:
-            step = session.next_step(frame)
+            step = session.next_step(frame, allowed_names=allowed)
         except (BackendError, SessionError) as exc:
             monitor.record("error", k, f"backend error: {exc}")
             stop_reason = f"backend error: {exc}"
             break
         t_plan = time.perf_counter()
         latency = dict(step.timings_ms)
+        if allowed is not None:  # detection is part of planning this step
+            latency["detect"] = detect_ms
+            latency["total"] = latency.get("total", 0.0) + detect_ms
         monitor.record("plan", k, "backend answered", text=step.text, is_final=step.is_final,
                        latency_ms=latency.get("total"))
         rec = StepRecord(
@@ -253,6 +278,7 @@ def run_episode(
                 ctx.held_object = goal.object
             elif goal.verb in ("place", "stack"):
                 ctx.held_object = None
+                put_away.add(goal.object)
             replans_this_step = 0
         elif outcome.status == "limit":
             stop_reason = outcome.reason

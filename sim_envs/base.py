@@ -159,6 +159,14 @@ class TabletopEnv(gym.Env):
     def target_names(self) -> list[str]:
         raise NotImplementedError
 
+    def name_vocabulary(self) -> list[str]:
+        """Every object name this task can produce in any episode (a detector's class list).
+
+        Grounded decoding needs it: a name the model may say but that is absent now must be known
+        to be banned. This episode's ``object_names()`` are among them.
+        """
+        return self.object_names()
+
     def _privileged_extra(self) -> dict[str, Any]:
         return {}
 

@@ -98,6 +98,9 @@ class SortBlocksEnv(RigidTabletopEnv):
             rest = _join(cols[1:-1] + [f"{cols[-1]} on top"])
             self.instruction = str(STACK_TEMPLATES[int(rng.integers(len(STACK_TEMPLATES)))]).format(first=cols[0], rest=rest)
 
+    def name_vocabulary(self) -> list[str]:
+        return [f"{size}{colour} block" for colour in BLOCK_COLOURS for size in ("", "small ", "big ")]
+
     def target_names(self) -> list[str]:
         if self.mode == "sort":
             return [r.name for r in self.receptacles]

@@ -91,6 +91,9 @@ class TableClearEnv(RigidTabletopEnv):
     def target_names(self) -> list[str]:
         return [r.name for r in self.receptacles]
 
+    def name_vocabulary(self) -> list[str]:
+        return [f"{colour} {kind}" for colour in PALETTE for kind in KINDS]
+
     def destination(self, name: str) -> str:
         """The receptacle ``name`` belongs in."""
         return KINDS[self.item(name).kind][0]

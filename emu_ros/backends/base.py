@@ -36,6 +36,12 @@ class DecodeOptions:
     # so the model's next-best answer comes out instead of the same one (greedy text is deterministic).
     avoid_texts: tuple[str, ...] = ()  # step sentences
     avoid_final: bool = False  # the "task complete" answer
+    # Grounded decoding: the caller's detector decides what may be named. ``known_names``: every
+    # object name the caller can recognise (a detector's class list); ``allowed_names``: those it
+    # sees now (plus what is held, and targets). Text may mention a known name only if it is
+    # allowed, so the model picks among things that exist. Empty ``known_names``: off.
+    known_names: tuple[str, ...] = ()
+    allowed_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.mode = DecodeMode.parse(self.mode)
@@ -54,6 +60,13 @@ class DecodeOptions:
         self.avoid_texts = tuple(self.avoid_texts)
         if not all(isinstance(t, str) and t.strip() for t in self.avoid_texts):
             raise ValueError(f"avoid_texts must be non-empty strings, got {self.avoid_texts!r}")
+        self.known_names = tuple(self.known_names)
+        self.allowed_names = tuple(self.allowed_names)
+        for what, names in (("known_names", self.known_names), ("allowed_names", self.allowed_names)):
+            if not all(isinstance(n, str) and n.strip() for n in names):
+                raise ValueError(f"{what} must be non-empty strings, got {names!r}")
+        if self.allowed_names and not self.known_names:
+            raise ValueError("allowed_names without known_names constrains nothing; give the known names too")
         if self.max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
 

@@ -130,6 +130,25 @@ class LocalModelBackend:
         avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
         return [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
 
+    def mention_ids(self, options: DecodeOptions) -> tuple[list[list[int]], list[list[int]]] | None:
+        """Token ids of ``known_names`` and ``allowed_names`` as they appear inside a sentence, or None (off).
+
+        A name is encoded after "the" and the ids of "the" removed, so subword tokenizers give the
+        mid-sentence form (a leading space). Names with words the vocabulary lacks are left out:
+        the model cannot say them anyway.
+        """
+        if not options.known_names:
+            return None
+        return [self._name_ids(n) for n in options.known_names], [self._name_ids(n) for n in options.allowed_names]
+
+    def _name_ids(self, name: str) -> list[int]:
+        name = " ".join(name.lower().split())
+        if self.text.unknown_words(name):
+            return []
+        head = self.text.encode("the")
+        ids = self.text.encode(f"the {name}")
+        return ids[len(head) :] if ids[: len(head)] == head else self.text.encode(name)
+
     # ---- the step -----------------------------------------------------------------------------
     def next_step(
         self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
@@ -164,7 +183,8 @@ class LocalModelBackend:
             )
         answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
-                                 banned=self.banned_openings(options), **answer_grammar(self.layout))  # fmt: skip
+                                 banned=self.banned_openings(options), mentions=self.mention_ids(options),
+                                 **answer_grammar(self.layout))  # fmt: skip
         self.last_answer = answer
         try:
             parsed = parse_step(self.layout, self.text, answer.tokens, expected_grid=grid)

@@ -187,7 +187,8 @@ class VllmBackend(LocalModelBackend):
         prompt = build_prompt(self.layout, self.text, instruction, [h.text for h in history], codes, task=self.task)
         grid = tuple(codes.shape)
         proc = ConstrainedLogitsProcessor(self.layout, grid, options, text_id_limit=self.text.vocab_size,
-                                          banned=self.banned_openings(options), **answer_grammar(self.layout))  # fmt: skip
+                                          banned=self.banned_openings(options), mentions=self.mention_ids(options),
+                                          **answer_grammar(self.layout))  # fmt: skip
         params = self._vllm.SamplingParams(
             temperature=1.0, max_tokens=options.max_text_tokens + self.layout.image_block(*grid).length + 2,
             logits_processors=[proc], seed=options.seed, stop_token_ids=[self.layout.eos], detokenize=False,

@@ -48,6 +48,7 @@ class DecodeConstraint:
         text_before_image: bool = False,
         text_id_limit: int | None = None,
         banned: Iterable[Sequence[int]] = (),
+        mentions: tuple[Iterable[Sequence[int]], Iterable[Sequence[int]]] | None = None,
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -71,6 +72,12 @@ class DecodeConstraint:
         # Answers the caller rejected (re-planning): an answer opening with banned[:-1] may not go on
         # with banned[-1], so the exact rejected text (or the final marker) cannot come back.
         self.banned = [tuple(int(t) for t in b) for b in banned if len(b)]
+        # Grounded decoding: (known, allowed) token sequences of names. Text may mention a known
+        # name only when it is allowed (the caller's detector sees it); see _mention_rule.
+        # No known names: no constraint. Known but none allowed: no known name may be mentioned.
+        known, allowed = mentions if mentions is not None else ((), ())
+        self.allowed_mentions = {tuple(int(t) for t in a) for a in allowed if len(a)}
+        self.known_mentions = {tuple(int(t) for t in k) for k in known if len(k)} | self.allowed_mentions
         self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
@@ -134,12 +141,18 @@ class DecodeConstraint:
                 if not first and self.final_ids:
                     mask[sorted(self.final_ids)] = False
             self._masks[key] = mask
-        banned = self._banned_next()
+        mention_banned, mention_only = self._mention_rule()
+        banned = self._banned_next() | mention_banned
+        if not banned and mention_only is None:
+            return self._masks[key]
+        mask = self._masks[key].clone()
         if banned:
-            mask = self._masks[key].clone()
             mask[[t for t in banned if t < vocab_size]] = False
-            return mask
-        return self._masks[key]
+        if mention_only is not None:
+            only = torch.zeros_like(mask)
+            only[[t for t in mention_only if t < vocab_size]] = True
+            mask &= only
+        return mask
 
     def _banned_next(self) -> set[int]:
         """Tokens that would complete a banned answer right now (only in the opening text run)."""
@@ -147,6 +160,37 @@ class DecodeConstraint:
             return set()
         n = len(self.tokens)
         return {b[n] for b in self.banned if len(b) == n + 1 and tuple(self.tokens) == b[:n]}
+
+    def _mention_rule(self) -> tuple[set[int], set[int] | None]:
+        """Grounded decoding: (tokens banned next, the only tokens allowed next or None).
+
+        - Inside a mention (the text ends with a proper prefix of an allowed name) the mention must
+          be finished: only the allowed names' next tokens may follow ("small" -> "red" -> "block").
+        - Otherwise a token that would extend a known name's prefix is banned unless an allowed
+          name has the same prefix; the longest prefix decides ("small red" continues "small red
+          block", a bare "red" starts "red block"). Tokens that extend no known name stay free.
+        """
+        if not self.known_mentions or self.phase is not Phase.TEXT:
+            return set(), None
+        run = self.tokens[len(self.tokens) - self.text_run :] if self.text_run else []
+        longest_allowed = max((len(a) for a in self.allowed_mentions), default=0)
+        blocked = self._banned_next()  # a rejected answer's last token: never force it
+        for j in range(min(len(run), longest_allowed - 1), 0, -1):
+            only = {a[j] for a in self.allowed_mentions if len(a) > j and a[:j] == tuple(run[-j:])} - blocked
+            if only:
+                return set(), only
+        longest: dict[int, int] = {}  # token -> longest known prefix (in tokens) it would extend
+        extends_allowed: set[tuple[int, int]] = set()
+        for name in self.known_mentions:
+            allowed = name in self.allowed_mentions
+            for j in range(min(len(name), len(run) + 1)):
+                if j and tuple(run[-j:]) != name[:j]:
+                    continue
+                token = name[j]
+                longest[token] = max(longest.get(token, -1), j)
+                if allowed:
+                    extends_allowed.add((token, j))
+        return {t for t, j in longest.items() if (t, j) not in extends_allowed}, None
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Set disallowed ids to -inf in logits (..., V)."""
@@ -173,6 +217,9 @@ class DecodeConstraint:
         if token in self.final_ids and self.tokens:
             return False
         if token in self._banned_next():
+            return False
+        mention_banned, mention_only = self._mention_rule()
+        if token in mention_banned or (mention_only is not None and token not in mention_only):
             return False
         return not (token == lay.boi and self.images_done >= self.max_images)
 

@@ -83,6 +83,7 @@ def generate_answer(
     text_id_limit: int | None = None,
     confidence_noise: float = 2.0,
     banned: Sequence[Sequence[int]] = (),
+    mentions: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
 
@@ -90,6 +91,7 @@ def generate_answer(
     (``options.guidance_scale != 1``) ``uncond_prompt_ids`` must end at the same point as the prompt
     (where the answer starts); the answer's image is decoded against both, text against the prompt only.
     ``banned``: token sequences of rejected answer openings the decoder must not produce again.
+    ``mentions``: (known, allowed) token sequences of names; text may mention only allowed ones.
     """
     mode = DecodeMode.parse(options.mode)
     if mode is DecodeMode.ORACLE:
@@ -104,6 +106,7 @@ def generate_answer(
         layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
         end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
         text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
+        mentions=mentions,
     )  # fmt: skip
     times = {"prefill": 0.0, "text": 0.0, "image": 0.0}
     text_conf: list[float] = []
