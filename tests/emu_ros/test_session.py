@@ -72,3 +72,13 @@ def test_replan_after_a_rejection_gets_a_different_answer(backend, frame):
 def test_avoid_options_are_validated():
     with pytest.raises(ValueError, match="avoid_texts"):
         DecodeOptions(avoid_texts=("",))
+
+
+def test_grounded_names_are_validated(backend, frame):
+    with pytest.raises(ValueError, match="allowed_names without known_names"):
+        DecodeOptions(allowed_names=("red cup",))
+    with pytest.raises(ValueError, match="known_names must be non-empty"):
+        DecodeOptions(known_names=("",))
+    session = GuidanceSession(backend, "pick up the red cup")
+    with pytest.raises(SessionError, match="known_names"):
+        session.next_step(frame, allowed_names=["red cup"])

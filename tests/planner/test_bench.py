@@ -25,3 +25,11 @@ def test_bench_two_episodes_two_workers(tmp_path):
     assert "success" in bench.format_table(data["summaries"])
     with pytest.raises(ValueError, match="unknown task"):
         bench.run_bench(["juggling"], 1, ["oracle"], ["dida"], 1, tmp_path, progress=False)
+
+
+def test_bench_records_grounded_decoding(tmp_path):
+    report = bench.run_bench(["table_clear"], 1, ["oracle"], ["dida"], 1, tmp_path, progress=False,
+                             sheets="none", grounded_decoding=True)
+    assert report["text"].startswith("grounded decoding") and report["summaries"][0]["success_rate"] == 1.0
+    free = bench.run_bench(["table_clear"], 1, ["oracle"], ["dida"], 1, tmp_path / "free", progress=False, sheets="none")
+    assert free["text"] == "free"

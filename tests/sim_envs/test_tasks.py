@@ -6,6 +6,7 @@ import re
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 import sim_envs  # noqa: F401  (registers the ids)
 from emu_guide.types import ActionGoal
@@ -90,3 +91,13 @@ def test_table_clear_variety() -> None:
         dests = {env.destination(n) for n in names}
         assert dests == {"rack", "tray", "bin"}
     assert len(kinds) >= 6 and len(instructions) >= 3 and len(styles) >= 3 and len(cams) >= 10
+
+
+@pytest.mark.parametrize("task_id", ["sim_envs/TableClear-v0", "sim_envs/SortBlocks-v0"])
+def test_name_vocabulary_covers_every_episode(task_id):
+    env = gym.make(task_id)
+    vocab = set(env.unwrapped.name_vocabulary())
+    for seed in range(40):
+        env.reset(seed=seed)
+        assert set(env.unwrapped.object_names()) <= vocab
+    env.close()

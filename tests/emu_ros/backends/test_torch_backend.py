@@ -115,3 +115,20 @@ def test_sharded_checkpoint_loads(model_dir, tmp_path):
     shard.unlink()
     with pytest.raises(LMLoadError, match=shard.name):
         load_lm(out)
+
+
+def test_grounded_decoding_names_only_allowed_objects(backend, frame):
+    assert backend.mention_ids(DecodeOptions()) is None
+    known, allowed = backend.mention_ids(DecodeOptions(known_names=("red cup", "green cup"), allowed_names=("blue block",)))
+    assert [len(ids) for ids in known] == [2, 0]  # "green" is not in the vocabulary: the model cannot say it
+    assert len(allowed[0]) == 2
+    free_red = 0
+    for seed in range(12):  # sampled text from a random model: many different word sequences
+        options = DecodeOptions(text_temperature=1.5, seed=seed, known_names=("red cup", "blue block"),
+                                allowed_names=("blue block",))
+        words = backend.next_step(frame, "clear the table", [], options).text.split()
+        assert "red" not in words  # every "red" would start "red cup", which is not allowed
+        assert all(words[i + 1] == "block" for i, w in enumerate(words[:-1]) if w == "blue")
+        free = backend.next_step(frame, "clear the table", [], DecodeOptions(text_temperature=1.5, seed=seed))
+        free_red += "red" in free.text.split()
+    assert free_red >= 3  # unconstrained, the same model says "red" often

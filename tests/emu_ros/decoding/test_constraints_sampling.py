@@ -100,3 +100,55 @@ def test_banned_answers_block_only_their_last_token():
     assert cons.allowed_mask(lay.vocab_size)[w(3)]  # the answer already differs
     fresh = DecodeConstraint(lay, (2, 2), final_ids=[done])
     assert fresh.allowed_mask(lay.vocab_size)[done]  # the cached masks are not shared or mutated
+
+
+def _mention_constraint(known, allowed, banned=()):
+    from emu_ros.layout import compact
+
+    lay = compact(num_text_words=20, num_visual_codes=16)
+    return lay, DecodeConstraint(lay, (2, 2), banned=banned, mentions=(known, allowed))
+
+
+def _free(lay, cons, words):
+    """Which of ``words`` may come next; the mask and is_allowed must agree on every one."""
+    mask = cons.allowed_mask(lay.vocab_size)
+    out = {t for t in words if mask[t]}
+    assert out == {t for t in words if cons.is_allowed(t)}
+    return out
+
+
+W = {w: 32 + i for i, w in enumerate(["red", "blue", "cup", "plate", "small", "block", "pick", "the", "in", "rack"])}
+
+
+def test_mentions_only_allowed_names_and_finishes_them():
+    known = [[W["red"], W["cup"]], [W["red"], W["plate"]], [W["blue"], W["cup"]], [W["blue"], W["plate"]]]
+    lay, cons = _mention_constraint(known, allowed=[[W["red"], W["plate"]], [W["rack"]]])
+    words = set(W.values())
+    assert _free(lay, cons, words) == words - {W["blue"]}  # "blue ..." names nothing present; "cup" alone is no name
+    for t in (W["pick"], W["the"], W["red"]):
+        cons.advance(t)
+    assert _free(lay, cons, words) == {W["plate"]}  # a started mention is finished with an allowed name
+    cons.advance(W["plate"])
+    assert _free(lay, cons, words) == words - {W["blue"]}
+
+
+def test_longest_prefix_decides_and_nothing_allowed_bans_every_known_name():
+    red_block, small_red_block = [W["red"], W["block"]], [W["small"], W["red"], W["block"]]
+    lay, cons = _mention_constraint([red_block, small_red_block], allowed=[small_red_block])
+    words = set(W.values())
+    assert W["red"] not in _free(lay, cons, words) and W["small"] in _free(lay, cons, words)
+    cons.advance(W["small"])
+    assert _free(lay, cons, words) == {W["red"]}
+    cons.advance(W["red"])
+    assert _free(lay, cons, words) == {W["block"]}
+
+    lay, cons = _mention_constraint([red_block, small_red_block], allowed=[])
+    assert _free(lay, cons, words) == words - {W["red"], W["small"]}
+
+
+def test_a_rejected_answer_is_never_forced():
+    red_cup = [W["red"], W["cup"]]
+    lay, cons = _mention_constraint([red_cup, [W["blue"], W["cup"]]], allowed=[red_cup], banned=[red_cup])
+    cons.advance(W["red"])
+    free = _free(lay, cons, set(W.values()))
+    assert W["cup"] not in free and free  # the rejected opening stays banned, and something is left to say
