@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
-    parser.add_argument("--grounded-decoding", action="store_true",
-                        help="the model may name only the objects the detector sees (plus the held one and the targets)")
+    parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
+                        help="grounded (default): the model may name only the objects the detector sees (plus the"
+                             " held one and the targets; tasks without a detector run free); free: the model alone")
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
         report = run_bench(args.tasks, args.episodes, backends, args.decode, args.workers, out,
                            seed_offset=args.seed_offset, model_path=args.model_path, sheets=args.sheets,
                            sheets_per_config=args.sheets_per_config, time_limit=args.time_limit,
-                           use_checker=not args.no_checker, grounded_decoding=args.grounded_decoding)
+                           use_checker=not args.no_checker, grounded_decoding=args.text == "grounded")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

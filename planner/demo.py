@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episode wall-clock limit in seconds (keeps the demo well under 3 minutes)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker)")
-    parser.add_argument("--grounded-decoding", action="store_true",
-                        help="the model may name only the objects the detector sees (plus the held one and the targets)")
+    parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
+                        help="grounded (default): the model may name only the objects the detector sees (plus the"
+                             " held one and the targets; tasks without a detector run free); free: the model alone")
 
 
 def _print_step(rec: object) -> None:
@@ -84,9 +85,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else artifacts_root() / "demo"
     config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
-                          use_checker=not args.no_checker, grounded_decoding=args.grounded_decoding)
+                          use_checker=not args.no_checker, grounded_decoding=args.text == "grounded")
     print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
-          f"{'oracle' if backend.name == 'oracle' else args.decode}", flush=True)
+          f"{'oracle' if backend.name == 'oracle' else args.decode}  text {args.text}", flush=True)
     env.reset(seed=seed)  # run_episode resets with the same seed; this only shows the instruction first
     print(f"instruction: {env.unwrapped.instruction!r}", flush=True)
     result = run_episode(env, backend, seed, config, on_step=_print_step)

@@ -183,7 +183,9 @@ def run_episode(
             t_det = time.perf_counter()
             seen = sorted({d.name for d in grounder.detector.detect(frame.image, vocab.objects)})
             free = [n for n in seen if n not in put_away]
-            allowed = [*free, *([ctx.held_object] if ctx.held_object else []), *vocab.targets]
+            # targets that are objects too (a tower's blocks) stay nameable; receptacles are no known names
+            targets = [t for t in vocab.targets if t in vocab.known_objects]
+            allowed = [*free, *([ctx.held_object] if ctx.held_object else []), *targets]
             detect_ms = (time.perf_counter() - t_det) * 1e3
             monitor.record("ground", k, "the model may name the objects the detector sees that were not put away",
                            seen=seen, put_away=sorted(put_away))

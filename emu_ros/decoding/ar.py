@@ -38,11 +38,14 @@ def decode_text(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
+    allowed_mass: list[float] | None = None,
 ) -> list[float]:
     """Sample text until the answer ends (EOS) or an image starts (BOI).
 
     ``logits`` (1, V) are the last position's logits when ``state.pending`` is empty. The last
-    token (BOI or EOS) is left pending. Returns the max-probability of each sampled token.
+    token (BOI or EOS) is left pending. Returns the max-probability of each sampled token;
+    ``allowed_mass``, when given, receives for each one ``cons.allowed_probability`` of the
+    model's own (unmasked) distribution there.
     """
     confidences: list[float] = []
     while cons.phase is Phase.TEXT:
@@ -54,6 +57,8 @@ def decode_text(
             ids, _, max_p = sample(masked, temperature, top_k, top_p, generator)
             token = int(ids)
             confidences.append(float(max_p))
+            if allowed_mass is not None:  # before advance: what could be honoured at this position
+                allowed_mass.append(cons.allowed_probability(torch.softmax(logits[0].float(), dim=-1)))
         cons.advance(token)
         state.pending.append(token)
     return confidences

@@ -141,7 +141,7 @@ class DecodeConstraint:
                 if not first and self.final_ids:
                     mask[sorted(self.final_ids)] = False
             self._masks[key] = mask
-        mention_banned, mention_only = self._mention_rule()
+        mention_banned, mention_only, _ = self._mention_rule()
         banned = self._banned_next() | mention_banned
         if not banned and mention_only is None:
             return self._masks[key]
@@ -161,24 +161,27 @@ class DecodeConstraint:
         n = len(self.tokens)
         return {b[n] for b in self.banned if len(b) == n + 1 and tuple(self.tokens) == b[:n]}
 
-    def _mention_rule(self) -> tuple[set[int], set[int] | None]:
-        """Grounded decoding: (tokens banned next, the only tokens allowed next or None).
+    def _mention_rule(self) -> tuple[set[int], set[int] | None, set[int]]:
+        """Grounded decoding: (tokens banned next, the only tokens allowed next or None, turned down).
 
         - Inside a mention (the text ends with a proper prefix of an allowed name) the mention must
           be finished: only the allowed names' next tokens may follow ("small" -> "red" -> "block").
         - Otherwise a token that would extend a known name's prefix is banned unless an allowed
           name has the same prefix; the longest prefix decides ("small red" continues "small red
           block", a bare "red" starts "red block"). Tokens that extend no known name stay free.
+        "Turned down": known-name tokens refused here while an allowed name is on offer instead
+        (the model wanted some name, the detector chose which); see ``allowed_probability``.
         """
         if not self.known_mentions or self.phase is not Phase.TEXT:
-            return set(), None
+            return set(), None, set()
         run = self.tokens[len(self.tokens) - self.text_run :] if self.text_run else []
         longest_allowed = max((len(a) for a in self.allowed_mentions), default=0)
         blocked = self._banned_next()  # a rejected answer's last token: never force it
         for j in range(min(len(run), longest_allowed - 1), 0, -1):
             only = {a[j] for a in self.allowed_mentions if len(a) > j and a[:j] == tuple(run[-j:])} - blocked
             if only:
-                return set(), only
+                others = {k[j] for k in self.known_mentions if len(k) > j and k[:j] == tuple(run[-j:])}
+                return set(), only, others - only
         longest: dict[int, int] = {}  # token -> longest known prefix (in tokens) it would extend
         extends_allowed: set[tuple[int, int]] = set()
         for name in self.known_mentions:
@@ -190,7 +193,20 @@ class DecodeConstraint:
                 longest[token] = max(longest.get(token, -1), j)
                 if allowed:
                     extends_allowed.add((token, j))
-        return {t for t, j in longest.items() if (t, j) not in extends_allowed}, None
+        banned = {t for t, j in longest.items() if (t, j) not in extends_allowed}
+        offered = any((t, j) in extends_allowed for t, j in longest.items())
+        return banned, None, banned if offered else set()
+
+    def allowed_probability(self, probs: torch.Tensor) -> float:
+        """How much of the model's next-token distribution ``probs`` (V,) this answer can honour here.
+
+        The allowed tokens' probability, plus the names grounded decoding turned down while it
+        offered a present one instead: a model that wants to name some object is honoured when
+        one is there (the detector picks which), not when nothing it could name is present.
+        """
+        allowed = self.allowed_mask(probs.shape[-1], probs.device)
+        turned_down = [t for t in self._mention_rule()[2] if t < probs.shape[-1]]
+        return float(probs[allowed].sum() + (probs[turned_down].sum() if turned_down else 0.0))
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Set disallowed ids to -inf in logits (..., V)."""
@@ -218,7 +234,7 @@ class DecodeConstraint:
             return False
         if token in self._banned_next():
             return False
-        mention_banned, mention_only = self._mention_rule()
+        mention_banned, mention_only, _ = self._mention_rule()
         if token in mention_banned or (mention_only is not None and token not in mention_only):
             return False
         return not (token == lay.boi and self.images_done >= self.max_images)

@@ -61,6 +61,14 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)  # "prefill", "text", "image", "total"
 
 
+def _final_prob(logits: torch.Tensor, cons: DecodeConstraint, final_ids: Sequence[int]) -> float | None:
+    """P(final marker) at the answer's first position, or None when there is no (allowed) one."""
+    allowed = [int(f) for f in final_ids if cons.is_allowed(int(f))]
+    if not allowed:
+        return None
+    return float(torch.softmax(logits[0].float(), dim=-1)[allowed].sum())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -102,12 +110,15 @@ def generate_answer(
     runner = ForwardCounter(model)
     device = runner.device
     gen = make_generator(options.seed, device)
-    cons = DecodeConstraint(
-        layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
-        end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
-        text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
-        mentions=mentions,
-    )  # fmt: skip
+    def new_constraint() -> DecodeConstraint:
+        return DecodeConstraint(
+            layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
+            end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
+            text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
+            mentions=mentions,
+        )  # fmt: skip
+
+    cons = new_constraint()
     times = {"prefill": 0.0, "text": 0.0, "image": 0.0}
     text_conf: list[float] = []
     image_conf: list[float] = []
@@ -117,14 +128,32 @@ def generate_answer(
     state, logits = KVState.prefill(runner, list(prompt_ids))
     _sync(device)
     times["prefill"] = time.perf_counter() - t_start
+    # Grounded greedy decoding commits token by token, and the name constraint can leave the
+    # greedy step with almost none of the model's probability (it wanted to name an object that
+    # is not there, e.g. once everything is put away). So the opening step competes with the final
+    # answer (a single marker) as a whole: P(a step the constraint allows), the product over its
+    # tokens of the model's probability of what was allowed there (the final marker excluded at the
+    # first token), against P(final). The more probable one is the answer.
+    p_final = _final_prob(logits, cons, final_ids) if mentions is not None and options.text_temperature == 0 else None
+    mass: list[float] = []
     while not cons.done:
         t0 = time.perf_counter()
         runner.phase = "text"
         text_conf += decode_text(
-            state, logits, cons, options.text_temperature, options.text_top_k, options.text_top_p, gen
+            state, logits, cons, options.text_temperature, options.text_top_k, options.text_top_p, gen,
+            allowed_mass=mass if p_final is not None else None,
         )
         _sync(device)
         times["text"] += time.perf_counter() - t0
+        if p_final is not None and cons.phase is Phase.IMAGE and mass:
+            p_step = max(mass[0] - p_final, 0.0) * float(np.prod(mass[1:]))
+            if p_step < p_final:
+                cons = new_constraint()
+                cons.advance(final_ids[0])
+                cons.advance(cons.forced())  # EOS
+                text_conf = [p_final]
+                break
+        p_final = None  # only the opening text run competes with the final answer
         if cons.phase is not Phase.IMAGE:
             continue
         if len(state.pending) > 1:  # BOI was forced after a text token never run: cache that token first
