@@ -51,11 +51,14 @@ class GuidanceSession:
         if check is not None:
             check(self.instruction)  # BackendError naming the unknown words
 
-    def next_step(self, frame: Frame, allowed_names: Sequence[str] | None = None) -> PlanStep:
+    def next_step(
+        self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None
+    ) -> PlanStep:
         """The next step given the current frame; repeats replace a still-pending proposal.
 
         ``allowed_names``: grounded decoding for this call (the names the caller's detector sees in
-        ``frame``; ``options.known_names`` must be set). None keeps ``options.allowed_names``.
+        ``frame``, and may be named); ``known_names`` (default ``options.known_names``) every name it
+        can report. None keeps the options as they are.
         """
         if self.finished:
             raise SessionError("the task is already complete; start a new session")
@@ -69,9 +72,10 @@ class GuidanceSession:
                 avoid_final=options.avoid_final or any(r.is_final for r in self.rejected),
             )
         if allowed_names is not None:
-            if not options.known_names:
-                raise SessionError("allowed_names needs options.known_names (the names a detector can recognise)")
-            options = dataclasses.replace(options, allowed_names=tuple(allowed_names))
+            known = tuple(known_names) if known_names is not None else options.known_names
+            if not known:
+                raise SessionError("allowed_names needs known_names (the names a detector can recognise)")
+            options = dataclasses.replace(options, known_names=known, allowed_names=tuple(allowed_names))
         step = self.backend.next_step(frame, self.instruction, list(self.history), options)
         if step.index != len(self.history):
             raise BackendError(f"backend returned step index {step.index}, expected {len(self.history)}")

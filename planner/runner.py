@@ -23,6 +23,7 @@ from emu_guide.types import ActionGoal, GoalStatus, PlanStep
 from emu_ros.backends.base import BackendError, DecodeOptions, GuidanceBackend
 from emu_ros.session import GuidanceSession, SessionError
 from planner.executor import Executor, SimExecutor
+from planner.grounded import NameGrounding
 from planner.grounding import ColorShapeDetector, Detector, Grounder, GroundingInfo
 from planner.metrics import psnr, subgoal_position_error
 from planner.monitor import ExecutionMonitor, MonitorConfig, _jsonable
@@ -146,7 +147,7 @@ def run_episode(
         else:
             grounder = Grounder(detector, sim.camera, strict=config.strict_grounding, target_names=vocab.targets)
     ctx = ParseContext()
-    put_away: set[str] = set()  # objects a confirmed place/stack step put where they belong
+    naming: NameGrounding | None = None  # grounded decoding: what the next step may name
     records: list[StepRecord] = []
     replans = retries = 0
     replans_this_step = 0
@@ -162,6 +163,7 @@ def run_episode(
             monitor.record("ground", 0, "grounded decoding off: no detector for this task")
         else:
             decode = dataclasses.replace(decode, known_names=vocab.known_objects)
+            naming = NameGrounding(vocab.known_objects, vocab.targets)
     try:
         session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, decode)
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
@@ -179,16 +181,13 @@ def run_episode(
         gt = gt_plan[k] if k < len(gt_plan) else None
         monitor.planning_calls += 1
         allowed, detect_ms = None, 0.0
-        if decode.known_names:
+        if naming is not None:
             t_det = time.perf_counter()
             seen = sorted({d.name for d in grounder.detector.detect(frame.image, vocab.objects)})
-            free = [n for n in seen if n not in put_away]
-            # targets that are objects too (a tower's blocks) stay nameable; receptacles are no known names
-            targets = [t for t in vocab.targets if t in vocab.known_objects]
-            allowed = [*free, *([ctx.held_object] if ctx.held_object else []), *targets]
+            allowed = naming.allowed(seen)
             detect_ms = (time.perf_counter() - t_det) * 1e3
             monitor.record("ground", k, "the model may name the objects the detector sees that were not put away",
-                           seen=seen, put_away=sorted(put_away))
+                           seen=seen, put_away=sorted(naming.put_away))
         try:
             step = session.next_step(frame, allowed_names=allowed)
         except (BackendError, SessionError) as exc:
@@ -280,7 +279,8 @@ def run_episode(
                 ctx.held_object = goal.object
             elif goal.verb in ("place", "stack"):
                 ctx.held_object = None
-                put_away.add(goal.object)
+            if naming is not None:
+                naming.confirm(goal)
             replans_this_step = 0
         elif outcome.status == "limit":
             stop_reason = outcome.reason

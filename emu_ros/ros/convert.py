@@ -328,3 +328,23 @@ def plan_from_msg(msg: Any) -> Plan:
         stamp=stamp_to_float(msg.header.stamp),
         error=msg.error,
     )
+
+
+def objects_in_view_msg(factory: MessageFactory, known: list[str], names: list[str], stamp: float, frame_id: str) -> Any:
+    """What a detector saw -> emu_guidance/ObjectsInView (stamp: the camera frame it ran on)."""
+    return factory.cls("emu_guidance/msg/ObjectsInView")(
+        header=factory.header(stamp, frame_id), known=list(known), names=list(names)
+    )
+
+
+def objects_in_view_from_msg(msg: Any) -> Any:
+    """emu_guidance/ObjectsInView -> emu_ros.ros.guide_loop.ObjectsInView; ValueError names what is wrong."""
+    from emu_ros.ros.guide_loop import ObjectsInView
+
+    def clean(names: Any, what: str) -> tuple[str, ...]:
+        out = tuple(" ".join(str(n).lower().split()) for n in names)
+        if not all(out):
+            raise ValueError(f"ObjectsInView: an empty name in {what}")
+        return out
+
+    return ObjectsInView(stamp_to_float(msg.header.stamp), clean(msg.known, "known"), clean(msg.names, "names"))

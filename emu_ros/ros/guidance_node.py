@@ -5,6 +5,9 @@ Graph (names are parameters; defaults shown):
 - subscribes ``image_raw`` (sensor_msgs/Image) and ``image_raw/compressed``
   (sensor_msgs/CompressedImage) with sensor-data QoS; keeps only the latest valid frame;
 - subscribes ``step_result`` (emu_guidance/StepResult) from the executor (robot or sim bridge);
+- subscribes ``objects_in_view`` (emu_guidance/ObjectsInView) from a detector: a step planned from
+  a frame with a detection of the same stamp (within ``max_objects_age_s``) may name only the
+  objects seen (grounded decoding, docs/planner.md); without one it is planned free and counted;
 - serves the ``guide`` action (emu_guidance/action/Guide): feedback per produced step, cancel and
   preemption (a newer goal ends the running one), result = the whole plan and a status;
 - publishes ``plan`` (emu_guidance/Plan, after every step) and ``action_goal``
@@ -30,7 +33,7 @@ from emu_guide.optional import require
 from emu_guide.types import DecodeMode, Frame, GoalStatus, PlanStatus
 from emu_ros.backends.base import BACKENDS, BackendError, DecodeOptions
 from emu_ros.ros import convert
-from emu_ros.ros.guide_loop import GuideRun
+from emu_ros.ros.guide_loop import GuideRun, ObjectsInView
 
 # --- parameters -------------------------------------------------------------------------------
 
@@ -49,6 +52,7 @@ PARAMETERS: dict[str, ParamSpec] = {
     "plan_topic": ParamSpec("plan", "emu_guidance/Plan output (the plan so far, after every step)", True),
     "action_goal_topic": ParamSpec("action_goal", "emu_guidance/ActionGoal output (one per step)", True),
     "step_result_topic": ParamSpec("step_result", "emu_guidance/StepResult input from the executor", True),
+    "objects_topic": ParamSpec("objects_in_view", "emu_guidance/ObjectsInView input (a detector's names per frame): grounded decoding; '' disables", True),
     "action_name": ParamSpec("guide", "name of the emu_guidance/action/Guide server", True),
     # model
     "backend": ParamSpec("torch", f"guidance backend: one of {sorted(BACKENDS)}; a change reloads it"),
@@ -70,6 +74,7 @@ PARAMETERS: dict[str, ParamSpec] = {
     "step_result_timeout_s": ParamSpec(60.0, "continuous mode: how long to wait for a StepResult (> 0)"),
     "frame_timeout_s": ParamSpec(5.0, "how long a goal waits for a fresh camera frame (> 0)"),
     "max_frame_age_s": ParamSpec(0.0, "frames older than this (receive time) are not planned from (0 = no limit)"),
+    "max_objects_age_s": ParamSpec(0.5, "an ObjectsInView grounds a frame's step when their stamps differ by at most this; else the step is planned free (> 0)"),
     "stats_rate_hz": ParamSpec(1.0, "rate of ~/frame_stats messages (> 0)"),
     "plan_images": ParamSpec("last", "subgoal images in Plan messages and results: all, last or none (feedback always has its own)"),
 }
@@ -106,6 +111,7 @@ def validate_parameter(name: str, value: Any) -> str | None:
         "step_result_timeout_s": (lambda v: v > 0, "must be > 0"),
         "frame_timeout_s": (lambda v: v > 0, "must be > 0"),
         "max_frame_age_s": (lambda v: v >= 0, "must be >= 0"),
+        "max_objects_age_s": (lambda v: v > 0, "must be > 0"),
         "stats_rate_hz": (lambda v: 0.0 < v <= 100.0, "must be in (0, 100]"),
         "plan_images": (lambda v: v in ("all", "last", "none"), "must be all, last or none"),
         "image_topic": (bool, "must not be empty"),
@@ -182,6 +188,45 @@ class LatestFrame:
             }
 
 
+class RecentObjects:
+    """The last few ObjectsInView messages; a step is grounded by the one taken on (or nearest) its frame."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self._lock = threading.Lock()
+        self._recent: list[ObjectsInView] = []
+        self.keep = keep
+        self.received = 0
+        self.rejected = 0
+        self.last_error = ""
+        self.steps_grounded = 0
+        self.steps_free = 0  # objects expected (topic set) but none near the frame's stamp
+
+    def put(self, objects: ObjectsInView) -> None:
+        with self._lock:
+            self._recent = [*self._recent, objects][-self.keep :]
+            self.received += 1
+
+    def reject(self, error: Exception) -> None:
+        with self._lock:
+            self.rejected += 1
+            self.last_error = str(error)
+
+    def for_frame(self, stamp: float, max_age: float) -> ObjectsInView | None:
+        """The ObjectsInView whose stamp is nearest ``stamp`` if within ``max_age`` s; counts the outcome."""
+        with self._lock:
+            best = min(self._recent, key=lambda o: abs(o.stamp - stamp), default=None)
+            if best is None or abs(best.stamp - stamp) > max_age:
+                self.steps_free += 1
+                return None
+            self.steps_grounded += 1
+            return best
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"received": self.received, "rejected": self.rejected, "last_error": self.last_error,
+                    "steps_grounded": self.steps_grounded, "steps_free": self.steps_free}  # fmt: skip
+
+
 # --- the node ---------------------------------------------------------------------------------
 
 
@@ -200,6 +245,7 @@ def _make_node_class() -> type:
     require("emu_guidance")  # the generated interfaces (colcon build / scripts/ros_venv.sh)
     from emu_guidance.action import Guide
     from emu_guidance.msg import ActionGoal as ActionGoalMsg
+    from emu_guidance.msg import ObjectsInView as ObjectsInViewMsg
     from emu_guidance.msg import Plan as PlanMsg
     from emu_guidance.msg import StepResult as StepResultMsg
 
@@ -218,6 +264,7 @@ def _make_node_class() -> type:
 
             self.factory = convert.rclpy_factory()
             self.frames = LatestFrame()
+            self.objects = RecentObjects()
             self._backend: Any = None
             self._backend_key: tuple | None = None
             self._backend_error = ""
@@ -238,6 +285,8 @@ def _make_node_class() -> type:
                 self.create_subscription(CompressedImage, p("compressed_topic"), self._on_compressed, qos_profile_sensor_data, callback_group=io_group)
             reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.create_subscription(StepResultMsg, p("step_result_topic"), self._on_step_result, reliable, callback_group=io_group)
+            if p("objects_topic"):
+                self.create_subscription(ObjectsInViewMsg, p("objects_topic"), self._on_objects, reliable, callback_group=io_group)
             self.plan_pub = self.create_publisher(PlanMsg, p("plan_topic"), reliable)
             self.goal_pub = self.create_publisher(ActionGoalMsg, p("action_goal_topic"), reliable)
             self.stats_pub = self.create_publisher(String, "~/frame_stats", reliable)
@@ -290,6 +339,13 @@ def _make_node_class() -> type:
                 return
             self.frames.put(frame)
 
+        def _on_objects(self, msg: Any) -> None:
+            try:
+                self.objects.put(convert.objects_in_view_from_msg(msg))
+            except ValueError as exc:  # counted, logged, survived; steps then run free
+                self.objects.reject(exc)
+                self.get_logger().error(f"rejected ObjectsInView: {exc}", throttle_duration_sec=1.0)
+
         def _on_step_result(self, msg: Any) -> None:
             with self._results_cond:
                 self._results[msg.goal_id] = msg
@@ -300,6 +356,7 @@ def _make_node_class() -> type:
         def _publish_stats(self) -> None:
             stats = self.frames.stats()
             stats["steps_published"] = self.steps_published
+            stats["objects"] = self.objects.stats()
             self.stats_pub.publish(String(data=json.dumps(stats)))
 
         # -- backend ------------------------------------------------------------------------
@@ -439,8 +496,9 @@ def _make_node_class() -> type:
                         return PlanStatus.FAILED
                     frame, last_seq = got
                 t_step = time.monotonic()
+                objects = self.objects.for_frame(frame.stamp, self._p("max_objects_age_s")) if self._p("objects_topic") else None
                 with self._backend_lock:
-                    step = run.step(frame)
+                    step = run.step(frame, objects)
                 self._publish_step(goal_handle, run, step)
                 if not continuous:
                     run.assume_done(step)  # one-shot: plan the following steps ahead from the same view

@@ -20,6 +20,22 @@ from emu_guide.types import ActionGoal, Frame, GoalStatus, Plan, PlanStatus, Pla
 from emu_ros.backends.base import DecodeOptions
 
 
+@dataclass(frozen=True)
+class ObjectsInView:
+    """What a detector saw in one camera frame (emu_guidance/ObjectsInView): grounded decoding's input."""
+
+    stamp: float  # the camera frame the detection ran on
+    known: tuple[str, ...]  # every name the detector can report (its class list)
+    names: tuple[str, ...]  # the ones it sees in that frame
+
+    def __post_init__(self) -> None:
+        if not self.known:
+            raise ValueError("ObjectsInView: the detector's known names are empty")
+        unknown = sorted(set(self.names) - set(self.known))
+        if unknown:
+            raise ValueError(f"ObjectsInView: names {unknown} are not among the detector's known names")
+
+
 def resize_frame(frame: Frame, size: tuple[int, int]) -> Frame:
     """Resize to (height, width) with area interpolation when the size differs."""
     h, w = size
@@ -52,6 +68,7 @@ class GuideRun:
     vocabulary: Any = None  # planner.parse.Vocabulary for sentences the backend gave no goal for
     plan: Plan | None = None
     session: Any = None  # emu_ros.session.GuidanceSession (created in __post_init__)
+    naming: Any = None  # planner.grounded.NameGrounding once a step was planned with ObjectsInView
 
     def __post_init__(self) -> None:
         from emu_ros.session import GuidanceSession
@@ -71,13 +88,27 @@ class GuideRun:
         """The backend said the task is complete, or the step budget is spent."""
         return bool(self.session.finished) or len(self.plan.steps) >= self.max_steps
 
-    def step(self, frame: Frame) -> PlanStep:
-        """Plan the next step from ``frame``; BackendError / SessionError (a ValueError) propagate."""
+    def step(self, frame: Frame, objects: ObjectsInView | None = None) -> PlanStep:
+        """Plan the next step from ``frame``; BackendError / SessionError (a ValueError) propagate.
+
+        ``objects``: what a detector saw in this frame. The step may then name only those objects
+        (minus what confirmed steps put away, plus the held object): grounded decoding. None: free.
+        """
         assert self.plan is not None
         size = self.image_size or tuple(getattr(self.backend, "image_size", (frame.height, frame.width)))
         frame_in = resize_frame(frame, (int(size[0]), int(size[1])))
         t0 = time.perf_counter()
-        step = self.session.next_step(frame_in)
+        allowed = known = None
+        if objects is not None:
+            from planner.grounded import NameGrounding  # numpy-only planner module
+
+            if self.naming is None:
+                targets = self.vocabulary.targets if self.vocabulary is not None else ()
+                self.naming = NameGrounding(objects.known, targets)
+            elif set(objects.known) != set(self.naming.known):
+                self.naming = dataclasses.replace(self.naming, known=tuple(objects.known))
+            allowed, known = self.naming.allowed(objects.names), self.naming.known
+        step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known)
         step.goal = self._goal_for(step, frame)
         step.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1e3)
         self.plan.steps.append(step)
@@ -90,6 +121,8 @@ class GuideRun:
             return
         if success:
             self.session.mark_done(step)
+            if self.naming is not None and step.goal is not None:
+                self.naming.confirm(step.goal)
         else:
             self.session.replan()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE = "emu_guidance"
-MESSAGES = ("ActionGoal", "PlanStep", "Plan", "StepResult")  # dependency order
+MESSAGES = ("ActionGoal", "PlanStep", "Plan", "StepResult", "ObjectsInView")  # dependency order
 ACTIONS = ("Guide",)
 
 

@@ -4,7 +4,10 @@
 - executes each emu_guidance/ActionGoal from ``action_goal_topic`` with the scripted skill
   controller (``env.unwrapped.execute_skill``) and publishes an emu_guidance/StepResult on
   ``step_result_topic`` (success, reason, duration, whether the task is now complete), followed
-  by a fresh camera frame.
+  by a fresh camera frame;
+- publishes what the simulator's colour detector sees in each published frame as
+  emu_guidance/ObjectsInView on ``objects_topic`` (same stamp as the frame, sent just before it),
+  so the guidance node can ground its steps as a robot's detector would let it.
 
 Skill execution runs in its own callback group; the camera timer never renders while a skill
 runs (the env is not thread-safe), it skips that tick instead.
@@ -27,6 +30,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "frame_id": ("camera", "header.frame_id of published frames"),
     "action_goal_topic": ("action_goal", "emu_guidance/ActionGoal input"),
     "step_result_topic": ("step_result", "emu_guidance/StepResult output"),
+    "objects_topic": ("objects_in_view", "emu_guidance/ObjectsInView output (the sim detector's names per frame); '' disables"),
 }
 
 
@@ -40,6 +44,7 @@ def _make_node_class() -> type:
 
     require("emu_guidance")
     from emu_guidance.msg import ActionGoal as ActionGoalMsg
+    from emu_guidance.msg import ObjectsInView as ObjectsInViewMsg
     from emu_guidance.msg import StepResult as StepResultMsg
 
     class SimBridgeNode(Node):
@@ -68,6 +73,17 @@ def _make_node_class() -> type:
             reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.image_pub = self.create_publisher(Image, self.get_parameter("camera_topic").value, qos_profile_sensor_data)
             self.result_pub = self.create_publisher(StepResultMsg, self.get_parameter("step_result_topic").value, reliable)
+            self.objects_pub = None
+            self._seen: tuple[int, list[str]] | None = None  # (skills executed, names): the scene changes only then
+            if self.get_parameter("objects_topic").value:
+                from planner.grounding import ColorShapeDetector
+
+                try:
+                    self.detector = ColorShapeDetector.for_env(self.env)
+                except ValueError as exc:  # e.g. cloth parts: no colour model, so nothing to publish
+                    self.get_logger().info(f"no ObjectsInView for {self.get_parameter('env_id').value}: {exc}")
+                else:
+                    self.objects_pub = self.create_publisher(ObjectsInViewMsg, self.get_parameter("objects_topic").value, reliable)
             self.create_timer(1.0 / rate, self._publish_camera, callback_group=MutuallyExclusiveCallbackGroup())
             self.create_subscription(
                 ActionGoalMsg, self.get_parameter("action_goal_topic").value, self._on_goal, reliable,
@@ -80,9 +96,10 @@ def _make_node_class() -> type:
                 return  # a skill is running: skip this tick rather than render mid-step
             try:
                 image = self.sim.render()
+                names = self._detect(image)
             finally:
                 self._env_lock.release()
-            self.image_pub.publish(convert.image_msg(self.factory, image, time.time(), self.frame_id))
+            self._publish_frame(image, names)
 
         def _on_goal(self, msg: Any) -> None:
             goal = convert.action_goal_from_msg(msg)
@@ -102,12 +119,29 @@ def _make_node_class() -> type:
                         result.success, result.reason = False, f"{type(exc).__name__}: {exc}"
                 result.task_done = bool(self.sim.task_success())
                 image = self.sim.render()
-            self.executed += 1
+                self.executed += 1
+                names = self._detect(image)
             result.duration_s = float(time.monotonic() - t0)
             result.header = self.factory.header(time.time(), self.frame_id)
             self.get_logger().info(f"step {msg.step_index} {msg.verb} {msg.object!r}: success={result.success} {result.reason}")
             self.result_pub.publish(result)
-            self.image_pub.publish(convert.image_msg(self.factory, image, time.time(), self.frame_id))
+            self._publish_frame(image, names)
+
+        def _detect(self, image: Any) -> list[str] | None:
+            """Names the detector sees now (under the env lock), cached until the next skill runs."""
+            if self.objects_pub is None:
+                return None
+            if self._seen is None or self._seen[0] != self.executed:
+                found = self.detector.detect(image, self.sim.object_names())
+                self._seen = (self.executed, sorted({d.name for d in found}))
+            return self._seen[1]
+
+        def _publish_frame(self, image: Any, names: list[str] | None) -> None:
+            stamp = time.time()
+            if names is not None:  # first, so the detection is there when the frame arrives
+                known = self.sim.name_vocabulary()
+                self.objects_pub.publish(convert.objects_in_view_msg(self.factory, known, names, stamp, self.frame_id))
+            self.image_pub.publish(convert.image_msg(self.factory, image, stamp, self.frame_id))
 
         def destroy_node(self) -> None:
             self.env.close()

@@ -27,10 +27,13 @@ def _mentions(text: str, names: tuple[str, ...]) -> set[str]:
     return {n for n in names if f" {n} " in padded}
 
 
-def test_table_clear_names_only_free_objects_and_succeeds(backend):
+# Seed 20: with everything put away the model gives "pick" 0.55 and "done" 0.44; greedy "pick" then
+# has nothing present to name. The step competes with the final answer as a whole, and "done" wins.
+@pytest.mark.parametrize("seed", [HELDOUT_SEEDS[0], HELDOUT_SEEDS[20]])
+def test_table_clear_names_only_free_objects_and_succeeds(backend, seed):
     env = make_env("table_clear", resolution=backend.image_size[0])
     config = RunnerConfig(grounded_decoding=True, monitor=MonitorConfig(max_planning_calls=30))
-    result = run_episode(env, backend, HELDOUT_SEEDS[0], config)
+    result = run_episode(env, backend, seed, config)
     vocab = Vocabulary.from_env(env)
     env.close()
     grounds = [e["data"] for e in result.events if e["kind"] == "ground" and "seen" in e["data"]]

@@ -94,3 +94,52 @@ def test_guide_run_validates_its_inputs(env):
     run = GuideRun(backend, "clear", DecodeOptions(mode="oracle"), max_steps=1)
     run.step(Frame(env.unwrapped.render()))
     assert run.done  # the budget counts every step produced
+
+
+def test_recent_objects_ground_only_a_frame_with_a_nearby_stamp():
+    from emu_ros.ros.guidance_node import RecentObjects
+    from emu_ros.ros.guide_loop import ObjectsInView
+
+    store = RecentObjects(keep=3)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        store.put(ObjectsInView(t, ("red cup", "blue cup"), ("red cup",) if t < 4 else ()))
+    assert store.for_frame(4.1, max_age=0.5).names == ()  # the nearest stamp wins
+    assert store.for_frame(1.0, max_age=0.5) is None  # stamp 1.0 fell out of the last 3
+    assert store.for_frame(9.0, max_age=0.5) is None  # nothing near: planned free
+    assert store.stats() == {"received": 4, "rejected": 0, "last_error": "", "steps_grounded": 1, "steps_free": 2}
+    with pytest.raises(ValueError, match="not among the detector's known names"):
+        ObjectsInView(1.0, ("red cup",), ("green cup",))
+
+
+@pytest.mark.slow
+def test_guide_run_with_objects_in_view_clears_the_table_with_the_shipped_model():
+    """The node's loop without ROS: frames from the sim, the sim detector's ObjectsInView, results fed back."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+    from emu_ros.ros.guide_loop import ObjectsInView
+    from planner.grounding import ColorShapeDetector
+    from planner.parse import Vocabulary
+    from sim_envs.seeds import HELDOUT_SEEDS
+
+    env = gym.make("sim_envs/TableClear-v0")
+    env.reset(seed=HELDOUT_SEEDS[0])
+    sim = env.unwrapped
+    detector = ColorShapeDetector.for_env(env)
+    run = GuideRun(load_backend("torch"), sim.instruction, max_steps=30, vocabulary=Vocabulary.from_env(env))
+    free_names = set()
+    for t in range(30):
+        if run.done:
+            break
+        image = sim.render()
+        seen = tuple(sorted({d.name for d in detector.detect(image, sim.object_names())}))
+        step = run.step(Frame(image, stamp=float(t)), ObjectsInView(float(t), tuple(sim.name_vocabulary()), seen))
+        if step.is_final:
+            break
+        assert step.goal is not None and step.goal.status == GoalStatus.OK, step.text
+        free_names.add(step.goal.object)
+        run.record_result(step, bool(sim.execute_skill(step.goal).success))
+    env.close()
+    assert sim.task_success() and run.session.finished, [s.text for s in run.plan.steps]
+    assert free_names <= set(sim.object_names())
+    assert run.naming.put_away == set(sim.object_names()) and run.naming.held is None

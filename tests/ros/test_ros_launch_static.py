@@ -125,5 +125,5 @@ def test_docs_parameter_and_topic_tables_match_the_node(where):
         assert rows[name] == str(default), f"{where} says {name} defaults to {rows[name]!r}, the node {default!r}"
     topics = re.findall(r"^\| `([\w/~]+)` \| (?:in|out|action) \|", doc, flags=re.M)
     expected = {guidance_node.PARAMETERS[p].default for p in ("image_topic", "compressed_topic", "plan_topic",
-                "action_goal_topic", "step_result_topic", "action_name")} | {"~/frame_stats"}  # fmt: skip
+                "action_goal_topic", "step_result_topic", "objects_topic", "action_name")} | {"~/frame_stats"}  # fmt: skip
     assert expected == set(topics), set(topics) ^ expected

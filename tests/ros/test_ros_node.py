@@ -171,6 +171,10 @@ def test_closed_loop_over_ros_with_the_sim_bridge(tmp_path):
     assert [f["goal_id"] for f in out["feedback"]] == [s["goal_id"] for s in res["steps"]] and len(res["steps"]) >= 4
     verbs = [s["verb"] for s in res["steps"]]
     assert verbs[0] == "pick" and "place" in verbs
+    # the bridge's detector published ObjectsInView with every frame; the node grounded its steps by them
+    objects = out["stats"]["objects"]
+    assert objects["received"] > 0 and objects["rejected"] == 0, objects
+    assert objects["steps_grounded"] >= len(res["steps"]) - 1, objects
 
 
 def test_sim_bridge_executes_goals_and_reports_failures_with_reasons(tmp_path):
@@ -200,3 +204,6 @@ def test_sim_bridge_executes_goals_and_reports_failures_with_reasons(tmp_path):
     assert not unknown["success"] and "unicorn" in unknown["reason"]
     assert not done["success"] and "not complete" in done["reason"]
     assert out["frames"] > 0 and out["frame_shape"] == [96, 96, "rgb8"]
+    # one ObjectsInView per frame, with the frame's stamp: the detector's class list and what it sees
+    assert out["objects"] and {o["stamp"] for o in out["objects"]} & set(out["frame_stamps"])
+    assert all(o["known"] == 80 for o in out["objects"]) and 4 <= len(out["objects"][-1]["names"]) <= 6

@@ -54,7 +54,7 @@ def test_catkin_pkg_rejects_a_broken_package_xml(tmp_path):
 def test_every_msg_parses_with_rosidl_adapter(name):
     spec = _rosidl_parser().parse_message_string("emu_guidance", name, (ROOT / "msg" / f"{name}.msg").read_text())
     assert spec.fields, f"{name}.msg has no fields"
-    if name in ("Plan", "ActionGoal", "StepResult"):
+    if name in ("Plan", "ActionGoal", "StepResult", "ObjectsInView"):
         assert spec.fields[0].name == "header" and str(spec.fields[0].type) == "std_msgs/Header"
 
 

@@ -152,3 +152,17 @@ def test_a_rejected_answer_is_never_forced():
     cons.advance(W["red"])
     free = _free(lay, cons, set(W.values()))
     assert W["cup"] not in free and free  # the rejected opening stays banned, and something is left to say
+
+
+def test_allowed_probability_honours_a_wish_for_a_name_only_when_one_is_present():
+    known = [[W["red"], W["cup"]], [W["red"], W["plate"]], [W["blue"], W["cup"]], [W["blue"], W["plate"]]]
+    probs = torch.zeros(64)
+    probs[W["blue"]], probs[W["red"]], probs[W["the"]] = 0.6, 0.3, 0.1
+    lay, cons = _mention_constraint(known, allowed=[[W["red"], W["cup"]]])
+    assert cons.allowed_probability(probs) == pytest.approx(1.0)  # wants "blue": a red cup is there instead
+    cons.advance(W["red"])
+    probs2 = torch.zeros(64)
+    probs2[W["plate"]], probs2[W["cup"]] = 0.8, 0.2
+    assert cons.allowed_probability(probs2) == pytest.approx(1.0)  # finishing the present red cup's name
+    lay, cons = _mention_constraint(known, allowed=[])
+    assert cons.allowed_probability(probs) == pytest.approx(0.1)  # nothing to name: only "the" can be honoured

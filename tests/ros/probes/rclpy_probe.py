@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from emu_guidance.action import Guide
-from emu_guidance.msg import ActionGoal, Plan, StepResult
+from emu_guidance.msg import ActionGoal, ObjectsInView, Plan, StepResult
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
@@ -352,7 +352,12 @@ def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     settle = time.monotonic() + 5
     while (not probe.step_results or not probe.step_results[-1][1].task_done) and time.monotonic() < settle:
         time.sleep(0.05)
+    n_stats = len(probe.stats)
+    settle = time.monotonic() + 5
+    while len(probe.stats) <= n_stats and time.monotonic() < settle:  # counters after the goal ended
+        time.sleep(0.05)
     return {"result": result, "feedback": [step_dict(fb.step) for _, fb in feedback], "wall_s": time.monotonic() - t0,
+            "stats": probe.stats[-1] if probe.stats else None,
             "step_results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done}
                              for _, r in probe.step_results],
             "goals": [m.goal_id for _, m in probe.goals]}  # fmt: skip
@@ -370,7 +375,9 @@ def scenario_bridge_goals(probe: Probe, args: dict) -> dict:
         time.sleep(0.05)
     time.sleep(0.3)
     frames: list = []
+    objects: list = []
     probe.create_subscription(Image, "image_raw", lambda m: frames.append(m), qos_profile_sensor_data)
+    probe.create_subscription(ObjectsInView, "objects_in_view", lambda m: objects.append(m), RELIABLE)
     for i, (verb, obj, target) in enumerate(args["goals"]):
         msg = ActionGoal(goal_id=f"g{i}", step_index=i, verb=verb, object=obj, target=target, status="ok")
         msg.target_pose.orientation.w = 1.0
@@ -381,7 +388,9 @@ def scenario_bridge_goals(probe: Probe, args: dict) -> dict:
     time.sleep(0.5)
     return {"results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done,
                          "duration_s": r.duration_s} for _, r in probe.step_results],
-            "frames": len(frames), "frame_shape": [frames[-1].height, frames[-1].width, frames[-1].encoding] if frames else None}  # fmt: skip
+            "frames": len(frames), "frame_shape": [frames[-1].height, frames[-1].width, frames[-1].encoding] if frames else None,
+            "objects": [{"stamp": key(convert.stamp_to_float(m.header.stamp)), "known": len(m.known), "names": list(m.names)} for m in objects],
+            "frame_stamps": [key(convert.stamp_to_float(m.header.stamp)) for m in frames]}  # fmt: skip
 
 
 def scenario_load(probe: Probe, args: dict) -> dict:

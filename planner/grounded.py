@@ -1,0 +1,47 @@
+"""Grounded decoding bookkeeping: which object names the model may use in its next step.
+
+The detector says what it sees; the episode's own confirmed steps say what was already put
+away and what is in the gripper. ``NameGrounding`` turns both into ``DecodeOptions.allowed_names``
+(docs/planner.md, "Grounded decoding"). The closed-loop runner and the ROS guide loop share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from emu_guide.types import ActionGoal
+
+__all__ = ["NameGrounding"]
+
+
+@dataclass
+class NameGrounding:
+    """Seen objects, minus those put away by confirmed steps, plus the held object and object targets."""
+
+    known: tuple[str, ...]  # every name the detector can report (its class list)
+    targets: tuple[str, ...] = ()  # the scene's targets; those that are known names stay nameable (a tower's blocks)
+    held: str | None = None
+    put_away: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.known = tuple(dict.fromkeys(n.lower().strip() for n in self.known))
+        if not self.known or not all(self.known):
+            raise ValueError(f"NameGrounding needs non-empty known names, got {self.known!r}")
+        self.targets = tuple(t.lower().strip() for t in self.targets)
+
+    def allowed(self, seen: Iterable[str]) -> list[str]:
+        """The names the next step may mention, given the names the detector sees now."""
+        free = [n for n in dict.fromkeys(s.lower().strip() for s in seen) if n not in self.put_away]
+        held = [self.held] if self.held else []
+        targets = [t for t in self.targets if t in self.known]  # receptacles are no object names
+        return list(dict.fromkeys([*free, *held, *targets]))
+
+    def confirm(self, goal: ActionGoal) -> None:
+        """A step was confirmed done: track what is in the gripper and what was put away."""
+        name = goal.object.lower().strip()
+        if goal.verb == "pick":
+            self.held = name
+        elif goal.verb in ("place", "stack"):
+            self.held = None
+            self.put_away.add(name)
