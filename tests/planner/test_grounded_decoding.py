@@ -58,3 +58,18 @@ def test_no_detector_means_grounded_decoding_is_off(backend):
     env.close()
     assert any(e["kind"] == "ground" and "grounded decoding off" in e["why"] for e in result.events)
     assert not any("seen" in e["data"] for e in result.events)
+
+
+def test_name_grounding_tracks_held_and_put_away_objects():
+    from emu_guide.types import ActionGoal
+    from planner.grounded import NameGrounding
+
+    naming = NameGrounding(("red cup", "blue cup", "red block", "blue block"), targets=("rack", "blue block"))
+    assert naming.allowed(["Red Cup", "red block"]) == ["red cup", "red block", "blue block"]  # object targets stay nameable
+    naming.confirm(ActionGoal("pick", "red cup"))
+    assert naming.held == "red cup" and naming.allowed(["red block"]) == ["red block", "red cup", "blue block"]
+    naming.confirm(ActionGoal("place", "red cup", target="rack"))
+    assert naming.held is None and naming.put_away == {"red cup"}
+    assert "red cup" not in naming.allowed(["red cup", "red block"])  # seen in the rack: put away already
+    with pytest.raises(ValueError, match="non-empty known names"):
+        NameGrounding(())
