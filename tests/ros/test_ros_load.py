@@ -54,10 +54,12 @@ def test_60hz_frames_for_60s_while_planning(tmp_path):
     # planning went on at its configured rate (5 Hz) throughout
     assert r["steps"] >= 0.5 * 5.0 * seconds
     # no backlog: steps are planned from a frame close to the newest. A backlog (a queue of old
-    # frames) would push the typical age to seconds; a lone scheduler stall on a shared 2-core host
-    # may not (seen once: max 2.8 s with p95 0.45 s), so bound the median and p95, not the max.
+    # frames) would push the typical age to seconds. A lone scheduler stall on a shared 2-core host
+    # does not, but it ages every step planned during it: 3 s at 5 steps/s is 5% of a 60 s run
+    # (seen: max 2.9 s with p95 1.04 s, p50 30 ms, in a full-suite run). So bound the median and
+    # p90, not p95 or the max.
     ages = r["frame_age_at_planning_ms"]
-    assert ages["p50"] < 300 and ages["p95"] < 1000, ages
+    assert ages["p50"] < 300 and ages["p90"] < 1000, ages
     # bounded memory: keeping only the latest frame, RSS does not grow with frames received
     rss = r["rss_mb"]
     assert rss["late_median"] - rss["early_median"] < 30 and rss["peak"] < rss["early_median"] + 60
