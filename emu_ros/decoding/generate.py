@@ -131,9 +131,9 @@ def generate_answer(
     # Grounded greedy decoding commits token by token, and the name constraint can leave the
     # greedy step with almost none of the model's probability (it wanted to name an object that
     # is not there, e.g. once everything is put away). So the opening step competes with the final
-    # answer (a single marker) as a whole: P(a step the constraint allows), the product over its
-    # tokens of the model's probability of what was allowed there (the final marker excluded at the
-    # first token), against P(final). The more probable one is the answer.
+    # answer (a single marker) as a whole: P(a step the constraint can honour), the product over
+    # its tokens of ``DecodeConstraint.allowed_probability`` (the final marker excluded at the first
+    # token), against P(final). The more probable one is the answer.
     p_final = _final_prob(logits, cons, final_ids) if mentions is not None and options.text_temperature == 0 else None
     mass: list[float] = []
     while not cons.done:
