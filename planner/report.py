@@ -81,6 +81,8 @@ def plan_text(episodes: Sequence[EpisodeResult]) -> str:
             lines.append(f"{s.call:3d}. [{s.outcome}] {s.text}")
             lines.append(f"     goal: {format_goal(s.goal)}")
             lines.append(f"     latency: {_latency(s)}; attempts {s.attempts}")
+            if s.allowed_names is not None:
+                lines.append(f"     may name: {', '.join(s.allowed_names) or 'nothing'} (grounded decoding)")
             if s.reason:
                 lines.append(f"     why: {s.reason}")
         verdict = "SUCCESS" if ep.success else "FAILED"
@@ -148,6 +150,10 @@ def contact_sheet(ep: EpisodeResult) -> np.ndarray:
             ty += 15
         draw.text((x, ty), _latency(s), fill=(40, 40, 40), font=f_small)
         ty += 15
+        if s.allowed_names is not None:
+            for ln in textwrap.wrap(f"may name: {', '.join(s.allowed_names) or 'nothing'}", 62)[:2]:
+                draw.text((x, ty), ln, fill=(0, 90, 140), font=f_small)
+                ty += 15
         if s.gt_text is not None and s.text_exact is False:
             for ln in textwrap.wrap(f"ground truth: {s.gt_text}", 62)[:2]:
                 draw.text((x, ty), ln, fill=(120, 80, 0), font=f_small)

@@ -67,6 +67,7 @@ class StepRecord:
     subgoal_pos_error_px: float | None  # acted object's position, predicted vs ground-truth subgoal
     subgoal_pos_error_m: float | None = None  # the same on the table plane, metres
     grounding_error_m: float | None = None  # pick steps: grounded object position vs the simulator's (x, y)
+    allowed_names: list[str] | None = None  # grounded decoding: the names this step was allowed (None: free)
     grounding: dict[str, Any] = field(default_factory=dict)
     before: np.ndarray | None = None
     subgoal: np.ndarray | None = None
@@ -207,6 +208,7 @@ def run_episode(
             latency_ms=latency, text_exact=None, goal_correct=None, subgoal_psnr=None, subgoal_pos_error_px=None,
             before=frame.image if config.keep_images else None,
             subgoal=step.subgoal_image if config.keep_images else None,
+            allowed_names=allowed,
         )
         if step.is_final:
             done_now = sim.task_success()

@@ -10,6 +10,7 @@ import pytest
 from planner.envs import make_backend, make_env
 from planner.monitor import MonitorConfig
 from planner.parse import Vocabulary
+from planner.report import plan_text
 from planner.runner import RunnerConfig, run_episode
 from sim_envs.seeds import HELDOUT_SEEDS
 
@@ -45,11 +46,13 @@ def test_table_clear_names_only_free_objects_and_succeeds(backend, seed):
         assert set(g["put_away"]) == placed  # exactly what confirmed steps put away
         held = {rec.goal.get("object")} if rec.goal.get("verb") == "place" else set()
         assert _mentions(p["text"], vocab.known_objects) <= allowed | held, (p["text"], allowed)
+        assert allowed <= set(rec.allowed_names) <= allowed | set(vocab.objects)  # recorded for the report
         assert rec.latency_ms["detect"] >= 0 and rec.latency_ms["total"] >= rec.latency_ms["detect"]
         if rec.outcome == "done" and rec.goal.get("verb") == "place":
             placed.add(rec.goal["object"])
     # The shipped model alone names absent objects on this seed (0% TableClear); grounded, it clears the table.
     assert result.success, result.stop_reason
+    assert "may name: " in plan_text([result])
 
 
 def test_no_detector_means_grounded_decoding_is_off(backend):
