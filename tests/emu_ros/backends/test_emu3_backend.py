@@ -89,3 +89,17 @@ def test_emu3_backend_errors(emu3_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(BackendError, match="expected 'emu3'"):
         load_backend("emu3", model_path=bad)
+
+
+def test_grounded_names_are_encoded_as_inside_a_sentence(emu3_dir, frame):
+    """Byte-level BPE writes a mid-sentence word with its leading space: names must match that form."""
+    backend = load_backend("emu3", model_path=emu3_dir, image_size=(8, 8))
+    options = DecodeOptions(known_names=("red cup", "blue cup"), allowed_names=("blue cup",), max_text_tokens=4, dida_steps=2)
+    known, allowed = backend.mention_ids(options)
+    sentence = backend.text.encode("pick up the red cup")
+    assert sentence[-len(known[0]) :] == known[0] and known[0] != backend.text.encode("red cup")
+    assert allowed == [known[1]]
+    try:  # the whole step runs under the constraint on the real Emu3 classes
+        backend.next_step(frame, "clear the table", [], options)
+    except BackendError as exc:  # random weights: a parse error is named, never a crash
+        assert "does not parse" in str(exc)
