@@ -11,7 +11,6 @@ the loop itself never reads to make decisions (only the oracle backend does, by 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ class RunnerConfig:
     strict_grounding: bool = False  # an object not found -> UNGROUNDED (robots); the sim acts by name
     # Grounded decoding: before each planning call the detector lists the objects it sees, and the
     # model may name only those not yet put away by a confirmed step (plus the held object and the
-    # targets). Needs ground=True and a detector for the task (none for FoldCloth's cloth parts:
+    # targets that are objects too; planner/grounded.py). Needs ground=True and a detector for the task (none for FoldCloth's cloth parts:
     # then it is off, and the events say so).
     grounded_decoding: bool = False
     use_checker: bool = True  # False: steps judged by frame vs predicted subgoal only, as on a robot
@@ -158,15 +157,13 @@ def run_episode(
     monitor.record("start", 0, "episode reset", seed=seed, instruction=sim.instruction, gt_steps=len(gt_plan))
     if no_detector:
         monitor.record("ground", 0, f"grounding off: {no_detector}")
-    decode = config.decode
     if config.grounded_decoding:
         if grounder is None:
             monitor.record("ground", 0, "grounded decoding off: no detector for this task")
         else:
-            decode = dataclasses.replace(decode, known_names=vocab.known_objects)
             naming = NameGrounding(vocab.known_objects, vocab.targets)
     try:
-        session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, decode)
+        session: GuidanceSession | None = GuidanceSession(backend, sim.instruction, config.decode)
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
         monitor.record("error", 0, f"session refused the instruction: {exc}")
         stop_reason = f"session refused the instruction: {exc}"
@@ -181,16 +178,16 @@ def run_episode(
         k = int(sim.steps_done())
         gt = gt_plan[k] if k < len(gt_plan) else None
         monitor.planning_calls += 1
-        allowed, detect_ms = None, 0.0
+        allowed, known, detect_ms = None, None, 0.0
         if naming is not None:
             t_det = time.perf_counter()
             seen = sorted({d.name for d in grounder.detector.detect(frame.image, vocab.objects)})
-            allowed = naming.allowed(seen)
+            allowed, known = naming.allowed(seen), naming.known
             detect_ms = (time.perf_counter() - t_det) * 1e3
             monitor.record("ground", k, "the model may name the objects the detector sees that were not put away",
                            seen=seen, put_away=sorted(naming.put_away))
         try:
-            step = session.next_step(frame, allowed_names=allowed)
+            step = session.next_step(frame, allowed_names=allowed, known_names=known)
         except (BackendError, SessionError) as exc:
             monitor.record("error", k, f"backend error: {exc}")
             stop_reason = f"backend error: {exc}"
