@@ -26,7 +26,7 @@ __all__ = ["add_arguments", "main", "run_bench"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS
+    from planner.envs import TASKS, add_text_argument
 
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks (default: all of {', '.join(TASKS)})")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task and configuration")
@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
-    parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
-                        help="grounded (default): the model may name only the objects the detector sees (plus the"
-                             " held one and the targets; tasks without a detector run free); free: the model alone")
+    add_text_argument(parser)
 
 
 # -- worker side ------------------------------------------------------------------------------

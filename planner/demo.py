@@ -18,7 +18,7 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS
+    from planner.envs import TASKS, add_text_argument
 
     parser.add_argument("--backend", default="auto",
                         help="auto (shipped model if present, else oracle) | torch | oracle | emu3 | vllm")
@@ -35,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episode wall-clock limit in seconds (keeps the demo well under 3 minutes)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker)")
-    parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
-                        help="grounded (default): the model may name only the objects the detector sees (plus the"
-                             " held one and the targets; tasks without a detector run free); free: the model alone")
+    add_text_argument(parser)
 
 
 def _print_step(rec: object) -> None:

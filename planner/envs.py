@@ -7,7 +7,7 @@ from typing import Any
 
 from emu_guide.paths import shipped_model_dir
 
-__all__ = ["TASKS", "env_id", "has_shipped_model", "make_backend", "make_env", "resolve_backend"]
+__all__ = ["TASKS", "add_text_argument", "env_id", "has_shipped_model", "make_backend", "make_env", "resolve_backend"]
 
 # short name -> registered Gymnasium id
 TASKS: dict[str, str] = {
@@ -68,3 +68,10 @@ def make_backend(name: str, env: Any, model_path: str | None = None, device: str
     if num_threads is not None and name == "torch":
         kwargs["num_threads"] = num_threads
     return load_backend(name, **kwargs)
+
+
+def add_text_argument(parser: Any) -> None:
+    """``--text grounded|free`` for the commands that run closed-loop episodes (demo, bench)."""
+    parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
+                        help="grounded (default): the model may name only the objects the detector sees (plus the"
+                             " held one and the targets; tasks without a detector run free); free: the model alone")

@@ -75,6 +75,7 @@ def _make_node_class() -> type:
             self.result_pub = self.create_publisher(StepResultMsg, self.get_parameter("step_result_topic").value, reliable)
             self.objects_pub = None
             self._seen: tuple[int, list[str]] | None = None  # (skills executed, names): the scene changes only then
+            self._known = self.sim.name_vocabulary()  # the detector's class list: fixed for the env
             if self.get_parameter("objects_topic").value:
                 from planner.grounding import ColorShapeDetector
 
@@ -139,8 +140,7 @@ def _make_node_class() -> type:
         def _publish_frame(self, image: Any, names: list[str] | None) -> None:
             stamp = time.time()
             if names is not None:  # first, so the detection is there when the frame arrives
-                known = self.sim.name_vocabulary()
-                self.objects_pub.publish(convert.objects_in_view_msg(self.factory, known, names, stamp, self.frame_id))
+                self.objects_pub.publish(convert.objects_in_view_msg(self.factory, self._known, names, stamp, self.frame_id))
             self.image_pub.publish(convert.image_msg(self.factory, image, stamp, self.frame_id))
 
         def destroy_node(self) -> None:
