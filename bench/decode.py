@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emu_ros import bench_decode
+from model_runtime import bench_decode
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="bench/decode.py", description=bench_decode.__doc__.splitlines()[0])

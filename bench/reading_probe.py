@@ -1,6 +1,6 @@
 """Reading probe: can a small transformer name the first TableClear item from a frame's visual tokens?
 
-    python bench/reading_probe.py [--tokenizer emu_ros/default_model/vision_tokenizer] [--train-scenes 4000]
+    python bench/reading_probe.py [--tokenizer model_runtime/default_model/vision_tokenizer] [--train-scenes 4000]
                                   [--modes codes digits recon pixels] [--steps 1000]
 
 The first pick of a TableClear plan names the item nearest the camera ("pick up the red cup"):
@@ -14,7 +14,7 @@ default LM's size) with one 12x12 frame:
   (the information the codes keep, in pixel form);
 - ``pixels``: the raw frame's 8x8 patches (the upper bound at this resolution);
 - ``lm``: the default guidance LM itself (``LMConfig()``, Qwen3, digit code rows) on the real
-  prompt (``emu_ros.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
+  prompt (``model_runtime.prompt.build_prompt``: instruction + frame), trained with the LM loss on the
   answer "pick up the <colour> <kind>" and scored on the words it predicts there (needs
   ``--model-dir`` for the word vocabulary). Options move it towards the pipeline's training one
   setting at a time: ``--lm-untied`` (its own output head), ``--lm-init hf|embed|torch`` (the
@@ -119,10 +119,10 @@ def run_lm(
     import torch
     import torch.nn.functional as F
 
-    from emu_ros.backends.torch_backend import load_model_dir
-    from emu_ros.lm import LMConfig, build_lm
-    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR, build_prompt
     from finetune_embodied.train.factorized_codes import apply_factorized_codes
+    from model_runtime.backends.torch_backend import load_model_dir
+    from model_runtime.lm import LMConfig, build_lm
+    from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR, build_prompt
     from sim_envs.rigid import PALETTE
     from sim_envs.table_clear import KINDS
 
@@ -282,8 +282,8 @@ def eval_model(model_dir: str, heldout: tuple, plan_prompt: bool = False) -> dic
     """
     import torch
 
-    from emu_ros.backends.torch_backend import load_model_dir
-    from emu_ros.prompt import PLAN_REQUEST, build_prompt
+    from model_runtime.backends.torch_backend import load_model_dir
+    from model_runtime.prompt import PLAN_REQUEST, build_prompt
     from sim_envs.rigid import PALETTE
 
     torch.set_num_threads(1)
@@ -403,13 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     from sim_envs.seeds import HELDOUT_SEEDS
 
     p = argparse.ArgumentParser(prog="bench/reading_probe.py", description=__doc__.splitlines()[0])
-    p.add_argument("--tokenizer", default="emu_ros/default_model/vision_tokenizer", help="an FSQ tokenizer directory")
+    p.add_argument("--tokenizer", default="model_runtime/default_model/vision_tokenizer", help="an FSQ tokenizer directory")
     p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--heldout-scenes", type=int, default=500)
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per mode (batch 32)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model-dir", default="emu_ros/default_model", help="lm mode: the word vocabulary and layout")
+    p.add_argument("--model-dir", default="model_runtime/default_model", help="lm mode: the word vocabulary and layout")
     p.add_argument(
         "--lm-untied", action="store_true", help="lm mode: an output head of its own (not the input embedding)"
     )
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_probes(args) -> list[dict]:
-    from emu_ros.tokenizers.fsq import FSQTokenizer
+    from model_runtime.tokenizers.fsq import FSQTokenizer
     from sim_envs.seeds import HELDOUT_SEEDS, TRAIN_SEEDS
 
     tokenizer = FSQTokenizer.load(args.tokenizer)

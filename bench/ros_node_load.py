@@ -38,7 +38,7 @@ def run_load(python: Path, tmp: Path, hz: float = 60.0, seconds: float = 60.0, s
              bad_every: int = 10, oneshot_trials: int = 3) -> dict:  # fmt: skip
     """Start a node, run the load (the frame counters cover it alone), then one-shot latency trials."""
     env = ros_env(random_domain_id(), tmp)
-    node = RosProcess(node_args(python, "emu_ros.ros.guidance_node", NODE_PARAMS), env, tmp / "load_node.log")
+    node = RosProcess(node_args(python, "emu_ros.guidance_node", NODE_PARAMS), env, tmp / "load_node.log")
     rss: list[tuple[float, float]] = []
     stop = threading.Event()
     try:

@@ -14,11 +14,11 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("planner.demo", "run one guided closed-loop episode in simulation and write a visual report"),
     "bench": ("planner.bench", "closed-loop benchmark on held-out seeds (success, steps, latency)"),
-    "bench-decode": ("emu_ros.bench_decode", "AR vs DiDA decoding benchmark"),
+    "bench-decode": ("model_runtime.bench_decode", "AR vs DiDA decoding benchmark"),
     "bench-sim": ("sim_envs.bench", "simulation steps/s and render time per env and resolution"),
     "record": ("finetune_embodied.record", "record expert episodes to a LeRobot v3 dataset"),
     "train": ("finetune_embodied.train", "train the vision tokenizer / language model / DiDA stages"),
-    "replay": ("emu_ros.ros.replay", "run guidance over camera frames from a rosbag2 and write a new bag"),
+    "replay": ("emu_ros.replay", "run guidance over camera frames from a rosbag2 and write a new bag"),
 }
 
 

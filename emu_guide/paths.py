@@ -15,4 +15,4 @@ def artifacts_root() -> Path:
 
 def shipped_model_dir() -> Path:
     """The default model shipped inside the package (weights tracked in git, < 20 MB in all)."""
-    return Path(__file__).resolve().parent.parent / "emu_ros" / "default_model"
+    return Path(__file__).resolve().parent.parent / "model_runtime" / "default_model"

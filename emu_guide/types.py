@@ -1,4 +1,4 @@
-"""Shared plain data types used by every package (sim_envs, emu_ros, planner, finetune_embodied).
+"""Shared plain data types used by every package (sim_envs, model_runtime, planner, emu_ros, finetune_embodied).
 
 This module imports only numpy and the standard library: it must stay importable on any host,
 ROS or not, GPU or not. Everything here is a dataclass with validation in ``__post_init__`` so a

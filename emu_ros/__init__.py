@@ -1,5 +1,6 @@
-"""emu_ros: the guidance runtime (token layout, vision tokenizers, language model, AR and DiDA
-decoding, backends, guidance session). Only the ``emu_ros.ros`` sub-package imports rclpy.
+"""The ROS 2 layer: the guidance node, the sim bridge node, message conversion and bag replay.
 
-Importing ``emu_ros`` is cheap: torch and transformers load in the modules that need them.
+Only the node modules (``guidance_node``, ``sim_bridge_node``) import rclpy, lazily through
+``emu_guide.optional.require``. ``convert``, ``interfaces`` and ``replay`` need no ROS install:
+they work on any message object with the ROS field names (rclpy's or rosbags').
 """

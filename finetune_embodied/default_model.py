@@ -3,13 +3,13 @@
     python -m finetune_embodied.default_model [--config configs/train/default_model.yaml] [--quick]
 
 record (sim experts with mistakes + recoveries, TRAIN seeds) -> train the vision tokenizer ->
-next-token training -> DiDA adaptation -> export a model directory (``emu_ros.backends.torch_backend``
+next-token training -> DiDA adaptation -> export a model directory (``model_runtime.backends.torch_backend``
 format: guidance.json, lm/, vision_tokenizer/, text_tokenizer/) with MODEL_CARD.md, checked by
 loading it through ``TorchBackend`` and running one guidance step on a held-out sim episode.
 
 Everything is resumable: the recording from its per-episode shards, each stage from its latest
 checkpoint, a finished stage is not re-run. Work goes to ``runs/default_model/`` (or ``--work``);
-the export goes to ``--out`` (default ``runs/default_model/export``; pass ``emu_ros/default_model``
+the export goes to ``--out`` (default ``runs/default_model/export``; pass ``model_runtime/default_model``
 to replace the shipped one).
 """
 
@@ -104,12 +104,12 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     Written next to ``out`` first and renamed into place (an interrupted export never leaves half a
     model where the backend looks). Raises ValueError when the weights exceed ``max_total_mb``.
     """
-    from emu_ros.backends.torch_backend import save_model_dir
-    from emu_ros.layout import compact
-    from emu_ros.lm import LMConfig, build_lm
-    from emu_ros.text_tokenizer import WordTokenizer
     from finetune_embodied.train.checkpoint import load_checkpoint
-    from finetune_embodied.train.stages.tokenizer_stage import load_vision_tokenizer
+    from finetune_embodied.train.stages.tokenizer_stage import load_tokenizer_or_checkpoint
+    from model_runtime.backends.torch_backend import save_model_dir
+    from model_runtime.layout import compact
+    from model_runtime.lm import LMConfig, build_lm
+    from model_runtime.text_tokenizer import WordTokenizer
 
     ck = load_checkpoint(lm_ckpt)
     meta = ck["config"]["model"]
@@ -120,7 +120,7 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     lm_cfg = LMConfig(**meta["lm"])
     lm = build_lm(lm_cfg, seed=0)
     text = WordTokenizer.load(lm_ckpt)
-    vision = load_vision_tokenizer(tokenizer_ckpt)
+    vision = load_tokenizer_or_checkpoint(tokenizer_ckpt)
     layout = compact(text.vocab_size, vision.num_codes)
     weights = ck["weights"]
     if meta.get("visual_codes"):  # trained with factorised code rows: write the summed plain table
@@ -154,7 +154,7 @@ def smoke_check(model_dir: Path, seed: int | None = None) -> dict[str, Any]:
 
     import sim_envs  # noqa: F401  (registers the envs)
     from emu_guide.types import Frame
-    from emu_ros.backends.base import DecodeOptions, load_backend
+    from model_runtime.backends.base import DecodeOptions, load_backend
     from sim_envs.seeds import HELDOUT_SEEDS
 
     seed = int(HELDOUT_SEEDS[0]) if seed is None else seed
@@ -187,7 +187,7 @@ def _fmt_metrics(m: dict[str, Any]) -> str:
 def write_model_card(out: Path, info: dict[str, Any]) -> Path:
     rec, st = info["record"], info["stages"]
     lines = [
-        "# Default guidance model (emu_ros/default_model)",
+        "# Default guidance model (model_runtime/default_model)",
         "",
         "Trained from scratch on CPU by the fine-tuning pipeline on simulation data only.",
         "",
@@ -230,7 +230,7 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         f"Total wall time (recording + training): {total / 60:.1f} min.",
         "",
         "Metric meanings: `recon_psnr_db` tokenizer reconstruction PSNR on held-out frames;"
-        " `object_pos_err_px` centroid error of coloured objects (emu_ros.image_metrics);"
+        " `object_pos_err_px` centroid error of coloured objects (model_runtime.image_metrics);"
         " `next_step_text_acc` fraction of held-out samples whose whole next-step sentence is predicted"
         " exactly (greedy, equivalent to teacher forcing when every token is right); `subgoal_code_acc`"
         " / `subgoal_psnr_db` subgoal image codes (next_token: autoregressive with the true prefix; dida:"
@@ -343,7 +343,7 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "train" / "default_model.yaml"))
     parser.add_argument("--out", default=None, help="export directory (default <runs>/default_model/export;"
-                        " emu_ros/default_model replaces the shipped model)")
+                        " model_runtime/default_model replaces the shipped model)")
     parser.add_argument("--work", default=None, help="work directory (default <runs>/default_model[_quick])")
     parser.add_argument("--quick", action="store_true", help="tiny settings: smoke test of the whole pipeline")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",

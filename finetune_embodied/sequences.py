@@ -8,7 +8,7 @@ is mid-way: the model must still name the step in progress), plus one final samp
 Two layers:
 - :func:`plan_episode` -> :class:`StepSample` list (frame indices and texts only, no tokens);
 - :class:`SequenceDataset` tokenises them with a vision tokenizer + text tokenizer through
-  ``emu_ros.prompt.build_training_sequence`` (visual-token loss weight 0.5 by default, as Emu3.5),
+  ``model_runtime.prompt.build_training_sequence`` (visual-token loss weight 0.5 by default, as Emu3.5),
   and :func:`collate_sequences` pads a batch (labels -100, loss weight 0).
 """
 
@@ -127,7 +127,7 @@ class SequenceDataset:
     """A map-style torch Dataset of ``TrainingSequence`` built from episodes.
 
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
-    ``emu_ros.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
+    ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
     frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
     """
@@ -135,9 +135,9 @@ class SequenceDataset:
     def __init__(
         self,
         episodes: Iterable[Episode],
-        layout,  # emu_ros.layout.TokenLayout
-        text_tok,  # emu_ros.text_tokenizer.TextTokenizer
-        vision_tok,  # emu_ros.tokenizers.base.VisionTokenizer
+        layout,  # model_runtime.layout.TokenLayout
+        text_tok,  # model_runtime.text_tokenizer.TextTokenizer
+        vision_tok,  # model_runtime.tokenizers.base.VisionTokenizer
         camera_key: str | None = None,
         visual_loss_weight: float = 0.5,
         mid_samples_per_step: int = 2,
@@ -146,7 +146,7 @@ class SequenceDataset:
         task: str = "vla",
         plan_sequences: bool = False,
     ) -> None:
-        from emu_ros.prompt import build_plan_sequence, build_training_sequence
+        from model_runtime.prompt import build_plan_sequence, build_training_sequence
 
         if not visual_loss_weight >= 0:
             raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
@@ -181,11 +181,11 @@ class SequenceDataset:
 
     @staticmethod
     def _encode(vision_tok, frames: np.ndarray) -> np.ndarray:
-        from emu_ros.tokenizers.base import resize_frame
+        from model_runtime.tokenizers.base import resize_image
 
         size = vision_tok.image_size
         if size is not None:
-            frames = np.stack([resize_frame(f, size) for f in frames])
+            frames = np.stack([resize_image(f, size) for f in frames])
         return np.asarray(vision_tok.encode(frames))
 
     def __len__(self) -> int:
@@ -200,7 +200,7 @@ def collate_sequences(batch: list, pad_id: int) -> dict:
     attention_mask (0 on padding), prompt_lengths; image spans are kept per row."""
     import torch
 
-    from emu_ros.prompt import IGNORE_INDEX
+    from model_runtime.prompt import IGNORE_INDEX
 
     if not batch:
         raise ValueError("collate_sequences: empty batch")

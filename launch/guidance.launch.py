@@ -4,7 +4,7 @@
 
 Arguments: params_file (YAML), camera (the Image topic; its /compressed sibling is remapped
 with it), backend, model_path, device. Every parameter set here is declared by the node
-(tests/ros/test_launch_static.py checks it without ROS).
+(tests/emu_ros/test_ros_launch_static.py checks it without ROS).
 """
 
 import os

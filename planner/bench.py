@@ -71,7 +71,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One episode in a worker; returns the episode dict (steps without images, no events)."""
     from PIL import Image
 
-    from emu_ros.backends.base import DecodeOptions
+    from model_runtime.backends.base import DecodeOptions
     from planner.monitor import MonitorConfig
     from planner.report import contact_sheet
     from planner.runner import RunnerConfig, run_episode

@@ -1,6 +1,6 @@
 """``emu-guide demo``: one guided closed-loop episode in simulation, printed live, with a visual report.
 
-Default backend: the shipped default model (``torch``) when ``emu_ros/default_model`` holds one,
+Default backend: the shipped default model (``torch``) when ``model_runtime/default_model`` holds one,
 otherwise the ``oracle`` backend, with a printed notice. The report folder (default
 ``runs/demo``) gets plan.txt, a contact sheet PNG, metrics.json and, with ``--video``, an MP4.
 """
@@ -53,7 +53,7 @@ def _print_step(rec: object) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emu_ros.backends.base import BackendError, DecodeOptions
+    from model_runtime.backends.base import BackendError, DecodeOptions
     from planner.envs import make_backend, make_env, resolve_backend
     from planner.metrics import aggregate
     from planner.monitor import MonitorConfig
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
           f"planning p50 {lat:.1f} ms/step, episode {result.wall_s:.1f} s ({result.stop_reason})")
     print(f"report: {out}  ({', '.join(sorted(p.name for p in paths.values()))}); total {time.perf_counter() - t0:.1f} s")
     if not result.success and name != "oracle":
-        print("note: the shipped default model is an early baseline (emu_ros/default_model/MODEL_CARD.md);"
+        print("note: the shipped default model is an early baseline (model_runtime/default_model/MODEL_CARD.md);"
               " `emu-guide demo --backend oracle` shows the same loop with ground-truth steps")
     # The demo ran and wrote its report: exit 0 unless --check asks for the task's own success.
     return 1 if args.check and not result.success else 0

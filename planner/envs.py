@@ -59,7 +59,7 @@ def make_backend(name: str, env: Any, model_path: str | None = None, device: str
 
     ``num_threads`` (torch backend) caps intra-op threads: bench workers share the cores.
     """
-    from emu_ros.backends.base import load_backend
+    from model_runtime.backends.base import load_backend
 
     if name == "oracle":
         return load_backend("oracle", env=env)

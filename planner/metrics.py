@@ -1,6 +1,6 @@
 """Metrics for the closed loop: subgoal image quality, CALVIN-style success@k, percentiles.
 
-Image metrics come from ``emu_ros.image_metrics`` (the reference implementation shared with the
+Image metrics come from ``model_runtime.image_metrics`` (the reference implementation shared with the
 tokenizer work): PSNR and the object-position error (same-hue blobs matched between the predicted
 and the ground-truth subgoal image, centroid distance in pixels and on the table plane in metres).
 Here they only get the glue a planner needs: a predicted image of another size is resized to the
@@ -17,7 +17,7 @@ import numpy as np
 
 from emu_guide.types import CameraModel
 
-__all__ = ["PSNR_CAP_DB", "aggregate", "percentile", "psnr", "subgoal_position_error", "success_at_k"]
+__all__ = ["PSNR_CAP_DB", "aggregate", "capped_psnr", "percentile", "subgoal_position_error", "success_at_k"]
 
 PSNR_CAP_DB = 100.0  # identical images report this instead of infinity
 
@@ -32,9 +32,9 @@ def _same_size(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return cv2.resize(pred, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_AREA)
 
 
-def psnr(pred: np.ndarray, ref: np.ndarray) -> float:
+def capped_psnr(pred: np.ndarray, ref: np.ndarray) -> float:
     """PSNR in dB of two uint8 images (pred resized to ref when they differ), capped at PSNR_CAP_DB."""
-    from emu_ros.image_metrics import psnr as _psnr
+    from model_runtime.image_metrics import psnr as _psnr
 
     return float(min(PSNR_CAP_DB, _psnr(_same_size(pred, ref), ref)))
 
@@ -45,7 +45,7 @@ def subgoal_position_error(pred: np.ndarray, ref: np.ndarray, camera: CameraMode
 
     Pixels are at ``ref``'s resolution; (None, None) when the reference shows no coloured object.
     """
-    from emu_ros.image_metrics import object_position_error
+    from model_runtime.image_metrics import object_position_error
 
     if camera is not None and (camera.width, camera.height) != (ref.shape[1], ref.shape[0]):
         camera = None

@@ -11,7 +11,7 @@ Two levels:
 - ``parse(sentence, vocab, context) -> ParsedStep``: verb, an ``ObjectRef`` (colour, kind, ordinal,
   side: "the second cup", "the one on the left"), a target. References that need the image to be
   resolved (ordinals, sides) stay open here; ``planner.grounding`` resolves them.
-- ``parse_step(...) -> ActionGoal``: the same, as the shared goal type.
+- ``parse_goal(...) -> ActionGoal``: the same, as the shared goal type.
 
 ``vocab`` (``Vocabulary.from_env(env)``) lists the names the executor accepts; without one the
 parser still extracts the phrases but cannot check them against the scene.
@@ -31,7 +31,7 @@ __all__ = [
     "ParsedStep",
     "Vocabulary",
     "parse",
-    "parse_step",
+    "parse_goal",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +553,7 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
     return ParsedStep(sentence=sentence, verb=verb, obj=obj, target=target, target_ref=target_ref, gripper=gripper)
 
 
-def parse_step(
+def parse_goal(
     sentence: str,
     vocab: Vocabulary | None = None,
     context: ParseContext | None = None,

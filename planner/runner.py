@@ -1,7 +1,7 @@
 """Closed-loop episode runner: backend -> parse -> ground -> monitor/executor -> next frame.
 
 One call of ``run_episode`` is one guided episode in simulation. Planning goes through
-``emu_ros.session.GuidanceSession`` (instruction + history of done steps + current frame -> next
+``model_runtime.session.GuidanceSession`` (instruction + history of done steps + current frame -> next
 step): a step the monitor confirms is ``mark_done``; a failed or rejected one is dropped with
 ``replan`` and the backend is asked again from the new frame.
 
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from emu_guide.types import ActionGoal, GoalStatus, PlanStep
-from emu_ros.backends.base import BackendError, DecodeOptions, GuidanceBackend
-from emu_ros.session import GuidanceSession, SessionError
+from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend
+from model_runtime.session import GuidanceSession, SessionError
 from planner.executor import Executor, SimExecutor
 from planner.grounded import NameGrounding
 from planner.grounding import ColorShapeDetector, Detector, Grounder, GroundingInfo
-from planner.metrics import psnr, subgoal_position_error
+from planner.metrics import capped_psnr, subgoal_position_error
 from planner.monitor import ExecutionMonitor, MonitorConfig, _jsonable
 from planner.parse import ParseContext, Vocabulary, parse
 
@@ -258,7 +258,7 @@ def run_episode(
             rec.text_exact = step.text.strip().lower() == gt.text.strip().lower()
             rec.goal_correct = goal.status == GoalStatus.OK and _goal_key(goal) == _goal_key(gt.goal)
             if step.subgoal_image is not None and k < len(gt_images):
-                rec.subgoal_psnr = psnr(step.subgoal_image, gt_images[k])
+                rec.subgoal_psnr = capped_psnr(step.subgoal_image, gt_images[k])
                 rec.subgoal_pos_error_px, rec.subgoal_pos_error_m = subgoal_position_error(
                     step.subgoal_image, gt_images[k], sim.camera)
 

@@ -56,7 +56,7 @@ stamp() {
   } | sha256sum | cut -d' ' -f1
 }
 # The Python packages CMakeLists.txt installs next to the interfaces (as colcon does on a robot).
-PY_PKGS=(emu_guide emu_ros planner sim_envs)
+PY_PKGS=(emu_guide model_runtime emu_ros planner sim_envs)
 PY_STAMP_FILE="$VENV/.emu_guidance_py_stamp"
 py_stamp() {
   find "${PY_PKGS[@]}" -type f -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1
@@ -157,7 +157,7 @@ STEP="smoke test"
 # The installed copy alone (as on a robot host after colcon build): node class, interfaces, rclpy.
 (cd "$VENV" && AMENT_PREFIX_PATH="$VENV/interfaces:$VENV" LD_LIBRARY_PATH="$VENV/interfaces/lib" \
   PYTHONPATH="$VENV/interfaces/$SITE" "$VENV/bin/python" -c '
-import emu_ros.ros.guidance_node as g, emu_ros.ros.sim_bridge_node as b
+import emu_ros.guidance_node as g, emu_ros.sim_bridge_node as b
 assert "/interfaces/" in g.__file__, g.__file__
 g.node_class(); b._make_node_class()
 print("[ros_venv] installed package OK:", g.__file__)

@@ -73,7 +73,7 @@ class DataConfig:
     mid_samples_per_step: int = 2  # LM stages: frames sampled inside each step besides its boundary frame
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
-    plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (emu_ros.prompt.build_plan_sequence)
+    plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (model_runtime.prompt.build_plan_sequence)
     # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
     # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
     # Evaluation always uses held-out "step" sequences.

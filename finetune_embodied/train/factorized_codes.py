@@ -32,8 +32,8 @@ DIGIT_KEY = "model.embed_tokens.digit_tables."  # + channel index
 
 def code_digits(levels: tuple[int, ...]) -> torch.Tensor:
     """(num_codes, len(levels)) int64: the per-channel level index of every FSQ code, numbered as
-    ``emu_ros.tokenizers.fsq.FSQ`` numbers them."""
-    from emu_ros.tokenizers.fsq import FSQ
+    ``model_runtime.tokenizers.fsq.FSQ`` numbers them."""
+    from model_runtime.tokenizers.fsq import FSQ
 
     fsq = FSQ(tuple(int(v) for v in levels))
     return fsq.codes_to_digits(torch.arange(int(fsq.levels.prod().item()), dtype=torch.int64))

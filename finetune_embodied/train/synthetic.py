@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu_ros.layout import TokenLayout, compact
-from emu_ros.prompt import TrainingSequence, build_training_sequence
-from emu_ros.text_tokenizer import WordTokenizer
+from model_runtime.layout import TokenLayout, compact
+from model_runtime.prompt import TrainingSequence, build_training_sequence
+from model_runtime.text_tokenizer import WordTokenizer
 
 COLORS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40)}
 

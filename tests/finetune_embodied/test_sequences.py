@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from emu_ros.layout import compact
-from emu_ros.prompt import IGNORE_INDEX, parse_step
-from emu_ros.text_tokenizer import WordTokenizer
-from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
 from finetune_embodied.datasets import Episode
 from finetune_embodied.sequences import SequenceDataset, collate_sequences, dataset_texts, plan_episode
+from model_runtime.layout import compact
+from model_runtime.prompt import IGNORE_INDEX, parse_answer
+from model_runtime.text_tokenizer import WordTokenizer
+from model_runtime.tokenizers.fsq import FSQConfig, FSQTokenizer
 
 CAM = "observation.images.front"
 STEPS = ["pick up the red cup", "place the red cup in the bin", "pick up the blue block"]
@@ -73,7 +73,7 @@ def test_decoding_sample_answer_returns_step_and_keyframe_codes(built):
     for sample, seq in zip(ds.samples, ds.sequences):
         ep = episodes[sample.episode_index]
         answer = seq.input_ids[seq.prompt_length:]
-        parsed = parse_step(layout, text_tok, answer, expected_grid=(4, 4))
+        parsed = parse_answer(layout, text_tok, answer, expected_grid=(4, 4))
         if sample.is_final:
             seen_final += 1
             assert parsed.is_final
@@ -116,7 +116,7 @@ def test_collate_pads_with_ignore_index(built):
 
 
 def test_plan_sequences_name_every_remaining_step_and_are_training_only():
-    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
+    from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR
 
     episodes = [make_episode(0)]
     text_tok = WordTokenizer.build(dataset_texts(episodes) + [PLAN_REQUEST, PLAN_SEPARATOR])

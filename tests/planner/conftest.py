@@ -1,7 +1,7 @@
 """Test doubles for the planner tests (each stands in for hardware or a trained model we do not have).
 
 Imported as ``tests.planner.conftest`` (the project runs ``python -m pytest`` from the repository
-root); tests/ros uses ``make_tiny_model_dir`` too."""
+root); tests/emu_ros uses ``make_tiny_model_dir`` too."""
 
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ class FailingExecutorForTest:
 def make_tiny_model_dir(path, corpus: list[str], image_size: int = 32, seed: int = 0):
     """A real but untrained model directory (random Qwen3 + random FSQ + word tokenizer over ``corpus``):
     it runs the torch backend end to end; its answers are noise."""
-    from emu_ros.backends.torch_backend import save_model_dir
-    from emu_ros.layout import compact
-    from emu_ros.lm import LMConfig, build_lm
-    from emu_ros.text_tokenizer import WordTokenizer
-    from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
+    from model_runtime.backends.torch_backend import save_model_dir
+    from model_runtime.layout import compact
+    from model_runtime.lm import LMConfig, build_lm
+    from model_runtime.text_tokenizer import WordTokenizer
+    from model_runtime.tokenizers.fsq import FSQConfig, FSQTokenizer
 
     text = WordTokenizer.build(corpus)
     vision = FSQTokenizer.from_config(

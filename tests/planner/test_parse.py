@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emu_guide.types import ActionGoal, GoalStatus
-from planner.parse import ParseContext, Vocabulary, parse, parse_step
+from planner.parse import ParseContext, Vocabulary, parse, parse_goal
 
 TABLE = Vocabulary(
     objects=("red cup", "blue cup", "white plate", "green bowl", "fork", "yellow napkin"),
@@ -81,7 +81,7 @@ OK_CASES = [
 
 @pytest.mark.parametrize(("sentence", "vocab", "verb", "obj", "target"), OK_CASES)
 def test_parses(sentence, vocab, verb, obj, target):
-    goal = parse_step(sentence, vocab, HOLDING, step_index=3, stamp=1.5)
+    goal = parse_goal(sentence, vocab, HOLDING, step_index=3, stamp=1.5)
     assert isinstance(goal, ActionGoal)
     assert goal.status == GoalStatus.OK, goal.reason
     assert (goal.verb, goal.object, goal.target) == (verb, obj, target)
@@ -150,7 +150,7 @@ def test_done_sentences(sentence):
     ],
 )
 def test_unknown_never_guessed(sentence, context, reason):
-    goal = parse_step(sentence, TABLE, context)
+    goal = parse_goal(sentence, TABLE, context)
     assert goal.status == GoalStatus.UNKNOWN
     assert reason in goal.reason
     assert goal.confidence == 0.0
@@ -178,7 +178,7 @@ def test_every_ground_truth_sentence_parses_to_its_goal(task):
         env.reset(seed=seed)
         vocab = Vocabulary.from_env(env)
         for step in env.unwrapped.ground_truth_plan():
-            goal = parse_step(step.text, vocab)
+            goal = parse_goal(step.text, vocab)
             assert goal.status == GoalStatus.OK, (step.text, goal.reason)
             assert (goal.verb, goal.object, goal.target or None) == (
                 step.goal.verb, step.goal.object, step.goal.target or None), step.text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emu_ros.backends.oracle import OracleBackend
+from model_runtime.backends.oracle import OracleBackend
 from planner import demo
 from planner.envs import make_env, resolve_backend
 from planner.metrics import aggregate, success_at_k

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from emu_guide.types import PlanStep
-from emu_ros.backends.oracle import OracleBackend
+from model_runtime.backends.oracle import OracleBackend
 from planner.envs import make_env
 from planner.executor import SimExecutor
 from planner.monitor import MonitorConfig

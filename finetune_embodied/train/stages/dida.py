@@ -1,6 +1,6 @@
 """Stage ``dida``: the loss and the held-out image prediction of DiDA adaptation.
 
-Training: ``emu_ros.decoding.dida_loss`` appends a noisy copy of each answer image (absorbing
+Training: ``model_runtime.decoding.dida_loss`` appends a noisy copy of each answer image (absorbing
 mask or uniform random codes, a random fraction corrupted), attends it to the clean prefix and
 bidirectionally inside itself, and adds the loss on the corrupted cells to the ordinary weighted
 next-token loss (``dida.next_token_loss_weight``) so text decoding does not drift.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from emu_ros.decoding.dida_loss import build_dida_batch, dida_attention_mask, dida_loss
+from model_runtime.decoding.dida_loss import build_dida_batch, dida_attention_mask, dida_loss
 
 
 def dida_training_loss(stage, model, batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:

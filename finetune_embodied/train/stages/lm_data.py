@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emu_ros.layout import TokenLayout, compact
-from emu_ros.text_tokenizer import TOKENIZER_FILE, WordTokenizer
+from model_runtime.layout import TokenLayout, compact
+from model_runtime.text_tokenizer import TOKENIZER_FILE, WordTokenizer
 
 
 def text_tokenizer_for(cfg, texts_fn) -> WordTokenizer:
@@ -27,15 +27,15 @@ def text_tokenizer_for(cfg, texts_fn) -> WordTokenizer:
 
 
 def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any], list[int], str]:
-    from emu_ros.prompt import PLAN_REQUEST, PLAN_SEPARATOR
     from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
     from finetune_embodied.sequences import SequenceDataset, dataset_texts
-    from finetune_embodied.train.stages.tokenizer_stage import camera_key, load_vision_tokenizer
+    from finetune_embodied.train.stages.tokenizer_stage import camera_key, load_tokenizer_or_checkpoint
+    from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR
 
     d = cfg.data
     if not cfg.tokenizer:
         raise ValueError("LM stages on a dataset need `tokenizer:` (a trained vision tokenizer or its checkpoint)")
-    vision = load_vision_tokenizer(cfg.tokenizer)
+    vision = load_tokenizer_or_checkpoint(cfg.tokenizer)
     reader = LeRobotV3Reader(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []

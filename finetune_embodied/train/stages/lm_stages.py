@@ -1,12 +1,12 @@
 """Language-model stages: next-token training and DiDA adaptation.
 
-Both train ``emu_ros.lm``'s Qwen3ForCausalLM on ``emu_ros.prompt.TrainingSequence`` samples
+Both train ``model_runtime.lm``'s Qwen3ForCausalLM on ``model_runtime.prompt.TrainingSequence`` samples
 (interleaved prompt + answer, per-token loss weights: text 1, visual codes
 ``data.visual_loss_weight``, prompt 0).
 
 - ``next_token``: weighted next-token cross-entropy.
 - ``dida``: the same loss (so text does not drift) plus the DiDA loss of
-  ``emu_ros.decoding.dida_loss`` on a noisy copy of each answer image block.
+  ``model_runtime.decoding.dida_loss`` on a noisy copy of each answer image block.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emu_ros.layout import TokenLayout
-from emu_ros.prompt import IGNORE_INDEX, TrainingSequence
 from finetune_embodied.train.checkpoint import CheckpointError, load_weights
 from finetune_embodied.train.stages.base import Stage, split_heldout
+from model_runtime.layout import TokenLayout
+from model_runtime.prompt import IGNORE_INDEX, TrainingSequence
 
 LAYOUT_FILE = "layout.json"
 
@@ -164,9 +164,9 @@ class LMStage(Stage):
     def _load_vision_tokenizer(self):
         if not self.cfg.tokenizer:
             return None
-        from finetune_embodied.train.stages.tokenizer_stage import load_vision_tokenizer
+        from finetune_embodied.train.stages.tokenizer_stage import load_tokenizer_or_checkpoint
 
-        return load_vision_tokenizer(self.cfg.tokenizer)
+        return load_tokenizer_or_checkpoint(self.cfg.tokenizer)
 
     def collate(self, samples: list[TrainingSequence]) -> dict[str, Any]:
         """Right-pad to the longest sample (PAD ids, attention 0, label IGNORE, weight 0); keep the samples."""
@@ -176,7 +176,7 @@ class LMStage(Stage):
 
     # ---- model ------------------------------------------------------------------------------
     def lm_config(self):
-        from emu_ros.lm import LMConfig
+        from model_runtime.lm import LMConfig
 
         overrides = dict(self.cfg.model)
         if "vocab_size" in overrides and overrides["vocab_size"] != self.layout.vocab_size:
@@ -185,10 +185,10 @@ class LMStage(Stage):
         try:
             return LMConfig(**overrides)
         except TypeError as exc:
-            raise ValueError(f"model: {exc} (LMConfig fields: see emu_ros/lm.py)") from None
+            raise ValueError(f"model: {exc} (LMConfig fields: see model_runtime/lm.py)") from None
 
     def build_model(self) -> torch.nn.Module:
-        from emu_ros.lm import build_lm, pick_attn_implementation
+        from model_runtime.lm import build_lm, pick_attn_implementation
 
         model = build_lm(self.lm_config(), attn_implementation=pick_attn_implementation(self.info.device), seed=self.cfg.seed)
         if self.cfg.visual_embedding_init == "tokenizer" and not self.cfg.init_from:
@@ -318,7 +318,7 @@ class LMStage(Stage):
         return out, logits
 
     def evaluate(self, model) -> dict[str, float]:
-        from emu_ros.image_metrics import object_position_error, psnr
+        from model_runtime.image_metrics import object_position_error, psnr
 
         samples = self.eval_samples()
         if not samples:

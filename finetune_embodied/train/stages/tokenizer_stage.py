@@ -1,10 +1,10 @@
-"""Stage ``tokenizer``: train the default vision tokenizer (``emu_ros.tokenizers.fsq``) on camera frames.
+"""Stage ``tokenizer``: train the default vision tokenizer (``model_runtime.tokenizers.fsq``) on camera frames.
 
-Loss: ``emu_ros.tokenizers.fsq.fsq_loss`` (L1 + MSE + edge term) on the reconstruction through the
+Loss: ``model_runtime.tokenizers.fsq.fsq_loss`` (L1 + MSE + edge term) on the reconstruction through the
 quantiser. FSQ's quantiser has no parameters, so there is no codebook or commitment loss to add:
 the quantisation is trained through the straight-through rounding inside the reconstruction loss;
 codebook usage is logged instead (``code_usage``: fraction of the codes used in the batch).
-Held-out evaluation: reconstruction PSNR and object-position error (``emu_ros.image_metrics``).
+Held-out evaluation: reconstruction PSNR and object-position error (``model_runtime.image_metrics``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from finetune_embodied.train.stages.base import Stage, split_heldout
 VISION_DIR = "vision_tokenizer"  # inside a tokenizer-stage checkpoint: a loadable tokenizer directory
 
 
-def load_vision_tokenizer(path: str | Path, device: str = "cpu"):
+def load_tokenizer_or_checkpoint(path: str | Path, device: str = "cpu"):
     """A vision tokenizer from its directory, or from a tokenizer-stage checkpoint holding one."""
-    from emu_ros.tokenizers import load_vision_tokenizer as _load
+    from model_runtime.tokenizers import load_vision_tokenizer as _load
 
     p = Path(path)
     if (p / VISION_DIR).is_dir():
@@ -34,8 +34,8 @@ def load_vision_tokenizer(path: str | Path, device: str = "cpu"):
 
 def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int], str]:
     """Frames (resized) and their episode index from a LeRobot v3 dataset; the skip report text."""
-    from emu_ros.tokenizers import resize_frame
     from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
+    from model_runtime.tokenizers import resize_image
 
     d = cfg.data
     reader = LeRobotV3Reader(d.path, on_error=d.on_error)
@@ -48,7 +48,7 @@ def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray]
         if d.frames_per_episode and len(idx) > d.frames_per_episode:
             idx = np.sort(rng.choice(idx, size=d.frames_per_episode, replace=False))
         for i in idx:
-            frames.append(resize_frame(video[i], (d.image_size, d.image_size)))
+            frames.append(resize_image(video[i], (d.image_size, d.image_size)))
             groups.append(ep.episode_index)
     return frames, groups, reader.report.summary() if reader.report.count else ""
 
@@ -86,7 +86,7 @@ class TokenizerStage(Stage):
         self.model: torch.nn.Module | None = None
 
     def fsq_config(self):
-        from emu_ros.tokenizers.fsq import FSQConfig
+        from model_runtime.tokenizers.fsq import FSQConfig
 
         overrides = dict(self.cfg.model)
         size = overrides.pop("image_size", self.cfg.data.image_size)
@@ -98,7 +98,7 @@ class TokenizerStage(Stage):
             raise ValueError(f"model (FSQConfig): {exc}") from None
 
     def build_model(self) -> torch.nn.Module:
-        from emu_ros.tokenizers.fsq import FSQAutoencoder
+        from model_runtime.tokenizers.fsq import FSQAutoencoder
 
         self.model = FSQAutoencoder(self.fsq_config())
         return self.model
@@ -120,7 +120,7 @@ class TokenizerStage(Stage):
         return {"images": x}
 
     def loss(self, model, batch, gen):
-        from emu_ros.tokenizers.fsq import fsq_loss
+        from model_runtime.tokenizers.fsq import fsq_loss
 
         recon, codes = model(batch["images"])
         loss, parts = fsq_loss(recon.float(), batch["images"], object_weight=self.cfg.data.object_loss_weight)
@@ -130,7 +130,7 @@ class TokenizerStage(Stage):
         return loss, parts
 
     def evaluate(self, model) -> dict[str, float]:
-        from emu_ros.image_metrics import object_position_error, psnr
+        from model_runtime.image_metrics import object_position_error, psnr
 
         samples = self.eval_samples()
         if not samples:
@@ -155,7 +155,7 @@ class TokenizerStage(Stage):
 
     def write_files(self, directory: Path) -> None:
         """A loadable tokenizer directory next to the checkpoint weights (what the LM stages read)."""
-        from emu_ros.tokenizers.fsq import FSQTokenizer
+        from model_runtime.tokenizers.fsq import FSQTokenizer
 
         if self.model is not None:
             FSQTokenizer(copy.deepcopy(self.model).cpu()).save(directory / VISION_DIR)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emu_ros.lm import LMConfig, build_lm
-from emu_ros.tokenizers.fsq import FSQ
 from finetune_embodied.train.factorized_codes import (
     DIGIT_KEY,
     FactorizedCodeEmbedding,
@@ -14,6 +12,8 @@ from finetune_embodied.train.factorized_codes import (
     code_digits,
     materialize,
 )
+from model_runtime.lm import LMConfig, build_lm
+from model_runtime.tokenizers.fsq import FSQ
 
 LEVELS = (8, 5, 5, 5)
 TEXT_ROWS = 40

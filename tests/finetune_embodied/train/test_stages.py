@@ -9,7 +9,7 @@ from finetune_embodied.train.checkpoint import load_checkpoint
 from finetune_embodied.train.config import load_config
 from finetune_embodied.train.loop import train
 from finetune_embodied.train.metrics import read_metrics
-from finetune_embodied.train.stages.tokenizer_stage import load_vision_tokenizer
+from finetune_embodied.train.stages.tokenizer_stage import load_tokenizer_or_checkpoint
 
 
 def _train_losses(run_dir, key="loss"):
@@ -27,7 +27,7 @@ def test_tokenizer_stage_learns_and_saves_a_loadable_tokenizer(tmp_path):
     losses = _train_losses(res.run_dir)
     assert losses[-1] < 0.6 * losses[0], losses
     assert res.final_eval["recon_psnr_db"] > 15 and "object_pos_err_px" in res.final_eval
-    tok = load_vision_tokenizer(res.checkpoint)  # the checkpoint holds a loadable tokenizer directory
+    tok = load_tokenizer_or_checkpoint(res.checkpoint)  # the checkpoint holds a loadable tokenizer directory
     assert tok.num_codes == 25 and tok.code_grid() == (8, 8)
     frames = load_checkpoint(res.checkpoint)["weights"]
     assert any(k.startswith("encoder.") for k in frames)
@@ -80,11 +80,11 @@ def test_bf16_on_cpu_is_refused(tiny_lm):
 def test_visual_embedding_init_follows_what_codes_look_like():
     import numpy as np
 
-    from emu_ros.layout import compact
-    from emu_ros.lm import LMConfig, build_lm
-    from emu_ros.tokenizers.fsq import FSQConfig, FSQTokenizer
     from finetune_embodied.train.config import ConfigError
     from finetune_embodied.train.stages.lm_stages import code_appearance_features, init_visual_embeddings
+    from model_runtime.layout import compact
+    from model_runtime.lm import LMConfig, build_lm
+    from model_runtime.tokenizers.fsq import FSQConfig, FSQTokenizer
 
     torch.manual_seed(0)
     vision = FSQTokenizer.from_config(FSQConfig(image_size=32, levels=(4, 4, 4), channels=(8, 8, 8), out_channels=8))
@@ -109,12 +109,12 @@ def test_visual_embedding_init_follows_what_codes_look_like():
 
 
 def test_input_embedding_init_std_redraws_the_input_rows_and_needs_an_untied_head(tiny_lm):
-    from emu_ros.lm import LMConfig, build_lm
     from finetune_embodied.train.config import ConfigError
     from finetune_embodied.train.distributed import DistInfo
     from finetune_embodied.train.factorized_codes import apply_factorized_codes
     from finetune_embodied.train.stages import make_stage
     from finetune_embodied.train.stages.lm_stages import scale_input_embedding
+    from model_runtime.lm import LMConfig, build_lm
 
     untied = "model={hidden_size: 64, num_layers: 2, num_heads: 2, num_kv_heads: 1, head_dim: 32, intermediate_size: 128, tie_word_embeddings: false}"  # fmt: skip
     info = DistInfo()

@@ -1,0 +1,374 @@
+"""The default backend: our model directory (Qwen3 LM + vision tokenizer + text tokenizer) in PyTorch.
+
+A model directory holds everything one guidance model needs::
+
+    guidance.json         {"format_version": 1, "layout": "compact", "layout_kwargs": {...},
+                           "image_size": [96, 96], "task": "vla"}
+    lm/                   a Qwen3-compatible checkpoint (config.json + safetensors, sharded or not)
+    vision_tokenizer/     anything model_runtime.tokenizers.load_vision_tokenizer reads (FSQ, Emu3 VQ, IBQ)
+    text_tokenizer/       anything model_runtime.text_tokenizer.load_text_tokenizer reads (words, HF)
+
+``save_model_dir`` writes one (the training pipeline calls it); ``TorchBackend`` loads one, checks
+that the parts agree with each other and with the layout, and answers ``next_step`` with
+``model_runtime.decoding.generate_answer``. ``LocalModelBackend`` (the step logic) is shared with the
+Emu3 backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
+from model_runtime.backends.base import BackendError, DecodeOptions
+from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
+
+__all__ = ["GUIDANCE_FILE", "LocalModelBackend", "TorchBackend", "load_model_dir", "save_model_dir"]
+
+GUIDANCE_FILE = "guidance.json"
+FORMAT_VERSION = 1
+
+
+def _layout_doc(layout: TokenLayout) -> dict[str, Any]:
+    if layout.name == "compact":
+        return {
+            "layout": "compact",
+            "layout_kwargs": {
+                "num_text_words": layout.visual_offset - COMPACT_NUM_SPECIALS,
+                "num_visual_codes": layout.num_visual_codes,
+            },
+        }
+    return {"layout": layout.name, "layout_kwargs": {}}
+
+
+def save_model_dir(
+    path: str | Path,
+    lm: torch.nn.Module,
+    vision_tokenizer: Any,
+    text_tokenizer: Any,
+    layout: TokenLayout,
+    lm_config: Any = None,
+    task: str = "vla",
+) -> Path:
+    """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json)."""
+    from model_runtime.lm import save_lm
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    size = vision_tokenizer.image_size
+    if size is None:
+        raise ValueError("the vision tokenizer has no fixed image size; the model directory needs one")
+    if vision_tokenizer.num_codes != layout.num_visual_codes:
+        raise ValueError(
+            f"vision tokenizer has {vision_tokenizer.num_codes} codes, layout {layout.name!r} {layout.num_visual_codes}"
+        )
+    save_lm(lm, path / "lm", lm_config)
+    vision_tokenizer.save(path / "vision_tokenizer")
+    text_tokenizer.save(path / "text_tokenizer")
+    doc = {"format_version": FORMAT_VERSION, **_layout_doc(layout), "image_size": list(size), "task": task}
+    (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+class LocalModelBackend:
+    """Step logic shared by local backends: frame -> codes -> prompt -> decode -> PlanStep.
+
+    Subclasses set ``lm``, ``layout``, ``vision``, ``text``, ``image_size``, ``task``.
+    """
+
+    name = "local"
+    model_id = ""
+    lm: torch.nn.Module
+    layout: TokenLayout
+    vision: Any  # model_runtime.tokenizers.VisionTokenizer
+    text: Any  # model_runtime.text_tokenizer.TextTokenizer
+    image_size: tuple[int, int]
+    task: str = "vla"
+    last_answer: Any = None  # the last model_runtime.decoding.Answer (forward counts, per-phase timings)
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def prepare_frame(self, frame: Frame) -> np.ndarray:
+        """Validate the frame and resize it to ``image_size`` (an explicit, documented resize)."""
+        from model_runtime.tokenizers.base import resize_image
+
+        if not isinstance(frame, Frame):
+            raise BackendError(f"{self.name}: expected an emu_guide.types.Frame, got {type(frame).__name__}")
+        try:
+            image = validate_rgb_image(frame.image, "frame.image")
+        except ValueError as exc:
+            raise BackendError(f"{self.name}: malformed frame: {exc}") from None
+        return resize_image(image, self.image_size)
+
+    def check_instruction(self, instruction: str) -> None:
+        """BackendError when the instruction is empty or has words the text tokenizer cannot encode."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise BackendError(f"{self.name}: the instruction is empty")
+        unknown = self.text.unknown_words(instruction)
+        if unknown:
+            raise BackendError(
+                f"{self.name}: the instruction {instruction!r} has words the model's vocabulary does not know:"
+                f" {unknown} (model {self.model_id})"
+            )
+
+    def _options(self, options: DecodeOptions | None) -> DecodeOptions:
+        options = options or DecodeOptions()
+        if not isinstance(options, DecodeOptions):
+            raise BackendError(f"{self.name}: options must be DecodeOptions, got {type(options).__name__}")
+        if options.mode is DecodeMode.ORACLE:
+            raise BackendError(f"{self.name}: decode mode 'oracle' needs the oracle backend, not a model")
+        return options
+
+    def banned_openings(self, options: DecodeOptions) -> list[list[int]]:
+        """Token ids of the answers the caller rejected (``avoid_texts``, ``avoid_final``) for the decoder to ban."""
+        from model_runtime.prompt import answer_opening_ids
+
+        avoid = [*options.avoid_texts, *([None] if options.avoid_final else [])]
+        return [ids for ids in (answer_opening_ids(self.layout, self.text, t) for t in avoid) if ids]
+
+    def mention_ids(self, options: DecodeOptions) -> tuple[list[list[int]], list[list[int]]] | None:
+        """Token ids of ``known_names`` and ``allowed_names`` as they appear inside a sentence, or None (off).
+
+        A name is encoded after "the" and the ids of "the" removed, so subword tokenizers give the
+        mid-sentence form (a leading space). Names with words the vocabulary lacks are left out:
+        the model cannot say them anyway.
+        """
+        if not options.known_names:
+            return None
+        return [self._name_ids(n) for n in options.known_names], [self._name_ids(n) for n in options.allowed_names]
+
+    def _name_ids(self, name: str) -> list[int]:
+        name = " ".join(name.lower().split())
+        if self.text.unknown_words(name):
+            return []
+        head = self.text.encode("the")
+        ids = self.text.encode(f"the {name}")
+        return ids[len(head) :] if ids[: len(head)] == head else self.text.encode(name)
+
+    # ---- the step -----------------------------------------------------------------------------
+    def next_step(
+        self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
+    ) -> PlanStep:
+        from model_runtime.decoding import answer_grammar, generate_answer
+        from model_runtime.prompt import ParseError, build_prompt, build_unconditional_prompt, parse_answer
+
+        options = self._options(options)
+        self.check_instruction(instruction)
+        if not all(isinstance(h, PlanStep) for h in history):
+            raise BackendError(f"{self.name}: history must be a list of PlanStep")
+        done_texts = [h.text for h in history]
+        t0 = time.perf_counter()
+        image = self.prepare_frame(frame)
+        codes = self.vision.encode_one(image)  # (h, w)
+        t_enc = time.perf_counter()
+        try:
+            prompt = build_prompt(self.layout, self.text, instruction, done_texts, codes, task=self.task)
+            uncond = None
+            if options.guidance_scale != 1.0:
+                uncond = build_unconditional_prompt(self.layout, self.text, instruction, done_texts, codes, task=self.task)
+        except ValueError as exc:
+            raise BackendError(f"{self.name}: cannot build the prompt: {exc}") from None
+        config = getattr(self.lm, "config", None)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
+        grid = tuple(codes.shape)
+        needed = len(prompt) + options.max_text_tokens + self.layout.image_block(*grid).length + 1
+        if limit is not None and needed > limit:
+            raise BackendError(
+                f"{self.name}: prompt of {len(prompt)} tokens plus the answer ({needed} in all) exceeds the model's"
+                f" context of {limit} positions (history of {len(history)} steps too long?)"
+            )
+        answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
+                                 text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
+                                 banned=self.banned_openings(options), mentions=self.mention_ids(options),
+                                 **answer_grammar(self.layout))  # fmt: skip
+        self.last_answer = answer
+        try:
+            parsed = parse_answer(self.layout, self.text, answer.tokens, expected_grid=grid)
+        except ParseError as exc:
+            raise BackendError(f"{self.name}: the model's answer does not parse: {exc}") from None
+        t_dec = time.perf_counter()
+        subgoal = None if parsed.codes is None else self.vision.decode_one(parsed.codes)
+        t_end = time.perf_counter()
+        timings = dict(answer.timings_ms)
+        timings.update(
+            encode_frame=1e3 * (t_enc - t0),
+            decode_image=1e3 * (t_end - t_dec),
+            total=1e3 * (t_end - t0),
+        )
+        return PlanStep(
+            index=len(history),
+            text=parsed.text,
+            subgoal_image=subgoal,
+            subgoal_tokens=parsed.codes,
+            text_confidence=answer.text_confidence,
+            image_confidence=answer.image_confidence,
+            decode_mode=options.mode,
+            timings_ms=timings,
+            is_final=parsed.is_final,
+        )
+
+    def close(self) -> None:
+        self.lm = None  # type: ignore[assignment]
+        self.vision = None
+
+
+def load_model_dir(
+    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, attn_implementation: str | None = None
+) -> dict[str, Any]:
+    """Read and cross-check a model directory -> dict(lm, layout, vision, text, image_size, task).
+
+    Every problem is a BackendError naming the file: missing parts, corrupt weights, a tokenizer
+    or LM that does not fit the layout.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BackendError(f"model directory {path} does not exist")
+    gfile = path / GUIDANCE_FILE
+    if not gfile.is_file():
+        raise BackendError(f"{gfile}: missing (a model directory needs {GUIDANCE_FILE}, lm/, vision_tokenizer/, text_tokenizer/)")
+    try:
+        doc = json.loads(gfile.read_text())
+        layout = get_layout(doc["layout"], **doc.get("layout_kwargs", {}))
+        image_size = (int(doc["image_size"][0]), int(doc["image_size"][1]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise BackendError(f"{gfile}: invalid ({type(exc).__name__}: {exc})") from None
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise BackendError(f"{gfile}: format_version {doc.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    parts = load_parts(
+        layout, path / "lm", path / "text_tokenizer", path / "vision_tokenizer", image_size,
+        device=device, dtype=dtype, attn_implementation=attn_implementation, source=str(gfile),
+    )  # fmt: skip
+    parts["task"] = doc.get("task", "vla")
+    return parts
+
+
+def load_parts(
+    layout: TokenLayout,
+    lm_dir: str | Path,
+    text_dir: str | Path,
+    vision_dir: str | Path,
+    image_size: tuple[int, int] | None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Load LM, text and vision tokenizers from their directories and check them against ``layout``.
+
+    ``image_size=None`` takes the vision tokenizer's own fixed size. BackendError naming the file.
+    """
+    from model_runtime.lm import LMLoadError, load_lm
+    from model_runtime.text_tokenizer import TextTokenizerError, load_text_tokenizer
+    from model_runtime.tokenizers import load_vision_tokenizer
+    from model_runtime.tokenizers.base import VisionTokenizerError
+
+    text_dir, vision_dir = Path(text_dir), Path(vision_dir)
+    source = source or "the layout"
+    try:
+        text = load_text_tokenizer(text_dir)
+    except TextTokenizerError as exc:
+        raise BackendError(f"{text_dir}: {exc}") from None
+    if layout.name == "compact" and text.vocab_size != layout.visual_offset - COMPACT_NUM_SPECIALS:
+        raise BackendError(
+            f"{text_dir}: {text.vocab_size} words but {source} declares"
+            f" {layout.visual_offset - COMPACT_NUM_SPECIALS} (wrong layout for this checkpoint)"
+        )
+    if hasattr(text, "check_layout"):
+        try:
+            text.check_layout(layout)
+        except TextTokenizerError as exc:
+            raise BackendError(str(exc)) from None
+    try:
+        vision = load_vision_tokenizer(vision_dir, device=device)
+    except (VisionTokenizerError, OSError) as exc:
+        raise BackendError(f"{vision_dir}: {exc}") from None
+    if vision.num_codes != layout.num_visual_codes:
+        raise BackendError(
+            f"{vision_dir}: {vision.num_codes} codes but layout {layout.name!r} has"
+            f" {layout.num_visual_codes} (wrong layout for this checkpoint)"
+        )
+    if image_size is None:
+        if vision.image_size is None:
+            raise BackendError(f"{vision_dir}: the vision tokenizer has no fixed image size; pass image_size=(h, w)")
+        image_size = tuple(vision.image_size)
+    if vision.image_size is not None and tuple(vision.image_size) != tuple(image_size):
+        raise BackendError(f"{source}: image_size {image_size} but the vision tokenizer expects {vision.image_size}")
+    if image_size[0] % vision.downsample or image_size[1] % vision.downsample:
+        raise BackendError(f"image_size {image_size} is not a multiple of the vision tokenizer's {vision.downsample}")
+    try:
+        lm = load_lm(lm_dir, layout, device=device, dtype=dtype, attn_implementation=attn_implementation)
+    except LMLoadError as exc:
+        raise BackendError(str(exc)) from None
+    return dict(lm=lm, layout=layout, vision=vision, text=text, image_size=tuple(image_size), task="vla")
+
+
+class TorchBackend(LocalModelBackend):
+    """Our model directory in PyTorch (CPU or CUDA). ``model_path=None``: the shipped default model."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        num_threads: int | None = None,
+        layout: str | None = None,
+        text_tokenizer_path: str | Path | None = None,
+        vision_tokenizer_path: str | Path | None = None,
+        image_size: tuple[int, int] | None = None,
+        task: str = "vla",
+        **unused: Any,
+    ) -> None:
+        """``model_path``: a model directory (guidance.json, lm/, ...). Or, with ``layout`` ("emu35",
+        "emu3"), a bare Qwen3-compatible checkpoint (e.g. Emu3.5's LM) whose tokenizers are found at
+        ``text_tokenizer_path`` (default: the checkpoint itself) and ``vision_tokenizer_path``
+        (default: ``<model_path>/vision_tokenizer``)."""
+        from emu_guide.paths import shipped_model_dir
+
+        if unused:
+            raise BackendError(f"torch backend: unknown arguments {sorted(unused)}")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise BackendError("torch backend: device 'cuda' asked for but no CUDA GPU is available")
+        if model_path is None:
+            model_path = shipped_model_dir()
+            if not Path(model_path).is_dir():
+                raise BackendError(
+                    f"torch backend: the shipped default model {model_path} does not exist yet (it is produced by"
+                    " `emu-guide train`); pass model_path=<a model directory>"
+                )
+        if num_threads is None and str(device).startswith("cpu"):
+            # Small models on a CPU are bound by per-op overhead, not FLOPs: a second thread buys
+            # little and, on a shared host (a training job, the ROS executor), oversubscription
+            # made small-model work 4x (p50) to 47x (p95) slower (docs/tokenizers.md, speed bench).
+            num_threads = 1
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+        path = Path(model_path)
+        if layout is None:
+            parts = load_model_dir(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        else:
+            if not path.is_dir():
+                raise BackendError(f"model directory {path} does not exist")
+            try:
+                lay = get_layout(layout)
+            except (ValueError, TypeError) as exc:
+                raise BackendError(f"torch backend: {exc}") from None
+            lm_dir = path / "lm" if (path / "lm" / "config.json").is_file() else path
+            parts = load_parts(
+                lay, lm_dir, text_tokenizer_path or path, vision_tokenizer_path or path / "vision_tokenizer", image_size,
+                device=device, dtype=dtype, attn_implementation=attn_implementation, source=f"layout {layout!r}",
+            )  # fmt: skip
+            parts["task"] = task
+        self.lm = parts["lm"]
+        self.layout = parts["layout"]
+        self.vision = parts["vision"]
+        self.text = parts["text"]
+        self.image_size = parts["image_size"]
+        self.task = parts["task"]
+        self.model_id = str(Path(model_path))
