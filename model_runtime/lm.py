@@ -8,7 +8,13 @@ serves the tiny default model and the real 34B checkpoint alike.
 - ``build_lm``: a randomly initialised model from an ``LMConfig`` (training starts here).
 - ``load_lm`` / ``save_lm``: any Qwen3-compatible checkpoint directory (``config.json`` +
   ``model.safetensors`` or a sharded ``model.safetensors.index.json``), checked against a
-  ``TokenLayout`` before any weight is read.
+  ``TokenLayout`` before any weight is read. The Emu3.5 release's own format is one of them:
+  ``model_type "Emu3"`` / ``Emu3ForCausalLM`` (remote code in the release) is read as the Qwen3
+  model it is (same block, same weight names), with the release config's defaults for fields it
+  omits. Original Emu3 (v1) checkpoints share that ``model_type`` but not the block: refused, with
+  the ``-hf`` conversions named.
+- ``default_dtype``: bfloat16 on CUDA (what the release runs in; 34B in float32 is 136 GB),
+  float32 on CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +33,51 @@ if TYPE_CHECKING:
 
     from model_runtime.layout import TokenLayout
 
-__all__ = ["LMConfig", "LMLoadError", "build_lm", "load_lm", "save_lm", "pick_attn_implementation", "count_params"]
+__all__ = [
+    "EMU3_RELEASE_DEFAULTS",
+    "LMConfig",
+    "LMLoadError",
+    "build_lm",
+    "count_params",
+    "default_dtype",
+    "lm_qwen3_config",
+    "load_lm",
+    "pick_attn_implementation",
+    "save_lm",
+]
+
+# The Emu3.5 release's configuration class (``Emu3Config``, model_type "Emu3") and the defaults it
+# applies to fields a config.json leaves out. Read from its published signature; note head_dim is
+# a field (128), not hidden_size / num_attention_heads.
+EMU3_RELEASE_DEFAULTS: dict[str, object] = {
+    "vocab_size": 184_622,
+    "hidden_size": 4096,
+    "intermediate_size": 14_336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "max_position_embeddings": 9216,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-5,
+    "pad_token_id": 151_643,
+    "bos_token_id": 151_849,
+    "eos_token_id": 151_850,
+    "tie_word_embeddings": False,
+    "rope_theta": 1_000_000.0,
+    "rope_scaling": None,
+    "attention_dropout": 0.1,  # training only: eval mode runs attention without dropout
+}
+# Keys of a Qwen3 config that carry over from the release config; the rest (image token ids,
+# image_area, pretraining_tp, auto_map...) belong to the release's generation code, not the block.
+_QWEN3_KEYS = (*EMU3_RELEASE_DEFAULTS, "use_cache", "rope_parameters", "attention_bias", "sliding_window",
+               "use_sliding_window", "max_window_layers", "layer_types")
+EMU3_V1_VOCAB = 184_622  # original Emu3 (v1): Llama block, 32,768 visual codes
+_EMU3_HF_HINT = (
+    "use its transformers conversion (BAAI/Emu3-Gen-hf or BAAI/Emu3-Chat-hf, model_type 'emu3') with the emu3"
+    " backend: load_backend('emu3', model_path=...)"
+)
 
 
 class LMLoadError(ValueError):
@@ -170,22 +220,14 @@ def _check_checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-def load_lm(
-    path: str | Path,
-    layout: TokenLayout | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    attn_implementation: str | None = None,
-) -> Qwen3ForCausalLM:
-    """Load any Qwen3-compatible checkpoint directory (the default model or Emu3.5's LM).
+def default_dtype(device: str | torch.device = "cpu", device_map: object = None) -> torch.dtype:
+    """bfloat16 when the weights go to a CUDA GPU (or are spread by ``device_map``), else float32."""
+    if device_map is not None and device_map != "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
-    Checks, each with an LMLoadError naming the file: config.json present and a Qwen3 config;
-    its vocabulary covers ``layout`` (a checkpoint for another layout is rejected before loading
-    weights); every safetensors file present and readable; no missing weights.
-    """
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    path = Path(path)
+def _read_config(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not path.is_dir():
         raise LMLoadError(f"{path}: model directory does not exist")
@@ -195,10 +237,85 @@ def load_lm(
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise LMLoadError(f"{cfg_file}: invalid JSON ({exc})") from None
-    if raw.get("model_type") not in ("qwen3", "emu3p5", "emu3_5"):
-        raise LMLoadError(f"{cfg_file}: model_type {raw.get('model_type')!r} is not Qwen3-compatible")
-    raw["model_type"] = "qwen3"
-    qcfg = Qwen3Config(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
+    if not isinstance(raw, dict):
+        raise LMLoadError(f"{cfg_file}: not a JSON object")
+    return raw
+
+
+def lm_qwen3_config(path: str | Path) -> tuple[Qwen3Config, str]:
+    """config.json of a checkpoint directory -> (the Qwen3Config it runs as, its format).
+
+    Formats: ``"qwen3"`` (ours, or any Qwen3 checkpoint) and ``"emu3.5-release"`` (model_type
+    ``"Emu3"``, architectures ``["Emu3ForCausalLM"]``: the published Emu3.5 weights). LMLoadError,
+    naming the file, for anything else: a transformers Emu3 (``"emu3"``) or an original Emu3 (v1)
+    checkpoint points at the emu3 backend and the ``-hf`` conversions.
+    """
+    from transformers import Qwen3Config
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    raw = _read_config(path)
+    model_type = raw.get("model_type")
+    if model_type in ("qwen3", "emu3p5", "emu3_5"):
+        raw = {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version", "model_type")}
+        fmt = "qwen3"
+    elif model_type == "Emu3":
+        archs = raw.get("architectures") or ["Emu3ForCausalLM"]
+        if archs != ["Emu3ForCausalLM"]:
+            raise LMLoadError(f"{cfg_file}: model_type 'Emu3' with architectures {archs}; expected ['Emu3ForCausalLM']")
+        merged = {**EMU3_RELEASE_DEFAULTS, **raw}
+        if int(merged["vocab_size"]) == EMU3_V1_VOCAB:
+            raise LMLoadError(
+                f"{cfg_file}: an original Emu3 (v1) checkpoint (vocabulary {EMU3_V1_VOCAB}, remote code, Llama block),"
+                f" not Emu3.5: {_EMU3_HF_HINT}"
+            )
+        if merged["hidden_act"] != "silu":
+            raise LMLoadError(f"{cfg_file}: hidden_act {merged['hidden_act']!r}; the Emu3.5 block is SwiGLU ('silu')")
+        raw = {k: merged[k] for k in _QWEN3_KEYS if k in merged and merged[k] is not None}
+        fmt = "emu3.5-release"
+    elif model_type == "emu3":
+        raise LMLoadError(f"{cfg_file}: a transformers Emu3 checkpoint (model_type 'emu3'), not a Qwen3 LM: {_EMU3_HF_HINT}")
+    else:
+        raise LMLoadError(f"{cfg_file}: model_type {model_type!r} is not Qwen3-compatible (nor the Emu3.5 release's 'Emu3')")
+    try:
+        return Qwen3Config(**raw), fmt
+    except (TypeError, ValueError, KeyError) as exc:
+        raise LMLoadError(f"{cfg_file}: not a valid Qwen3/Emu3.5 config ({type(exc).__name__}: {exc})") from None
+
+
+def _weight_names(files: list[Path]) -> list[str]:
+    from safetensors import safe_open
+
+    names: list[str] = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            names += list(handle.keys())
+    return names
+
+
+def load_lm(
+    path: str | Path,
+    layout: TokenLayout | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
+) -> Qwen3ForCausalLM:
+    """Load any Qwen3-compatible checkpoint directory (the default model, Emu3.5's release format).
+
+    ``dtype=None``: ``default_dtype`` (bfloat16 on CUDA, float32 on CPU). ``device_map`` (e.g.
+    ``"auto"``: layers spread over every visible GPU, as the release runs its 34B on 2x80 GB) is
+    handed to transformers/accelerate and replaces ``device``.
+
+    Checks, each with an LMLoadError naming the file: config.json present and a Qwen3 (or Emu3.5
+    release) config; its vocabulary covers ``layout`` (a checkpoint for another layout is rejected
+    before loading weights); every safetensors file present and readable; no missing weights.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    qcfg, fmt = lm_qwen3_config(path)
     if layout is not None and qcfg.vocab_size < layout.vocab_size:
         raise LMLoadError(
             f"{cfg_file}: vocab_size {qcfg.vocab_size} is smaller than layout {layout.name!r} needs"
@@ -209,18 +326,28 @@ def load_lm(
             f"{cfg_file}: vocab_size {qcfg.vocab_size} != compact layout vocab_size {layout.vocab_size}"
             " (the text tokenizer or vision tokenizer does not match this LM)"
         )
-    _check_checkpoint_files(path)
-    attn = attn_implementation or pick_attn_implementation(device)
+    files = _check_checkpoint_files(path)
+    if fmt == "emu3.5-release" and not any(".self_attn.q_norm." in n for n in _weight_names(files)):
+        raise LMLoadError(
+            f"{path}: model_type 'Emu3' but the weights have no QK-norm (q_norm): an original Emu3 (v1) checkpoint,"
+            f" not Emu3.5: {_EMU3_HF_HINT}"
+        )
+    if device_map is not None and not available("accelerate"):
+        raise LMLoadError(f"device_map={device_map!r} needs the accelerate package (pip install accelerate)")
+    attn = attn_implementation or pick_attn_implementation("cuda" if device_map not in (None, "cpu") else device)
+    extra = {} if device_map is None else {"device_map": device_map}
     try:
         model, info = Qwen3ForCausalLM.from_pretrained(
-            path, config=qcfg, dtype=dtype or torch.float32, attn_implementation=attn, output_loading_info=True
-        )
+            path, config=qcfg, dtype=dtype or default_dtype(device, device_map), attn_implementation=attn,
+            output_loading_info=True, **extra,
+        )  # fmt: skip
     except (OSError, RuntimeError, ValueError) as exc:
-        raise LMLoadError(f"{path}: could not load weights ({exc})") from exc
+        raise LMLoadError(f"{path}: could not load weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     missing = [k for k in info.get("missing_keys", []) if not (qcfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing:
-        raise LMLoadError(f"{path}: {len(missing)} weights missing from the checkpoint, e.g. {missing[:3]}")
+        raise LMLoadError(f"{path}: {len(missing)} weights missing from the checkpoint, e.g. {sorted(missing)[:3]}")
     mismatched = info.get("mismatched_keys", [])
     if mismatched:
         raise LMLoadError(f"{path}: weights with the wrong shape for config.json: {list(mismatched)[:3]}")
-    return model.to(device).eval()
+    model.checkpoint_format = fmt  # "qwen3" | "emu3.5-release" (backends report it)
+    return (model if device_map is not None else model.to(device)).eval()

@@ -25,7 +25,8 @@ pieces are tokenised separately, which for byte-level BPE equals tokenising the 
 (BPE never merges across a special token).
 
 Classifier-free guidance: ``build_unconditional_prompt`` keeps the image and drops the question
-text; both prompts end with the same assistant-start marker, so the same generated answer tokens
+text (emu35: the release's own unconditional prompt, ``<|extra_203|>You are a helpful assistant.
+USER: <|IMAGE|> ASSISTANT: <|extra_100|>``, which also drops the task); both prompts end with the same assistant-start marker, so the same generated answer tokens
 can be appended to both. They differ in length: batch them with ``pad_batch`` (left padding).
 """
 
@@ -201,7 +202,9 @@ def build_unconditional_prompt(
     task: str = "vla",
     system_extra: str = "",
 ) -> list[int]:
-    """CFG's unconditional prompt: same template and image, question text (instruction, history) dropped.
+    """CFG's unconditional prompt: same image, question text (instruction, history) dropped.
+
+    emu35: exactly the release's unconditional prompt (no task and no system extra either).
 
     Takes the same arguments as ``build_prompt`` so callers build both in one place; the
     instruction and history are validated but left out of the ids on purpose.
@@ -240,6 +243,16 @@ def _prompt(
     if layout.name == "emu35":
         if task not in TASKS:
             raise ValueError(f"unknown Emu3.5 task {task!r}; expected one of {TASKS}")
+        if not conditional:
+            # The release's own unconditional prompt (image kept, no task, no question):
+            # "<|extra_203|>You are a helpful assistant. USER: <|IMAGE|> ASSISTANT: <|extra_100|>"
+            return (
+                [layout.bos]
+                + _encode(layout, text_tok, f"{_EMU3_SYSTEM} USER: ", "template")
+                + image
+                + _encode(layout, text_tok, " ASSISTANT: ", "template")
+                + [layout.extra["assistant_start"]]
+            )
         system = _EMU35_SYSTEM.format(task=task, extra=system_extra)
         return (
             [layout.bos]

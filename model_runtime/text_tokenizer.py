@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 TOKENIZER_FILE = "text_tokenizer.json"  # our own file (WordTokenizer; HF marker for the others)
+EMU_SPECIAL_TOKENS_FILE = "emu3_vision_tokens.txt"  # the Emu3.5 release's image/visual special tokens
 _UNK_ID = COMPACT_SPECIALS.index("<unk>")
 _WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 _NO_SPACE_BEFORE = set(".,;:!?)'")
@@ -203,19 +204,41 @@ class HFTextTokenizer:
         """Load a local tokenizer directory.
 
         Emu3.5's and Emu3's own tokenizer directories ship their tokenizer class as code
-        (``tokenization_emu3.py``, tiktoken-based): they need ``trust_remote_code=True`` (the code
-        is read from the directory, never downloaded) and the ``tiktoken`` package.
+        (``tokenization_emu3.py``, tiktoken-based, named by ``auto_map`` in tokenizer_config.json):
+        that code runs in this process, so it is loaded only with ``trust_remote_code=True`` (read
+        from the directory, never downloaded); without it a TextTokenizerError says which file and
+        class would run and how to opt in. A special-tokens file next to it
+        (``emu3_vision_tokens.txt``: image and visual tokens) is handed to the class as the release's
+        own loader does. Needs the ``tiktoken`` package for the release's tokenizer.
         """
         path = Path(directory)
         if not path.is_dir():
             raise TextTokenizerError(f"tokenizer directory {path} does not exist")
         from transformers import AutoTokenizer
 
+        custom = custom_tokenizer_code(path)
+        kwargs: dict[str, Any] = {}
+        if custom is not None:
+            if not trust_remote_code:
+                raise TextTokenizerError(
+                    f"the tokenizer in {path} is custom code ({custom}, named by auto_map in tokenizer_config.json)"
+                    " that would run in this process: read it, then opt in with trust_remote_code=True"
+                    " (load_backend(..., trust_remote_code=True), CLI --trust-remote-code, ROS parameter"
+                    " trust_remote_code) if you trust it; it needs trust_remote_code=True"
+                )
+            special = path / EMU_SPECIAL_TOKENS_FILE
+            if special.is_file():
+                kwargs["special_tokens_file"] = str(special)
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+            )
+        except ImportError as exc:  # the custom code's own imports (tiktoken for the Emu3.5 release)
+            raise TextTokenizerError(f"the tokenizer code in {path} needs a package that is missing: {exc}") from None
         except Exception as exc:  # transformers raises OSError/ValueError/KeyError for bad dirs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = "" if trust_remote_code else " (a tokenizer shipped as code needs trust_remote_code=True)"
-            raise TextTokenizerError(f"cannot load a transformers tokenizer from {path}: {exc}{hint}") from exc
+            raise TextTokenizerError(f"cannot load a transformers tokenizer from {path}: {first}{hint}") from None
         return cls(tok, source=str(path))
 
     @property
@@ -273,6 +296,24 @@ class HFTextTokenizer:
         return f"HFTextTokenizer({self.source or type(self.tokenizer).__name__}, {self.vocab_size} ids)"
 
 
+def custom_tokenizer_code(directory: str | Path) -> str | None:
+    """``"file.py: Class"`` when the directory's tokenizer is Python code (``auto_map``), else None."""
+    cfg = Path(directory) / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        doc = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None  # transformers reports the broken file itself
+    ref = (doc.get("auto_map") or {}).get("AutoTokenizer") if isinstance(doc, dict) else None
+    if isinstance(ref, (list, tuple)):
+        ref = next((r for r in ref if r), None)
+    if not isinstance(ref, str) or "." not in ref:
+        return None
+    module, cls_name = ref.rsplit(".", 1)
+    return f"{module.split('--')[-1]}.py: {cls_name}"
+
+
 def _read_tokenizer_json(directory: str | Path) -> dict:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
@@ -286,8 +327,9 @@ def _read_tokenizer_json(directory: str | Path) -> dict:
     return doc
 
 
-def load_text_tokenizer(directory: str | Path) -> WordTokenizer | HFTextTokenizer:
-    """Load whichever tokenizer a directory holds: our word vocabulary or a transformers tokenizer."""
+def load_text_tokenizer(directory: str | Path, trust_remote_code: bool = False) -> WordTokenizer | HFTextTokenizer:
+    """Load whichever tokenizer a directory holds: our word vocabulary or a transformers tokenizer
+    (``trust_remote_code``: see ``HFTextTokenizer.load``)."""
     path = Path(directory)
     if (path / TOKENIZER_FILE).is_file():
         kind = _read_tokenizer_json(path).get("kind")
@@ -296,5 +338,5 @@ def load_text_tokenizer(directory: str | Path) -> WordTokenizer | HFTextTokenize
         if kind != HFTextTokenizer.kind:
             raise TextTokenizerError(f"{path / TOKENIZER_FILE}: unknown tokenizer kind {kind!r}")
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        return HFTextTokenizer.load(path)
+        return HFTextTokenizer.load(path, trust_remote_code=trust_remote_code)
     raise TextTokenizerError(f"{path} holds no text tokenizer ({TOKENIZER_FILE} or a transformers tokenizer)")

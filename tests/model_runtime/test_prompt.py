@@ -107,10 +107,11 @@ def test_emu35_prompt_uses_the_real_ids_and_template(hf_tok):
     question = format_question("Pick up the red cup.", ["move to the cup"])
     assert hf_tok.decode(ids[1:b]) == f"You are a helpful assistant for vla task. USER: {question}"
     assert hf_tok.decode(ids[b + len(image) : -1]) == " ASSISTANT: "
-    # Unconditional: same template and image, question dropped.
+    # Unconditional: the release's own ("You are a helpful assistant. USER: <|IMAGE|> ASSISTANT: "):
+    # same image, question and task dropped.
     unc = build_unconditional_prompt(lay, hf_tok, "Pick up the red cup.", ["move to the cup"], frame)
     ub = unc.index(151852)
-    assert hf_tok.decode(unc[1:ub]) == "You are a helpful assistant for vla task. USER: "
+    assert hf_tok.decode(unc[1:ub]) == "You are a helpful assistant. USER: "
     assert unc[ub:] == ids[b:]
     with pytest.raises(ValueError, match="unknown Emu3.5 task"):
         build_prompt(lay, hf_tok, "x", [], frame, task="dance")
