@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KeyframeConfig", "detect_keyframes", "keyframes_from_state", "match_keyframes", "motion_ends"]
+__all__ = ["KeyframeConfig", "detect_keyframes", "keyframes_from_state", "match_keyframes", "motion_ends", "motion_pauses"]
 
 
 @dataclass
@@ -75,16 +75,42 @@ def motion_ends(ee_pos: np.ndarray, rest_frac: float = 0.05, turn_cos: float = 0
     return out
 
 
+def motion_pauses(motion: np.ndarray, rest_frac: float = 0.05, min_pause: int = 2) -> list[int]:
+    """Frames where the arm arrives somewhere and stays: it moved into frame t and is at rest (speed
+    at most ``rest_frac`` of the episode's top speed) for the next ``min_pause`` frames, or until
+    the episode ends. ``motion`` is (T, D): end-effector xyz, scaled joint angles or any signal that
+    moves with the arm; a pause is where a step usually ends (a drawer pulled open, a button pressed)."""
+    pos = np.asarray(motion, dtype=np.float64)
+    if pos.ndim == 1:
+        pos = pos[:, None]
+    speed = np.zeros(len(pos))
+    if len(pos) > 1:
+        speed[1:] = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    top = speed.max() if len(speed) else 0.0
+    if top <= 0:
+        return []
+    rest = speed <= rest_frac * top
+    out = []
+    for t in range(1, len(pos)):
+        if rest[t]:
+            continue
+        after = rest[t + 1 : t + 1 + min_pause]
+        if t + 1 < len(pos) and after.all() and (len(after) == min_pause or t + 1 + len(after) == len(pos)):
+            out.append(t)
+    return out
+
+
 def detect_keyframes(gripper: np.ndarray, ee_pos: np.ndarray, config: KeyframeConfig | None = None) -> list[int]:
-    """Subtask-end frames of one episode from its gripper signal (T,) and end-effector positions (T, 3)."""
+    """Subtask-end frames of one episode from its gripper signal (T,) and the arm's motion (T, D):
+    end-effector positions (D = 3) or any signal that moves with the arm (scaled joint angles)."""
     cfg = config or KeyframeConfig()
     gripper = np.asarray(gripper, dtype=np.float64).reshape(-1)
     ee_pos = np.asarray(ee_pos, dtype=np.float64)
     n = len(gripper)
     if n == 0:
         raise ValueError("detect_keyframes: empty episode")
-    if ee_pos.shape != (n, 3):
-        raise ValueError(f"ee_pos must be ({n}, 3) to match the gripper signal, got {ee_pos.shape}")
+    if ee_pos.ndim != 2 or len(ee_pos) != n or ee_pos.shape[1] < 1:
+        raise ValueError(f"ee_pos must be ({n}, D) to match the gripper signal, got {ee_pos.shape}")
     closed = gripper > cfg.gripper_threshold
     events = []
     for t in range(1, n):
@@ -109,20 +135,24 @@ def detect_keyframes(gripper: np.ndarray, ee_pos: np.ndarray, config: KeyframeCo
 
 def keyframes_from_state(state: np.ndarray, state_names: Sequence[str] | None = None,
                          config: KeyframeConfig | None = None) -> list[int]:
-    """Keyframes from an ``observation.state`` array, finding the end-effector xyz and gripper columns
-    by name (``ee_x, ee_y, ee_z, gripper``; sim_envs' layout) or, without names, columns 0-2 and 3."""
+    """Keyframes from an ``observation.state`` array whose columns are named ``ee_x, ee_y, ee_z,
+    gripper`` (sim_envs' layout). Unnamed columns are refused rather than guessed: for other layouts
+    (joints, other names, no gripper) use :mod:`finetune_embodied.labelling`, which maps columns by
+    the dataset's names with a config override."""
     state = np.asarray(state, dtype=np.float64)
-    if state.ndim != 2 or state.shape[1] < 4:
-        raise ValueError(f"state must be (T, >=4) with ee xyz and a gripper value, got {state.shape}")
-    if state_names:
-        names = list(state_names)
-        try:
-            xyz = [names.index(k) for k in ("ee_x", "ee_y", "ee_z")]
-            g = names.index("gripper")
-        except ValueError:
-            raise ValueError(f"state names {names} lack ee_x/ee_y/ee_z/gripper") from None
-    else:
-        xyz, g = [0, 1, 2], 3
+    if state.ndim != 2:
+        raise ValueError(f"state must be (T, S), got {state.shape}")
+    if not state_names:
+        raise ValueError("state columns have no names: pass state_names with ee_x/ee_y/ee_z/gripper "
+                         "(or label with finetune_embodied.labelling and label.gripper / label.position)")
+    names = list(state_names)
+    if len(names) != state.shape[1]:
+        raise ValueError(f"{len(names)} state names for {state.shape[1]} state columns")
+    try:
+        xyz = [names.index(k) for k in ("ee_x", "ee_y", "ee_z")]
+        g = names.index("gripper")
+    except ValueError:
+        raise ValueError(f"state names {names} lack ee_x/ee_y/ee_z/gripper") from None
     return detect_keyframes(state[:, g], state[:, xyz], config)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .episode import Episode
-from .lerobot_v3 import _fixed_list_to_numpy, load_info
+from .lerobot_v3 import _action_or_empty, _fixed_list_to_numpy, load_info
 from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
 from .video import decode_frames
 
@@ -59,6 +59,7 @@ class LeRobotV21Reader(EpisodeReaderBase):
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         if any(f.get("dtype") == "image" for f in self.features.values()):
             raise DatasetError("image (PNG-in-parquet) features are not supported; re-encode as video", self.root / "meta/info.json")
+        self.check_required_features(self.root / "meta/info.json")
         self.chunks_size = int(self.info.get("chunks_size", 1000))
         task_rows = _read_jsonl(self.root / LEGACY_TASKS_PATH)
         self.tasks_by_index = {int(r["task_index"]): str(r["task"]) for r in task_rows}
@@ -123,7 +124,7 @@ class LeRobotV21Reader(EpisodeReaderBase):
             task=self.tasks_by_index[int(task_idx[0])],
             images=images,
             state=_fixed_list_to_numpy(rows, "observation.state", path, episode_index),
-            action=_fixed_list_to_numpy(rows, "action", path, episode_index),
+            action=_action_or_empty(rows, path, episode_index),
             subtasks=None,
             episode_index=episode_index,
             timestamp=timestamp,

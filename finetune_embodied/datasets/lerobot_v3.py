@@ -99,17 +99,45 @@ def write_indexed_names(path: Path, names: list[str], index_name: str, column: s
     pq.write_table(table, path)
 
 
+def _pandas_index_columns(table) -> list[str]:
+    """The columns the ``pandas`` schema metadata names as the frame's index (a RangeIndex is stored
+    as a description, not a column, and is left out)."""
+    meta = (table.schema.metadata or {}).get(b"pandas")
+    if not meta:
+        return []
+    try:
+        cols = json.loads(meta).get("index_columns", [])
+    except (ValueError, AttributeError):
+        return []
+    return [c for c in cols if isinstance(c, str) and c in table.column_names]
+
+
 def read_indexed_names(path: Path, index_name: str, column: str) -> list[str]:
-    """Inverse of write_indexed_names (also reads files pandas wrote): names ordered by their index."""
+    """The names of tasks.parquet / subtasks.parquet in index order, as LeRobot reads them.
+
+    LeRobot writes these files with pandas: the text is the frame's index, stored as a column named
+    ``index_name`` when the index has that name (our writer) or ``__index_level_0__`` when it has
+    none (LeRobot's writer, its v2.1->v3.0 converter and its aggregate tool); the ``pandas`` schema
+    metadata says which. A plain ``index_name`` column (after ``reset_index``) is read too. Row ``i``
+    of the file is name ``column == i``; without a ``column`` (LeRobot itself looks names up by row
+    position) the row order is the index.
+    """
     _, pq = _pa()
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DatasetError(f"cannot read parquet ({exc})", path) from exc
-    for col in (index_name, column):
-        if col not in table.column_names:
-            raise DatasetError(f"missing column {col!r} (has {table.column_names})", path)
-    names = table.column(index_name).to_pylist()
+    candidates = [index_name, *_pandas_index_columns(table), "__index_level_0__"]
+    text_col = next((c for c in candidates if c in table.column_names and c != column), None)
+    if text_col is None:
+        raise DatasetError(
+            f"no {index_name} text: expected a {index_name!r} column or a pandas index column "
+            f"(has {table.column_names})", path)
+    names = table.column(text_col).to_pylist()
+    if any(not isinstance(n, str) or not n for n in names):
+        raise DatasetError(f"{index_name} texts must be non-empty strings (column {text_col!r})", path)
+    if column not in table.column_names:
+        return names
     idx = table.column(column).to_pylist()
     if sorted(idx) != list(range(len(idx))):
         raise DatasetError(f"{column} values are not 0..{len(idx) - 1}", path)
@@ -490,9 +518,13 @@ class LeRobotV3Reader(EpisodeReaderBase):
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         if any(f.get("dtype") == "image" for f in self.features.values()):
             raise DatasetError("image (PNG-in-parquet) features are not supported; re-encode as video", self.root / INFO_PATH)
+        self.check_required_features(self.root / INFO_PATH)
         self.tasks = read_indexed_names(self.root / TASKS_PATH, "task", "task_index")
         sub_path = self.root / SUBTASKS_PATH
         self.subtasks = read_indexed_names(sub_path, "subtask", "subtask_index") if sub_path.is_file() else None
+        if self.subtasks is None and "subtask_index" in self.features:
+            raise DatasetError("frames carry subtask_index but meta/subtasks.parquet (the step texts) is missing",
+                               sub_path)
         ep_files = sorted((self.root / EPISODES_DIR).glob("*/*.parquet"))
         if not ep_files:
             raise DatasetError("no episode metadata files", self.root / EPISODES_DIR)
@@ -565,7 +597,7 @@ class LeRobotV3Reader(EpisodeReaderBase):
         if not np.array_equal(frame_index, np.arange(length)):
             raise DatasetError("frame_index is not 0..length-1 in order", path, episode_index)
         state = _fixed_list_to_numpy(rows, "observation.state", path, episode_index)
-        action = _fixed_list_to_numpy(rows, "action", path, episode_index)
+        action = _action_or_empty(rows, path, episode_index)
         task_idx = rows.column("task_index").to_numpy()
         if task_idx.min() < 0 or task_idx.max() >= len(self.tasks):
             raise DatasetError(f"task_index out of range 0..{len(self.tasks) - 1}", path, episode_index)
@@ -598,6 +630,13 @@ class LeRobotV3Reader(EpisodeReaderBase):
     def episode(self, episode_index: int, load_images: bool = True) -> Episode:
         """One episode; always raises DatasetError on bad data (``iter_episodes`` applies on_error)."""
         return self._load_episode(episode_index, load_images)
+
+
+def _action_or_empty(rows, path: Path, episode_index: int) -> np.ndarray:
+    """The ``action`` column, or (T, 0) for a dataset that records none (training does not read it)."""
+    if "action" not in rows.column_names:
+        return np.zeros((rows.num_rows, 0), np.float32)
+    return _fixed_list_to_numpy(rows, "action", path, episode_index)
 
 
 def _fixed_list_to_numpy(rows, name: str, path: Path, episode_index: int) -> np.ndarray:

@@ -13,11 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetError", "ON_ERROR_CHOICES", "SkipReport", "SkippedEpisode", "check_on_error"]
+__all__ = ["DatasetError", "feature_names", "ON_ERROR_CHOICES", "SkipReport", "SkippedEpisode", "check_on_error"]
 
 log = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("raise", "skip")
+NON_DATA_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index", "subtask_index")
+
+
+def feature_names(feature: dict) -> list[str]:
+    """A feature's per-dimension names: a list, or a dict of lists (LeRobot v2.0's ``{"motors": [...]}``)
+    flattened in order; [] when there are none."""
+    names = feature.get("names") if isinstance(feature, dict) else None
+    if isinstance(names, dict):
+        flat: list[str] = []
+        for v in names.values():
+            flat += [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        return flat
+    if isinstance(names, (list, tuple)):
+        return [str(x) for x in names]
+    return []
 
 
 class DatasetError(ValueError):
@@ -100,7 +115,17 @@ class EpisodeReaderBase:
         return int(sum(int(r["length"]) for r in self._episodes.values()))
 
     def state_names(self) -> list[str]:
-        return list(self.features.get("observation.state", {}).get("names") or [])
+        """Names of the ``observation.state`` columns from info.json (LeRobot writes a list, or for
+        older datasets a dict such as ``{"motors": [...]}``); [] when the dataset names none."""
+        return feature_names(self.features.get("observation.state", {}))
+
+    def check_required_features(self, info_path: Path) -> None:
+        """A one-line DatasetError when info.json lacks what every episode needs (robot state)."""
+        if "observation.state" not in self.features:
+            others = sorted(k for k in self.features if k not in NON_DATA_FEATURES)
+            raise DatasetError(
+                f"no 'observation.state' feature (has {others}); the robot state per frame is needed "
+                "(keyframe labelling reads it, episodes carry it)", info_path)
 
     def iter_episodes(self, load_images: bool = True, max_episodes: int = 0):
         """Episodes in index order; ``max_episodes`` > 0 takes that many, evenly spaced over the

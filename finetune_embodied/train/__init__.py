@@ -49,7 +49,11 @@ def main(args: argparse.Namespace) -> int:
 
     from finetune_embodied.train.loop import train
 
-    result = train(cfg, progress=not args.no_progress)
+    try:
+        result = train(cfg, progress=not args.no_progress)
+    except ValueError as exc:  # DatasetError, LabelError and the stages' data checks: one line naming the problem
+        print(f"emu-guide train: {exc}")
+        return 2
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     print(f"stage {cfg.stage}: {result.steps} steps, {result.samples_per_s:.1f} samples/s, checkpoint {result.checkpoint}")

@@ -60,11 +60,11 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "dataset"  # "dataset" (a LeRobot v3 directory) or "synthetic" (generated, for smoke tests)
+    source: str = "dataset"  # "dataset" (a LeRobot v3.x or v2.x directory) or "synthetic" (generated, for smoke tests)
     path: str = ""  # dataset directory (source == "dataset")
-    camera: str = ""  # video key to read frames from ("" = the dataset's first camera)
+    camera: str = ""  # camera to read frames from (full key or short name); "" = the only one (several: an error)
     heldout_fraction: float = 0.1  # episodes kept out of training for evaluation (split by episode)
-    image_size: int = 96  # frames are resized to image_size x image_size
+    image_size: int = 96  # frames are resized to image_size x image_size (non-square ones stretched, as at runtime; said in the log)
     visual_loss_weight: float = 0.5  # loss weight of visual tokens vs text (Emu3.5 used 0.5)
     object_loss_weight: float = 0.0  # tokenizer stage: pixels that stand out from the table weigh 1 + this
     max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
@@ -162,6 +162,52 @@ class DidaConfig:
         _check(self.noisy_loss_weight + self.next_token_loss_weight > 0, "dida: at least one loss weight must be > 0")
 
 
+LABEL_WHEN = ("missing", "always", "never")
+LABEL_CUES = ("gripper", "motion", "image")
+
+
+@dataclass
+class LabelConfig:
+    """Step labels for episodes without them (finetune_embodied.labelling; docs/datasets.md).
+
+    Keyframes (step ends) come from the first cue in ``cues`` that the episode has: gripper
+    open/close changes (a state column named like gripper/finger/claw/jaw, or ``gripper``), pauses
+    of the end-effector (``position``: x, y, z columns) or joints (``joints``), then pauses of
+    image change. The step text of step i of n is ``step_text`` filled in.
+    """
+
+    when: str = "missing"  # "missing": label episodes without subtask labels; "always": relabel all; "never": refuse
+    cues: list[str] = field(default_factory=lambda: list(LABEL_CUES))  # which cues may be used, in this order
+    gripper: str = ""  # state column (name or index) of the gripper; "" = found by name; "none" = no gripper
+    position: list[str] = field(default_factory=list)  # 3 state columns of the end-effector xyz; [] = found by name
+    joints: list[str] = field(default_factory=list)  # state columns whose pauses end steps when no xyz; [] = by name
+    step_text: str = "{task}: step {i} of {n}"  # fields {task}, {i}, {n}, {event} (grasp/release/pause/end)
+    rest_frac: float = 0.05  # at rest = speed below this fraction of the episode's top speed
+    min_pause: int = 2  # frames at rest that make a pause (motion and image cues)
+    min_gap: int = 3  # keyframes closer than this (frames) merge, keeping the later one
+
+    def __post_init__(self) -> None:
+        _check(self.when in LABEL_WHEN, f"label.when must be one of {LABEL_WHEN}, got {self.when!r}")
+        _check(isinstance(self.cues, list) and bool(self.cues) and set(self.cues) <= set(LABEL_CUES),
+               f"label.cues must be a non-empty list of {LABEL_CUES}, got {self.cues!r}")
+        for key in ("position", "joints"):
+            v = getattr(self, key)
+            _check(isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v),
+                   f"label.{key} must be a list of state column names or indices, got {v!r}")
+        _check(not self.position or len(self.position) == 3,
+               f"label.position must name 3 columns (x, y, z), got {self.position!r}")
+        _check("{i}" in self.step_text,
+               f"label.step_text {self.step_text!r} must contain {{i}}: consecutive steps need "
+               "different texts, else they merge into one")
+        try:
+            self.step_text.format(task="t", i=1, n=2, event="grasp")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"label.step_text {self.step_text!r}: fields are {{task}} {{i}} {{n}} {{event}} ({exc})") from None
+        _check(0 < self.rest_frac < 1, f"label.rest_frac must be in (0, 1), got {self.rest_frac!r}")
+        _check(self.min_pause >= 1, f"label.min_pause must be >= 1, got {self.min_pause!r}")
+        _check(self.min_gap >= 0, f"label.min_gap must be >= 0, got {self.min_gap!r}")
+
+
 VISUAL_CODES = ("table", "factorized", "digits")
 
 
@@ -194,6 +240,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dida: DidaConfig = field(default_factory=DidaConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -236,6 +283,7 @@ _SECTIONS = {
     "eval": EvalConfig,
     "lora": LoraConfig,
     "dida": DidaConfig,
+    "label": LabelConfig,
 }
 
 

@@ -85,7 +85,7 @@ def test_keyframes_on_expert_episodes_with_mistakes():
         mistakes += expert.mistakes
         labels = [labels[0]] + labels  # frame t > 0 carries the label of the action that led to it
         ends = [t for t in range(len(labels)) if t == len(labels) - 1 or labels[t + 1] != labels[t]]
-        keys = keyframes_from_state(np.asarray(states))
+        keys = keyframes_from_state(np.asarray(states), ["ee_x", "ee_y", "ee_z", "gripper", "holding"])
         s = match_keyframes(keys, ends, tolerance=2)
         tp, detected, actual = tp + s.true_positives, detected + s.detected, actual + s.actual
     print(f"with mistakes: precision {tp / detected:.2f} recall {tp / actual:.2f} over {actual} subtask ends")

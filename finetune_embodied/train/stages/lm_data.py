@@ -1,4 +1,6 @@
-"""LM-stage data from a LeRobot v3 recording: episodes -> ``TrainingSequence``s.
+"""LM-stage data from a LeRobot recording (v3.x or v2.x): episodes -> ``TrainingSequence``s.
+
+Episodes without step labels are labelled first (``label.when``, finetune_embodied.labelling).
 
 Frames are encoded by the trained vision tokenizer (``cfg.tokenizer``); text by a word tokenizer
 built from the dataset's instructions and step texts, or the one of ``cfg.init_from`` (a later
@@ -9,6 +11,7 @@ reported (``data_report``), never dropped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,28 +30,41 @@ def text_tokenizer_for(cfg, texts_fn) -> WordTokenizer:
 
 
 def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any], list[int], str]:
-    from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
+    from finetune_embodied.datasets import open_dataset
     from finetune_embodied.sequences import SequenceDataset, dataset_texts
-    from finetune_embodied.train.stages.tokenizer_stage import camera_key, load_tokenizer_or_checkpoint
+    from finetune_embodied.train.stages.tokenizer_stage import announce_resize, camera_key, load_tokenizer_or_checkpoint
     from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR
 
     d = cfg.data
     if not cfg.tokenizer:
         raise ValueError("LM stages on a dataset need `tokenizer:` (a trained vision tokenizer or its checkpoint)")
     vision = load_tokenizer_or_checkpoint(cfg.tokenizer)
-    reader = LeRobotV3Reader(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
+    announce_resize(reader, key, vision.image_size[0] if vision.image_size else d.image_size)
+    labels, label_line = step_labels(cfg, reader, key)
+
+    def labelled(load_images: bool):
+        from finetune_embodied.labelling import apply_labels
+
+        return apply_labels(reader.iter_episodes(load_images=load_images), labels)
+
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
     text_tok = text_tokenizer_for(
-        cfg, lambda: dataset_texts(reader.iter_episodes(load_images=False)) + list(d.extra_texts) + plan_words)
+        cfg, lambda: dataset_texts(labelled(False)) + list(d.extra_texts) + plan_words)
     layout = compact(text_tok.vocab_size, vision.num_codes)
-    unknown = sorted({w for t in dataset_texts(reader.iter_episodes(load_images=False)) for w in text_tok.unknown_words(t)})
+    unknown = sorted({w for t in dataset_texts(labelled(False)) for w in text_tok.unknown_words(t)})
     if unknown:
         raise ValueError(
             f"dataset {d.path}: words not in the vocabulary of init_from {cfg.init_from!r}: {unknown[:10]}"
             " (train next_token from scratch on this data, or record with the same phrasing)"
         )
     cache = _cache_path(cfg, vision_path=cfg.tokenizer, words=text_tok.words if hasattr(text_tok, "words") else None)
+
+    def report() -> str:
+        parts = [reader.report.summary()] if reader.report.count else []
+        return "\n".join(parts + ([label_line] if label_line else []))
+
     if cache is not None and cache.is_file():
         # The next_token and dida stages read the same episodes: the second reuses the first's work.
         import pickle
@@ -56,11 +72,11 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         with open(cache, "rb") as f:
             sequences, groups = pickle.load(f)
         print(f"[data] {len(sequences)} sequences from the cache {cache}")
-        return text_tok, layout, sequences, groups, reader.report.summary() if reader.report.count else ""
+        return text_tok, layout, sequences, groups, report()
     from tqdm.auto import tqdm
 
     # Decoding and tokenising every episode takes minutes on a large recording: show it.
-    episodes = tqdm(reader.iter_episodes(), total=reader.num_episodes, desc="[data] episodes -> sequences",
+    episodes = tqdm(labelled(True), total=reader.num_episodes, desc="[data] episodes -> sequences",
                     mininterval=10, disable=not getattr(info, "is_main", True))
     ds = SequenceDataset(
         episodes,
@@ -77,7 +93,32 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     groups = [s.episode_index for s in ds.samples]
     if cache is not None and not reader.report.count:  # a run that skipped bad episodes is not cached
         _write_cache(cache, (list(ds.sequences), groups))
-    return text_tok, layout, list(ds.sequences), groups, reader.report.summary() if reader.report.count else ""
+    return text_tok, layout, list(ds.sequences), groups, report()
+
+
+def step_labels(cfg, reader, key: str) -> tuple[dict, str]:
+    """Labels for the episodes that need them (``label.when``), and the line saying what was done.
+
+    ``missing``: episodes without subtask labels are labelled (finetune_embodied.labelling);
+    ``always``: every episode is, its own labels (if any) only used to score the detection;
+    ``never``: an unlabelled episode is an error naming the setting."""
+    from finetune_embodied.labelling import label_dataset
+
+    lc = cfg.label
+    if lc.when == "never":
+        first = next((e for e in reader.iter_episodes(load_images=False) if e.subtasks is None), None)
+        if first is not None:
+            raise ValueError(f"dataset {cfg.data.path}: episode {first.episode_index} has no step (subtask) labels and "
+                             "label.when is 'never'; set label.when=missing to find steps from the data")
+        return {}, ""
+    if lc.when == "missing" and reader.subtasks is not None and "subtask_index" in reader.features:
+        return {}, ""  # every frame carries a label (a bad episode is the reader's error, not ours)
+    rep = label_dataset(reader, lc, key, only_missing=lc.when == "missing")
+    if not rep.labels:
+        return {}, ""
+    line = rep.summary()
+    print(line)
+    return rep.labels, line
 
 
 def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
@@ -97,6 +138,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
         "tokenizer": [sha256_file(p) for p in weights],
         "words": list(words),
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed],
+        "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 1,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

@@ -33,13 +33,14 @@ def load_tokenizer_or_checkpoint(path: str | Path, device: str = "cpu"):
 
 
 def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int], str]:
-    """Frames (resized) and their episode index from a LeRobot v3 dataset; the skip report text."""
-    from finetune_embodied.datasets.lerobot_v3 import LeRobotV3Reader
+    """Frames (resized) and their episode index from a LeRobot dataset (v3.x or v2.x); the skip report text."""
+    from finetune_embodied.datasets import open_dataset
     from model_runtime.tokenizers import resize_image
 
     d = cfg.data
-    reader = LeRobotV3Reader(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
+    announce_resize(reader, key, d.image_size)
     frames: list[np.ndarray] = []
     groups: list[int] = []
     for ep in reader.iter_episodes(max_episodes=d.max_episodes):
@@ -54,15 +55,52 @@ def frames_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[np.ndarray]
 
 
 def camera_key(keys: list[str], wanted: str, where: str) -> str:
-    """The full feature key of the camera to read (``""`` = the first one)."""
+    """The full feature key of the camera to read: ``wanted`` (full key or short name), or the only
+    camera; several cameras and no choice is an error naming them (never a silent first pick)."""
+    from finetune_embodied.datasets import DatasetError
+
     if not keys:
-        raise ValueError(f"dataset {where}: no camera (video) features")
+        raise DatasetError(f"dataset {where}: no camera (video) features; training needs camera frames")
     if not wanted:
+        if len(keys) > 1:
+            short = [k.removeprefix("observation.images.") for k in keys]
+            raise DatasetError(f"dataset {where} has {len(keys)} cameras {short}: choose one with data.camera=<name>")
         return keys[0]
     for k in (wanted, f"observation.images.{wanted}"):
         if k in keys:
             return k
-    raise ValueError(f"dataset {where}: no camera {wanted!r}; it has {keys}")
+    raise DatasetError(f"dataset {where}: no camera {wanted!r}; it has {keys}")
+
+
+def camera_shape(reader, key: str) -> tuple[int, int] | None:
+    """(height, width) of a camera from info.json's feature (``shape`` is [H, W, C]; LeRobot also
+    writes ``info.video.height/width``), or None when it does not say."""
+    feat = reader.features.get(key, {})
+    info = feat.get("info") or {}
+    if "video.height" in info and "video.width" in info:
+        return int(info["video.height"]), int(info["video.width"])
+    shape = list(feat.get("shape") or [])
+    names = list(feat.get("names") or [])
+    if len(shape) == 3:
+        if names[:1] == ["channels"] or (shape[0] == 3 and shape[2] != 3):  # (C, H, W)
+            return int(shape[1]), int(shape[2])
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def announce_resize(reader, key: str, image_size: int) -> str:
+    """Say how frames become image_size x image_size: non-square frames are stretched (aspect ratio not
+    kept), exactly what the runtime does with live frames (model_runtime.tokenizers.resize_image), so
+    training and guidance see the same images. Returns the line (also printed); "" when square."""
+    hw = camera_shape(reader, key)
+    if hw is None or hw[0] == hw[1]:
+        return ""
+    h, w = hw
+    line = (f"[data] camera {key}: frames are {h}x{w} (HxW), not square: each is stretched to "
+            f"{image_size}x{image_size} (aspect ratio {w / h:.2f} -> 1; the guidance runtime resizes live frames "
+            "the same way). Crop or pad the recording first to keep proportions.")
+    print(line)
+    return line
 
 
 class TokenizerStage(Stage):
