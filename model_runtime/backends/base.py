@@ -13,23 +13,58 @@ class BackendError(RuntimeError):
     """A backend could not load or could not produce a step; the message names the problem."""
 
 
+# Values of the options a model may set its own defaults for, when the caller leaves them None
+# (``DecodeOptions.unset``): what the default tiny model was trained and benchmarked with.
+GENERIC_DEFAULTS: dict[str, Any] = {
+    "mode": DecodeMode.DIDA,
+    "guidance_scale": 1.0,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "text_temperature": 0.0,
+    "text_top_k": 0,
+    "text_top_p": 1.0,
+}
+
+# The releases' own sampling settings per token kind (their inference configs), used by the
+# backends for the options a caller leaves unset. Emu3.5 (configs/config.py of baaivision/Emu3.5):
+# text top-k 1024 / top-p 0.9 / temperature 1; image tokens top-k 10240 (5120 for x2i), top-p 1,
+# temperature 1; classifier-free guidance 3 for interleaved output (a guidance step is text + an
+# image). Emu3 (v1, its generation example): image top-k 2048 and guidance 3; text greedy.
+OFFICIAL_DECODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "emu35": {"text_temperature": 1.0, "text_top_k": 1024, "text_top_p": 0.9,
+              "temperature": 1.0, "top_k": 10240, "top_p": 1.0, "guidance_scale": 3.0},
+    "emu35-x2i": {"text_temperature": 1.0, "text_top_k": 1024, "text_top_p": 0.9,
+                  "temperature": 1.0, "top_k": 5120, "top_p": 1.0, "guidance_scale": 3.0},
+    "emu3": {"temperature": 1.0, "top_k": 2048, "top_p": 1.0, "guidance_scale": 3.0},
+}  # fmt: skip
+
+
 @dataclass
 class DecodeOptions:
-    """Per-call decoding options (every backend accepts them; unsupported ones raise)."""
+    """Per-call decoding options (every backend accepts them; unsupported ones raise).
 
-    mode: DecodeMode = DecodeMode.DIDA
+    ``mode``, ``guidance_scale`` and the per-token-kind sampling fields default to None: "the
+    model's default". They read back as ``GENERIC_DEFAULTS`` right away (so a caller always sees
+    a value) and are listed in ``unset``; a backend replaces the unset ones with its model's own
+    defaults (``with_defaults``): DiDA only for DiDA-adapted weights, the releases' official
+    sampling for Emu3.5 / Emu3 checkpoints. Anything the caller sets is kept as given.
+    """
+
+    # None: the backend's default (DiDA for DiDA-adapted models, else AR).
+    mode: DecodeMode | str | None = None
     # K parallel refinement steps for the subgoal image. 4 keeps the default model's full step
     # under 100 ms on a 2-core CPU (docs/BENCHMARKS.md); GPU hosts with large models may use 8.
     dida_steps: int = 4
     dida_schedule: str = "cosine"  # fraction still uncommitted after step t: cos(pi/2 * t/K)
     dida_init: str = "mask"  # "mask" (absorbing) or "uniform" (random codes, URSA-style)
-    guidance_scale: float = 1.0  # classifier-free guidance on image tokens only (1.0 = off)
-    temperature: float = 1.0  # image-token sampling temperature (0 = greedy)
-    top_k: int = 0  # image tokens (0 = off)
-    top_p: float = 1.0
-    text_temperature: float = 0.0  # 0 = greedy text (deterministic plans)
-    text_top_k: int = 0
-    text_top_p: float = 1.0
+    guidance_scale: float | None = None  # classifier-free guidance on image tokens only (1.0 = off)
+    temperature: float | None = None  # image-token sampling temperature (0 = greedy)
+    top_k: int | None = None  # image tokens (0 = off)
+    top_p: float | None = None
+    text_temperature: float | None = None  # 0 = greedy text (deterministic plans)
+    text_top_k: int | None = None
+    text_top_p: float | None = None
     max_text_tokens: int = 48
     seed: int | None = 0
     # Re-planning: answers the planner rejected for this step. The decoder may not give them again,
@@ -42,9 +77,29 @@ class DecodeOptions:
     # allowed, so the model picks among things that exist. Empty ``known_names``: off.
     known_names: tuple[str, ...] = ()
     allowed_names: tuple[str, ...] = ()
+    # DiDA on weights that were never DiDA-adapted (e.g. the released Emu3.5 / Emu3 checkpoints)
+    # is refused unless forced: parallel decoding with a next-token model gives poor images.
+    force_dida: bool = False
+    # Names of the fields above left to the model (filled in by __post_init__; kept by
+    # dataclasses.replace as long as the value is still the generic default).
+    unset: tuple[str, ...] | None = None
+
+    def with_defaults(self, defaults: dict[str, Any]) -> DecodeOptions:
+        """These options with the unset fields taken from ``defaults`` (a model's); none left unset."""
+        import dataclasses
+
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if k in self.unset}, unset=())
 
     def __post_init__(self) -> None:
+        unset = [name for name in GENERIC_DEFAULTS if getattr(self, name) is None]
+        for name in unset:
+            setattr(self, name, GENERIC_DEFAULTS[name])
         self.mode = DecodeMode.parse(self.mode)
+        if self.unset is not None:  # a copy (dataclasses.replace): still unset unless given a new value
+            if not set(self.unset) <= set(GENERIC_DEFAULTS):
+                raise ValueError(f"unset names unknown fields: {sorted(set(self.unset) - set(GENERIC_DEFAULTS))}")
+            unset += [n for n in self.unset if n not in unset and getattr(self, n) == GENERIC_DEFAULTS[n]]
+        self.unset = tuple(unset)
         if self.dida_steps < 1:
             raise ValueError(f"dida_steps must be >= 1, got {self.dida_steps}")
         if self.dida_schedule not in ("cosine", "linear"):
@@ -53,6 +108,8 @@ class DecodeOptions:
             raise ValueError(f"dida_init must be 'mask' or 'uniform', got {self.dida_init!r}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.top_k < 0 or self.text_top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}, {self.text_top_k}")
         if self.temperature < 0 or self.text_temperature < 0:
             raise ValueError("temperatures must be >= 0")
         if not 0.0 < self.top_p <= 1.0 or not 0.0 < self.text_top_p <= 1.0:

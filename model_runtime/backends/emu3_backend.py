@@ -6,8 +6,13 @@ BAAI/Emu3-Gen has all three). The LM, the VQ-VAE inside it and the Qwen-based te
 are checked against the ``emu3`` layout, then decoding is ours: the same constraint grammar,
 AR text, DiDA or AR image, CFG as for the default model (``LocalModelBackend``).
 
-Emu3 was never DiDA-adapted: DiDA here runs the released next-token weights in parallel mode,
-which is the starting point DiDA adaptation (``model_runtime.decoding.dida_loss``) trains from.
+Emu3 was never DiDA-adapted: images decode AR by default, and DiDA (the released next-token
+weights run in parallel mode, the starting point DiDA adaptation trains from) only with
+``DecodeOptions(force_dida=True)``, or on a checkpoint marked adapted (``dida_adapted.json``).
+Unset sampling options take Emu3's own settings (image top-k 2048, guidance 3, greedy text).
+
+Original BAAI/Emu3-* checkpoints (remote code, ``model_type "Emu3"``, separate vision tokenizer)
+are refused with the name of their ``-hf`` conversions, which transformers loads natively.
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ class Emu3Backend(LocalModelBackend):
         text_tokenizer_path: str | Path | None = None,
         attn_implementation: str | None = None,
         task: str = "vla",
+        trust_remote_code: bool = False,
+        device_map: str | dict | None = None,
         **unused: Any,
     ) -> None:
-        from model_runtime.lm import LMLoadError, _check_checkpoint_files, pick_attn_implementation
+        from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS
+        from model_runtime.backends.torch_backend import dida_marker
+        from model_runtime.lm import LMLoadError, _check_checkpoint_files, default_dtype, pick_attn_implementation
         from model_runtime.text_tokenizer import HFTextTokenizer, TextTokenizerError
         from model_runtime.tokenizers.base import VisionTokenizerError
         from model_runtime.tokenizers.emu3_vq import Emu3VQTokenizer
@@ -50,6 +59,8 @@ class Emu3Backend(LocalModelBackend):
             raise BackendError("emu3 backend: model_path is required (an Emu3 checkpoint in the transformers format)")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise BackendError("emu3 backend: device 'cuda' asked for but no CUDA GPU is available")
+        if device_map is not None and device_map != "cpu" and not torch.cuda.is_available():
+            raise BackendError(f"emu3 backend: device_map={device_map!r} needs CUDA GPUs; this host has none")
         path = Path(model_path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
@@ -58,6 +69,12 @@ class Emu3Backend(LocalModelBackend):
             raw = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as exc:
             raise BackendError(f"emu3 backend: {cfg_file}: invalid JSON ({exc})") from None
+        if raw.get("model_type") == "Emu3":
+            raise BackendError(
+                f"emu3 backend: {cfg_file} is an original BAAI Emu3 checkpoint (model_type 'Emu3', remote code,"
+                " vision tokenizer separate); this backend loads transformers' native format: use the -hf conversion"
+                " (BAAI/Emu3-Gen-hf or BAAI/Emu3-Chat-hf)"
+            )
         if raw.get("model_type") != "emu3":
             raise BackendError(f"emu3 backend: {cfg_file} has model_type {raw.get('model_type')!r}, expected 'emu3'")
         self.layout = emu3()
@@ -81,8 +98,10 @@ class Emu3Backend(LocalModelBackend):
 
         try:
             model, info = Emu3ForConditionalGeneration.from_pretrained(
-                path, dtype=dtype or torch.float32, output_loading_info=True,
-                attn_implementation=attn_implementation or pick_attn_implementation(device),
+                path, dtype=dtype or default_dtype(device, device_map), output_loading_info=True,
+                attn_implementation=attn_implementation or pick_attn_implementation(
+                    "cuda" if device_map not in (None, "cpu") else device),
+                **({} if device_map is None else {"device_map": device_map}),
             )  # fmt: skip
         except (OSError, RuntimeError, ValueError) as exc:
             raise BackendError(f"emu3 backend: cannot load {path}: {exc}") from exc
@@ -92,16 +111,20 @@ class Emu3Backend(LocalModelBackend):
             raise BackendError(
                 f"emu3 backend: {path}: weights missing {missing[:3]} / wrong shape {list(info.get('mismatched_keys', []))[:3]}"
             )
-        self.lm = model.to(device).eval()
+        self.lm = (model if device_map is not None else model.to(device)).eval()
+        if device_map not in (None, "cpu"):
+            device = str(self.lm.model.vqmodel.device)
         try:
             self.vision = Emu3VQTokenizer(self.lm.model.vqmodel, image_size=image_size, device=device)
         except VisionTokenizerError as exc:
             raise BackendError(f"emu3 backend: {exc}") from None
         try:
-            self.text = HFTextTokenizer.load(text_tokenizer_path or path)
+            self.text = HFTextTokenizer.load(text_tokenizer_path or path, trust_remote_code=trust_remote_code)
             self.text.check_layout(self.layout)
         except TextTokenizerError as exc:
             raise BackendError(f"emu3 backend: {exc}") from None
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.task = task
         self.model_id = str(path)
+        self.dida_adapted = dida_marker(path)
+        self.sampling_defaults = dict(OFFICIAL_DECODE_DEFAULTS["emu3"])

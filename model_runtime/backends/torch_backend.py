@@ -12,6 +12,14 @@ A model directory holds everything one guidance model needs::
 that the parts agree with each other and with the layout, and answers ``next_step`` with
 ``model_runtime.decoding.generate_answer``. ``LocalModelBackend`` (the step logic) is shared with the
 Emu3 backend.
+
+DiDA-adapted or not: ``guidance.json`` records ``"dida_adapted"`` (the training pipeline's dida
+stage sets it); a bare checkpoint (the Emu3.5 release, an Emu3 conversion) is DiDA-adapted only
+if it holds ``dida_adapted.json`` (written when our dida stage adapts one). Weights that were not
+adapted decode images AR by default, and an explicit DiDA request is refused with the reason
+unless ``DecodeOptions(force_dida=True)``. Model directories written before the field existed
+(format 1 without it, like the shipped default model, which went through the dida stage) keep
+DiDA as their default.
 """
 
 from __future__ import annotations
@@ -25,13 +33,68 @@ import numpy as np
 import torch
 
 from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
-from model_runtime.backends.base import BackendError, DecodeOptions
+from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions
 from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
 
-__all__ = ["GUIDANCE_FILE", "LocalModelBackend", "TorchBackend", "load_model_dir", "save_model_dir"]
+__all__ = [
+    "DIDA_MARKER",
+    "GUIDANCE_FILE",
+    "LocalModelBackend",
+    "TorchBackend",
+    "dida_marker",
+    "find_vision_tokenizer",
+    "load_model_dir",
+    "save_model_dir",
+    "write_dida_marker",
+]
 
 GUIDANCE_FILE = "guidance.json"
 FORMAT_VERSION = 1
+DIDA_MARKER = "dida_adapted.json"  # in a bare checkpoint directory: its weights were DiDA-adapted
+# Where the Emu3.5 release's vision tokenizer (config.yaml + model.ckpt) sits relative to the LM:
+# inside it, or beside it as downloaded (weights/Emu3.5 and weights/Emu3.5-VisionTokenizer).
+VISION_TOKENIZER_PLACES = ("vision_tokenizer", "../Emu3.5-VisionTokenizer")
+
+
+def dida_marker(checkpoint_dir: str | Path) -> bool:
+    """Whether a bare checkpoint directory holds ``dida_adapted.json`` saying its weights were adapted."""
+    f = Path(checkpoint_dir) / DIDA_MARKER
+    if not f.is_file():
+        return False
+    try:
+        doc = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackendError(f"{f}: unreadable DiDA marker ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("dida_adapted"), bool):
+        raise BackendError(f"{f}: expected {{\"dida_adapted\": true|false, ...}}")
+    return doc["dida_adapted"]
+
+
+def write_dida_marker(checkpoint_dir: str | Path, **info: Any) -> Path:
+    """Mark a checkpoint directory (or a model directory) as DiDA-adapted; ``info``: how (steps, noise...)."""
+    path = Path(checkpoint_dir)
+    gfile = path / GUIDANCE_FILE
+    if gfile.is_file():  # our model directory: the field of guidance.json
+        doc = json.loads(gfile.read_text())
+        doc["dida_adapted"] = True
+        gfile.write_text(json.dumps(doc, indent=2) + "\n")
+        return gfile
+    (path / DIDA_MARKER).write_text(json.dumps({"dida_adapted": True, **info}, indent=2) + "\n")
+    return path / DIDA_MARKER
+
+
+def find_vision_tokenizer(lm_dir: Path, given: str | Path | None) -> Path:
+    """The vision tokenizer directory: ``given``, else inside or beside the LM (``VISION_TOKENIZER_PLACES``)."""
+    if given is not None:
+        return Path(given)
+    places = [(lm_dir / p).resolve() for p in VISION_TOKENIZER_PLACES]
+    for place in places:
+        if place.is_dir():
+            return place
+    raise BackendError(
+        f"no vision tokenizer found for {lm_dir}: looked in {', '.join(map(str, places))}; pass"
+        " vision_tokenizer_path=<dir> (the Emu3.5 release's Emu3.5-VisionTokenizer: config.yaml + model.ckpt)"
+    )
 
 
 def _layout_doc(layout: TokenLayout) -> dict[str, Any]:
@@ -54,8 +117,12 @@ def save_model_dir(
     layout: TokenLayout,
     lm_config: Any = None,
     task: str = "vla",
+    dida_adapted: bool | None = None,
 ) -> Path:
-    """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json)."""
+    """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
+
+    ``dida_adapted``: recorded in guidance.json (True after the dida stage, False for a next-token
+    model); None leaves it out (read as a directory from before the field: DiDA allowed)."""
     from model_runtime.lm import save_lm
 
     path = Path(path)
@@ -71,6 +138,8 @@ def save_model_dir(
     vision_tokenizer.save(path / "vision_tokenizer")
     text_tokenizer.save(path / "text_tokenizer")
     doc = {"format_version": FORMAT_VERSION, **_layout_doc(layout), "image_size": list(size), "task": task}
+    if dida_adapted is not None:
+        doc["dida_adapted"] = bool(dida_adapted)
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -90,6 +159,21 @@ class LocalModelBackend:
     image_size: tuple[int, int]
     task: str = "vla"
     last_answer: Any = None  # the last model_runtime.decoding.Answer (forward counts, per-phase timings)
+    # True: DiDA-adapted weights; False: next-token weights only (AR default, DiDA refused unless
+    # forced); None: not recorded (a model directory from before the field): DiDA allowed.
+    dida_adapted: bool | None = None
+    # The model's own defaults for DecodeOptions fields the caller leaves unset (sampling per token
+    # kind, guidance); ``mode`` is added from ``dida_adapted``.
+    sampling_defaults: dict[str, Any] = {}
+
+    @property
+    def default_mode(self) -> DecodeMode:
+        """DiDA for DiDA-adapted (or unrecorded) weights, AR for next-token-only weights."""
+        return DecodeMode.AR if self.dida_adapted is False else DecodeMode.DIDA
+
+    def decode_defaults(self) -> dict[str, Any]:
+        """Every default this model applies to unset DecodeOptions fields."""
+        return {**self.sampling_defaults, "mode": self.default_mode}
 
     # ---- inputs -------------------------------------------------------------------------------
     def prepare_frame(self, frame: Frame) -> np.ndarray:
@@ -121,6 +205,15 @@ class LocalModelBackend:
             raise BackendError(f"{self.name}: options must be DecodeOptions, got {type(options).__name__}")
         if options.mode is DecodeMode.ORACLE:
             raise BackendError(f"{self.name}: decode mode 'oracle' needs the oracle backend, not a model")
+        explicit_dida = options.mode is DecodeMode.DIDA and "mode" not in options.unset
+        options = options.with_defaults(self.decode_defaults())
+        if explicit_dida and self.dida_adapted is False and not options.force_dida:
+            raise BackendError(
+                f"{self.name}: DiDA asked for, but {self.model_id} holds next-token weights that were never"
+                " DiDA-adapted (the released Emu3.5/Emu3 weights are autoregressive only), so parallel decoding"
+                " gives poor images; use mode='ar' (this model's default), adapt it first (the dida training"
+                " stage), or pass DecodeOptions(force_dida=True) to run it anyway"
+            )
         return options
 
     def banned_openings(self, options: DecodeOptions) -> list[list[int]]:
@@ -217,9 +310,14 @@ class LocalModelBackend:
 
 
 def load_model_dir(
-    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, attn_implementation: str | None = None
+    path: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ) -> dict[str, Any]:
-    """Read and cross-check a model directory -> dict(lm, layout, vision, text, image_size, task).
+    """Read and cross-check a model directory -> dict(lm, layout, vision, text, image_size, task, dida_adapted).
 
     Every problem is a BackendError naming the file: missing parts, corrupt weights, a tokenizer
     or LM that does not fit the layout.
@@ -238,11 +336,16 @@ def load_model_dir(
         raise BackendError(f"{gfile}: invalid ({type(exc).__name__}: {exc})") from None
     if doc.get("format_version") != FORMAT_VERSION:
         raise BackendError(f"{gfile}: format_version {doc.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    adapted = doc.get("dida_adapted")
+    if adapted is not None and not isinstance(adapted, bool):
+        raise BackendError(f"{gfile}: dida_adapted must be true or false, got {adapted!r}")
     parts = load_parts(
         layout, path / "lm", path / "text_tokenizer", path / "vision_tokenizer", image_size,
         device=device, dtype=dtype, attn_implementation=attn_implementation, source=str(gfile),
+        trust_remote_code=trust_remote_code, device_map=device_map,
     )  # fmt: skip
     parts["task"] = doc.get("task", "vla")
+    parts["dida_adapted"] = adapted
     return parts
 
 
@@ -256,10 +359,13 @@ def load_parts(
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
     source: str = "",
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ) -> dict[str, Any]:
     """Load LM, text and vision tokenizers from their directories and check them against ``layout``.
 
-    ``image_size=None`` takes the vision tokenizer's own fixed size. BackendError naming the file.
+    ``image_size=None`` takes the vision tokenizer's own fixed size. ``trust_remote_code``: allow a
+    text tokenizer shipped as code (the Emu3.5 release's). BackendError naming the file.
     """
     from model_runtime.lm import LMLoadError, load_lm
     from model_runtime.text_tokenizer import TextTokenizerError, load_text_tokenizer
@@ -269,9 +375,13 @@ def load_parts(
     text_dir, vision_dir = Path(text_dir), Path(vision_dir)
     source = source or "the layout"
     try:
-        text = load_text_tokenizer(text_dir)
+        text = load_text_tokenizer(text_dir, trust_remote_code=trust_remote_code)
     except TextTokenizerError as exc:
-        raise BackendError(f"{text_dir}: {exc}") from None
+        hint = ""
+        if layout.name == "emu35" and "holds no text tokenizer" in str(exc):
+            hint = (" (the Emu3.5 release keeps its tokenizer in its code repository, src/tokenizer_emu3_ibq:"
+                    " pass text_tokenizer_path=<that dir>)")  # fmt: skip
+        raise BackendError(f"{text_dir}: {exc}{hint}") from None
     if layout.name == "compact" and text.vocab_size != layout.visual_offset - COMPACT_NUM_SPECIALS:
         raise BackendError(
             f"{text_dir}: {text.vocab_size} words but {source} declares"
@@ -283,7 +393,7 @@ def load_parts(
         except TextTokenizerError as exc:
             raise BackendError(str(exc)) from None
     try:
-        vision = load_vision_tokenizer(vision_dir, device=device)
+        vision = load_vision_tokenizer(vision_dir, device="cuda" if device_map not in (None, "cpu") else device)
     except (VisionTokenizerError, OSError) as exc:
         raise BackendError(f"{vision_dir}: {exc}") from None
     if vision.num_codes != layout.num_visual_codes:
@@ -300,7 +410,8 @@ def load_parts(
     if image_size[0] % vision.downsample or image_size[1] % vision.downsample:
         raise BackendError(f"image_size {image_size} is not a multiple of the vision tokenizer's {vision.downsample}")
     try:
-        lm = load_lm(lm_dir, layout, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        lm = load_lm(lm_dir, layout, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                     device_map=device_map)  # fmt: skip
     except LMLoadError as exc:
         raise BackendError(str(exc)) from None
     return dict(lm=lm, layout=layout, vision=vision, text=text, image_size=tuple(image_size), task="vla")
@@ -323,17 +434,34 @@ class TorchBackend(LocalModelBackend):
         vision_tokenizer_path: str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         task: str = "vla",
+        trust_remote_code: bool = False,
+        device_map: str | dict | None = None,
         **unused: Any,
     ) -> None:
         """``model_path``: a model directory (guidance.json, lm/, ...). Or, with ``layout`` ("emu35",
-        "emu3"), a bare Qwen3-compatible checkpoint (e.g. Emu3.5's LM) whose tokenizers are found at
-        ``text_tokenizer_path`` (default: the checkpoint itself) and ``vision_tokenizer_path``
-        (default: ``<model_path>/vision_tokenizer``)."""
+        "emu3"), a bare checkpoint such as the Emu3.5 release (config.json with model_type "Emu3" or
+        "qwen3" + safetensors) whose text tokenizer is at ``text_tokenizer_path`` (default: the
+        checkpoint itself; the release's is remote code: ``trust_remote_code=True``) and vision
+        tokenizer at ``vision_tokenizer_path`` (default: ``<model_path>/vision_tokenizer``, else the
+        release's ``Emu3.5-VisionTokenizer`` beside the checkpoint).
+
+        ``dtype=None``: bfloat16 on CUDA, float32 on CPU. ``device_map`` (e.g. "auto"): spread the
+        LM over the visible GPUs (accelerate), as the release runs its 34B on two 80 GB GPUs.
+        Decoding defaults: ``decode_defaults()`` (the release's sampling for emu35/emu3 layouts;
+        AR unless the weights were DiDA-adapted)."""
         from emu_guide.paths import shipped_model_dir
 
         if unused:
             raise BackendError(f"torch backend: unknown arguments {sorted(unused)}")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        if not isinstance(trust_remote_code, bool):
+            raise BackendError(f"torch backend: trust_remote_code must be True or False, got {trust_remote_code!r}")
+        if device_map is not None and not torch.cuda.is_available() and device_map != "cpu":
+            raise BackendError(f"torch backend: device_map={device_map!r} needs CUDA GPUs; this host has none")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise BackendError(f"torch backend: bad device {device!r} ({exc})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("torch backend: device 'cuda' asked for but no CUDA GPU is available")
         if model_path is None:
             model_path = shipped_model_dir()
@@ -350,8 +478,10 @@ class TorchBackend(LocalModelBackend):
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
         path = Path(model_path)
+        load = dict(device=device, dtype=dtype, attn_implementation=attn_implementation,
+                    trust_remote_code=trust_remote_code, device_map=device_map)  # fmt: skip
         if layout is None:
-            parts = load_model_dir(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+            parts = load_model_dir(path, **load)
         else:
             if not path.is_dir():
                 raise BackendError(f"model directory {path} does not exist")
@@ -360,15 +490,18 @@ class TorchBackend(LocalModelBackend):
             except (ValueError, TypeError) as exc:
                 raise BackendError(f"torch backend: {exc}") from None
             lm_dir = path / "lm" if (path / "lm" / "config.json").is_file() else path
-            parts = load_parts(
-                lay, lm_dir, text_tokenizer_path or path, vision_tokenizer_path or path / "vision_tokenizer", image_size,
-                device=device, dtype=dtype, attn_implementation=attn_implementation, source=f"layout {layout!r}",
-            )  # fmt: skip
+            vision_dir = find_vision_tokenizer(lm_dir, vision_tokenizer_path)
+            parts = load_parts(lay, lm_dir, text_tokenizer_path or path, vision_dir, image_size,
+                               source=f"layout {layout!r}", **load)  # fmt: skip
             parts["task"] = task
+            parts["dida_adapted"] = dida_marker(lm_dir)
+            key = "emu35-x2i" if lay.name == "emu35" and task == "x2i" else lay.name
+            self.sampling_defaults = dict(OFFICIAL_DECODE_DEFAULTS.get(key, {}))
         self.lm = parts["lm"]
         self.layout = parts["layout"]
         self.vision = parts["vision"]
         self.text = parts["text"]
         self.image_size = parts["image_size"]
         self.task = parts["task"]
+        self.dida_adapted = parts["dida_adapted"]
         self.model_id = str(Path(model_path))

@@ -44,9 +44,13 @@ def emu3_dir(tmp_path_factory):
 def test_emu3_backend_next_step(emu3_dir, frame):
     backend = load_backend("emu3", model_path=emu3_dir, image_size=(8, 8))
     assert backend.layout.name == "emu3" and backend.image_size == (8, 8)
+    assert backend.dida_adapted is False and backend.default_mode.value == "ar"  # released weights: next-token only
+    with pytest.raises(BackendError, match="never DiDA-adapted.*force_dida=True"):
+        backend.next_step(frame, "clear the table", [], DecodeOptions(mode="dida", dida_steps=2, max_text_tokens=4))
     for mode in ("dida", "ar"):
         try:
-            step = backend.next_step(frame, "clear the table", [], DecodeOptions(mode=mode, dida_steps=2, max_text_tokens=4))
+            step = backend.next_step(frame, "clear the table", [], DecodeOptions(mode=mode, dida_steps=2, max_text_tokens=4,
+                                                                                 force_dida=True))  # fmt: skip
         except BackendError as exc:  # random weights may well not write "Task complete." exactly: parse errors are named
             assert "does not parse" in str(exc)
             continue
@@ -88,6 +92,11 @@ def test_emu3_backend_errors(emu3_dir, tmp_path):
         load_backend("emu3", model_path=bad)
     (bad / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(BackendError, match="expected 'emu3'"):
+        load_backend("emu3", model_path=bad)
+    # An original BAAI/Emu3-* checkpoint (remote code): refused, naming the -hf conversions.
+    (bad / "config.json").write_text(json.dumps({"model_type": "Emu3", "architectures": ["Emu3ForCausalLM"],
+                                                 "vocab_size": 184_622}))  # fmt: skip
+    with pytest.raises(BackendError, match="original BAAI Emu3 checkpoint.*Emu3-Gen-hf"):
         load_backend("emu3", model_path=bad)
 
 
