@@ -77,8 +77,8 @@ def motion_ends(ee_pos: np.ndarray, rest_frac: float = 0.05, turn_cos: float = 0
 
 def motion_pauses(motion: np.ndarray, rest_frac: float = 0.05, min_pause: int = 2) -> list[int]:
     """Frames where the arm arrives somewhere and stays: it moved into frame t and is at rest (speed
-    at most ``rest_frac`` of the episode's top speed) for the next ``min_pause`` frames, or until
-    the episode ends. ``motion`` is (T, D): end-effector xyz, scaled joint angles or any signal that
+    at most ``rest_frac`` of the episode's top speed) for the next ``min_pause`` frames, then moves
+    again (a rest until the end is left to the last frame). ``motion`` is (T, D): end-effector xyz, scaled joint angles or any signal that
     moves with the arm; a pause is where a step usually ends (a drawer pulled open, a button pressed)."""
     pos = np.asarray(motion, dtype=np.float64)
     if pos.ndim == 1:
@@ -95,7 +95,8 @@ def motion_pauses(motion: np.ndarray, rest_frac: float = 0.05, min_pause: int = 
         if rest[t]:
             continue
         after = rest[t + 1 : t + 1 + min_pause]
-        if t + 1 < len(pos) and after.all() and (len(after) == min_pause or t + 1 + len(after) == len(pos)):
+        # A rest that lasts to the end is where the last step ends: the last frame marks it.
+        if len(after) == min_pause and after.all() and not rest[t + 1 :].all():
             out.append(t)
     return out
 

@@ -170,8 +170,18 @@ class Labeller:
             return state[:, self.cols.joints].astype(np.float64) / self.joint_scale
         return None
 
-    def _finish(self, keys: list[int], events: dict[int, str], n: int) -> tuple[list[int], list[str]]:
-        keys = sorted({k for k in keys if 0 <= k < n - 1} | {n - 1})
+    def _still_after(self, signal: np.ndarray | None) -> np.ndarray:
+        """still[t]: nothing moves after frame t (speed at rest to the end); the last frame ends that step."""
+        if signal is None or len(signal) < 2:
+            return np.zeros(0 if signal is None else len(signal), bool)
+        sig = np.asarray(signal, np.float64).reshape(len(signal), -1)
+        speed = np.r_[0.0, np.linalg.norm(np.diff(sig, axis=0), axis=1)]
+        moving = speed > self.cfg.rest_frac * max(speed.max(), 1e-12)
+        later = np.r_[np.cumsum(moving[::-1])[::-1][1:], 0]  # moving frames after t
+        return later == 0
+
+    def _finish(self, keys: list[int], events: dict[int, str], n: int, still: np.ndarray) -> tuple[list[int], list[str]]:
+        keys = sorted({k for k in keys if 0 <= k < n - 1 and not (len(still) and still[k])} | {n - 1})
         merged: list[int] = []
         for k in keys:
             if merged and k - merged[-1] < self.cfg.min_gap:
@@ -186,6 +196,7 @@ class Labeller:
         state = ep.state
         motion = self._motion(state)
         result: tuple[list[int], dict[int, str], str] | None = None
+        signal = None
         for cue in self.cfg.cues:
             if cue == "gripper" and self.grip_range is not None:
                 lo, hi = self.grip_range
@@ -196,6 +207,7 @@ class Labeller:
                     continue
                 mot = motion if motion is not None else np.zeros((n, 1))
                 keys = detect_keyframes(g, mot, self.kcfg)
+                signal = np.c_[mot, g]
                 events = {}
                 for k in keys:  # the gripper change each keyframe follows
                     before = [e for t, e in changes if t <= k]
@@ -205,16 +217,17 @@ class Labeller:
                 keys = motion_pauses(motion, self.cfg.rest_frac, self.cfg.min_pause)
                 if not keys:
                     continue
-                result = (keys, {}, "motion")
+                result, signal = (keys, {}, "motion"), motion
             elif cue == "image" and frames is not None:
-                keys = motion_pauses(image_motion(frames), self.cfg.rest_frac, self.cfg.min_pause)
+                signal = image_motion(frames)
+                keys = motion_pauses(signal, self.cfg.rest_frac, self.cfg.min_pause)
                 if not keys:
                     continue
                 result = (keys, {}, "image")
             if result is not None:
                 break
         keys, events, cue = result if result is not None else ([], {}, "none")
-        keyframes, names = self._finish(keys, events, n)
+        keyframes, names = self._finish(keys, events, n, self._still_after(signal if result is not None else None))
         texts = [self.cfg.step_text.format(task=ep.task, i=i + 1, n=len(keyframes), event=e)
                  for i, e in enumerate(names)]
         return EpisodeLabels(ep.episode_index, keyframes, names, cue, texts)
