@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import importlib.abc
 import importlib.util
@@ -247,9 +248,7 @@ def _candidates(tree: ast.Module, only: list[str] | None) -> list[tuple[str, ast
     for node in ast.walk(tree):
         if id(node) in skip or (inside is not None and id(node) not in inside):
             continue
-        if isinstance(node, ast.BinOp) and type(node.op) in BINOP_SWAP:
-            out.append(("binop", node))
-        elif isinstance(node, ast.AugAssign) and type(node.op) in BINOP_SWAP:
+        if isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in BINOP_SWAP:
             out.append(("binop", node))
         elif isinstance(node, ast.Compare):
             for _ in node.ops:
@@ -400,10 +399,8 @@ def run_tests(fullname: str, path: Path, tree: ast.Module | None, tests: list[st
         if done:
             break
         if time.monotonic() - t0 > timeout:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             os.waitpid(pid, 0)
             return "timeout", time.monotonic() - t0
         time.sleep(0.05)
@@ -425,10 +422,8 @@ def _preimport() -> None:
     torch.set_num_threads(1)
     for name in ("transformers", "transformers.models.qwen3.modeling_qwen3", "cv2", "gymnasium", "pyarrow",
                  "pyarrow.parquet", "av", "safetensors.torch", "yaml"):
-        try:
+        with contextlib.suppress(Exception):  # optional speed-up only
             __import__(name)
-        except Exception:  # noqa: BLE001 - optional speed-up only
-            pass
 
 
 def run_module(name: str, cfg: dict, max_mutants: int, seed: int, logdir: Path) -> ModuleReport:
