@@ -157,7 +157,9 @@ class Labeller:
         spread = allrows[:, self.cols.joints].std(axis=0) if self.cols.joints else np.zeros(0)
         self.joint_scale = np.where(spread > 1e-9, spread, 1.0)
         self.camera_key = camera_key
-        self.kcfg = KeyframeConfig(gripper_threshold=0.5, rest_frac=cfg.rest_frac, min_gap=cfg.min_gap)
+        wanted = {"grasp": "close", "release": "open"}
+        self.kcfg = KeyframeConfig(gripper_threshold=0.5, rest_frac=cfg.rest_frac, min_gap=cfg.min_gap,
+                                   events=tuple(wanted[e] for e in cfg.events))
 
     def needs_images(self) -> bool:
         """Whether an episode no state cue labels may fall through to the image cue (frames decoded)."""
@@ -201,8 +203,11 @@ class Labeller:
             if cue == "gripper" and self.grip_range is not None:
                 lo, hi = self.grip_range
                 g = (state[:, self.cols.gripper].mean(axis=1) - lo) / (hi - lo)
+                if self.cfg.gripper_closed == "low":
+                    g = 1.0 - g
                 closed = g > 0.5
-                changes = [(t, "close" if closed[t] else "open") for t in range(1, n) if closed[t] != closed[t - 1]]
+                changes = [(t, "close" if closed[t] else "open") for t in range(1, n)
+                           if closed[t] != closed[t - 1] and ("close" if closed[t] else "open") in self.kcfg.events]
                 if not changes:
                     continue
                 mot = motion if motion is not None else np.zeros((n, 1))
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-episodes", type=int, default=0)
     p.add_argument("--json", help="write per-episode keyframes and the scores here")
     p.add_argument("overrides", nargs="*", metavar="label.KEY=VALUE")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         values = apply_overrides({}, list(args.overrides)).get("label", {})
         cfg = _build(LabelConfig, values, "label")

@@ -181,6 +181,8 @@ class LabelConfig:
     gripper: str = ""  # state column (name or index) of the gripper; "" = found by name; "none" = no gripper
     position: list[str] = field(default_factory=list)  # 3 state columns of the end-effector xyz; [] = found by name
     joints: list[str] = field(default_factory=list)  # state columns whose pauses end steps when no xyz; [] = by name
+    gripper_closed: str = "high"  # which end of the gripper column's range is closed ("low" for finger-opening readings)
+    events: list[str] = field(default_factory=lambda: ["grasp", "release"])  # gripper changes that end a step
     step_text: str = "{task}: step {i} of {n}"  # fields {task}, {i}, {n}, {event} (grasp/release/pause/end)
     rest_frac: float = 0.05  # at rest = speed below this fraction of the episode's top speed
     min_pause: int = 2  # frames at rest that make a pause (motion and image cues)
@@ -194,6 +196,9 @@ class LabelConfig:
             v = getattr(self, key)
             _check(isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v),
                    f"label.{key} must be a list of state column names or indices, got {v!r}")
+        _check(self.gripper_closed in ("high", "low"), f"label.gripper_closed must be 'high' or 'low', got {self.gripper_closed!r}")
+        _check(isinstance(self.events, list) and bool(self.events) and set(self.events) <= {"grasp", "release"},
+               f"label.events must be a non-empty list of 'grasp' and/or 'release', got {self.events!r}")
         _check(not self.position or len(self.position) == 3,
                f"label.position must name 3 columns (x, y, z), got {self.position!r}")
         _check("{i}" in self.step_text,
