@@ -20,7 +20,7 @@ parser still extracts the phrases but cannot check them against the scene.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from emu_guide.types import ActionGoal, GoalStatus
 
@@ -54,6 +54,7 @@ VERB_PHRASES: dict[str, str] = {
     "lay": "place", "insert": "place", "move": "place", "bring": "place", "carry": "place",
     "transfer": "place", "return": "place", "stow": "place", "load": "place", "release": "place",
     "throw": "place", "toss": "place", "discard": "place", "dispose of": "place", "relocate": "place",
+    "let go of": "place",  # not "let go": "let's go ahead and ..." normalises to "let go ahead and ..."
     "fold over": "fold", "fold": "fold", "tuck": "fold", "flip": "fold",
     "stack": "stack", "pile": "stack",
     "push": "push", "slide": "push", "shove": "push", "nudge": "push",
@@ -69,6 +70,13 @@ DONE_PATTERNS = (
     r"^(all )?(the )?blocks are (now )?(sorted|stacked)$",
 )  # fmt: skip
 
+# "done: the table is clear": a completion word followed by a sentence that says the same.
+DONE_LEAD = re.compile(r"^(all done|done|finished|complete|task complete|task done) (.+)$")
+# "move the cup to the rack and release it": letting go of what was just placed is part of the
+# place, not a second action (the place's gripper is already "open").
+RELEASE_TAIL = re.compile(
+    r"^(.+?) (?:and then|and|then) (?:release|let go of|let go|drop|open the gripper)(?: it| them)?(?: there)?$")
+
 # Words that carry no meaning for the goal.
 FILLER = {
     "please", "now", "then", "next", "first", "firstly", "finally", "lastly", "after", "that",
@@ -82,7 +90,7 @@ PRONOUNS = {"it", "them", "that", "this", "one"}
 # Destination prepositions, longest first. A place/fold/stack phrase splits object | target here.
 TARGET_PREPS = (
     "on top of", "in to", "into", "onto", "inside of", "inside", "in", "on", "to", "toward",
-    "towards", "over", "at", "over to", "across to", "up to", "down to",
+    "towards", "over", "at", "over to", "across to", "up to", "down to", "above",
 )  # fmt: skip
 SOURCE_PREPS = ("from", "off", "out of", "off of")  # "pick up the cup from the table"
 
@@ -438,6 +446,14 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
     for pat in DONE_PATTERNS:
         if re.match(pat, text):
             return ParsedStep(sentence=sentence, verb="done", obj=None)
+    lead = DONE_LEAD.match(text)
+    if lead and any(re.match(pat, lead.group(2)) for pat in DONE_PATTERNS):
+        return ParsedStep(sentence=sentence, verb="done", obj=None)
+    tail = RELEASE_TAIL.match(text)
+    if tail:
+        head = parse(tail.group(1), vocab, context)
+        if head.status == GoalStatus.OK and head.verb in ("place", "stack") and head.target is not None:
+            return replace(head, sentence=sentence)
     words = text.split()
     if any(w in ("don't", "dont", "not", "never", "avoid", "without") for w in words):
         return _unknown(sentence, "the step is negated; a negative step is not an action")
