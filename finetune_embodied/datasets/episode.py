@@ -42,7 +42,7 @@ class Episode:
         if len(self.action) != n:
             raise ValueError(f"Episode: {n} states but {len(self.action)} actions")
         for key, frames in self.images.items():
-            if not key.startswith(IMAGE_KEY_PREFIX):
+            if not key.startswith("observation.image"):  # observation.images.<cam>, or LeRobot's single observation.image
                 raise ValueError(f"Episode.images key {key!r} must start with {IMAGE_KEY_PREFIX!r}")
             if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
                 got = getattr(frames, "shape", type(frames).__name__), getattr(frames, "dtype", None)

@@ -19,7 +19,7 @@ import numpy as np
 from .episode import Episode
 from .lerobot_v3 import _action_or_empty, _fixed_list_to_numpy, load_info
 from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
-from .video import decode_frames
+from .video import decode_frames, decode_parquet_images
 
 __all__ = ["LEGACY_DATA_PATH", "LEGACY_VIDEO_PATH", "LeRobotV21Reader"]
 
@@ -56,9 +56,9 @@ class LeRobotV21Reader(EpisodeReaderBase):
             raise DatasetError(f"codebase_version {self.version!r} is not v2.x", self.root / "meta/info.json")
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict] = self.info["features"]
-        self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
-        if any(f.get("dtype") == "image" for f in self.features.values()):
-            raise DatasetError("image (PNG-in-parquet) features are not supported; re-encode as video", self.root / "meta/info.json")
+        self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.image_keys = [k for k, f in self.features.items() if f.get("dtype") == "image"]  # PNG in the parquet
+        self.camera_keys = self.video_keys + self.image_keys
         self.check_required_features(self.root / "meta/info.json")
         self.chunks_size = int(self.info.get("chunks_size", 1000))
         task_rows = _read_jsonl(self.root / LEGACY_TASKS_PATH)
@@ -98,7 +98,7 @@ class LeRobotV21Reader(EpisodeReaderBase):
             rows = pq.read_table(path)
         except Exception as exc:
             raise DatasetError(f"cannot read parquet ({exc})", path, episode_index) from exc
-        needed = [k for k, f in self.features.items() if f.get("dtype") not in ("video", "image")]
+        needed = [k for k, f in self.features.items() if f.get("dtype") != "video"]
         missing = [c for c in needed if c not in rows.column_names]
         if missing:
             raise DatasetError(f"missing columns {missing} (declared in meta/info.json features)", path, episode_index)
@@ -113,7 +113,9 @@ class LeRobotV21Reader(EpisodeReaderBase):
         timestamp = rows.column("timestamp").to_numpy().astype(np.float32)
         images = {}
         if load_images:
-            for key in self.camera_keys:
+            for key in self.image_keys:
+                images[key] = decode_parquet_images(rows, key, path, episode_index)
+            for key in self.video_keys:
                 vpath = self.video_path(episode_index, key)
                 # One file per episode: frames from t=0 to length/fps.
                 frames = decode_frames(vpath, self.fps, 0.0, length / self.fps, episode_index)

@@ -24,7 +24,15 @@ import numpy as np
 
 from .episode import IMAGE_KEY_PREFIX, Episode
 from .validation import DatasetError, EpisodeReaderBase, SkipReport, check_on_error
-from .video import DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PIX_FMT, VideoWriter, check_video_settings, decode_frames
+from .video import (
+    DEFAULT_CODEC,
+    DEFAULT_CRF,
+    DEFAULT_PIX_FMT,
+    VideoWriter,
+    check_video_settings,
+    decode_frames,
+    decode_parquet_images,
+)
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -515,9 +523,9 @@ class LeRobotV3Reader(EpisodeReaderBase):
             raise DatasetError(f"codebase_version {self.info['codebase_version']!r} is not v3.x", self.root / INFO_PATH)
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict] = self.info["features"]
-        self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
-        if any(f.get("dtype") == "image" for f in self.features.values()):
-            raise DatasetError("image (PNG-in-parquet) features are not supported; re-encode as video", self.root / INFO_PATH)
+        self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.image_keys = [k for k, f in self.features.items() if f.get("dtype") == "image"]  # PNG in the parquet
+        self.camera_keys = self.video_keys + self.image_keys
         self.check_required_features(self.root / INFO_PATH)
         self.tasks = read_indexed_names(self.root / TASKS_PATH, "task", "task_index")
         sub_path = self.root / SUBTASKS_PATH
@@ -535,7 +543,7 @@ class LeRobotV3Reader(EpisodeReaderBase):
             except Exception as exc:
                 raise DatasetError(f"cannot read parquet ({exc})", path) from exc
             missing = [c for c in REQUIRED_EPISODE_COLUMNS if c not in table.column_names]
-            missing += [f"videos/{k}/{p}" for k in self.camera_keys for p in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+            missing += [f"videos/{k}/{p}" for k in self.video_keys for p in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
                         if f"videos/{k}/{p}" not in table.column_names]
             if missing:
                 raise DatasetError(f"episode metadata lacks columns {missing}", path)
@@ -609,7 +617,9 @@ class LeRobotV3Reader(EpisodeReaderBase):
             subtasks = [self.subtasks[i] for i in sub_idx]
         images: dict[str, np.ndarray] = {}
         if load_images:
-            for key in self.camera_keys:
+            for key in self.image_keys:
+                images[key] = decode_parquet_images(rows, key, path, episode_index)
+            for key in self.video_keys:
                 vpath = self.video_path(episode_index, key)
                 t0 = float(meta[f"videos/{key}/from_timestamp"])
                 t1 = float(meta[f"videos/{key}/to_timestamp"])

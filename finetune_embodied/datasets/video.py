@@ -10,7 +10,7 @@ import numpy as np
 
 from .validation import DatasetError
 
-__all__ = ["VideoWriter", "decode_frames", "frame_to_rgb", "check_video_settings", "DEFAULT_CODEC", "DEFAULT_CRF", "DEFAULT_PIX_FMT", "PIX_FMTS"]
+__all__ = ["VideoWriter", "decode_frames", "decode_parquet_images", "frame_to_rgb", "check_video_settings", "DEFAULT_CODEC", "DEFAULT_CRF", "DEFAULT_PIX_FMT", "PIX_FMTS"]
 
 DEFAULT_CODEC = "libx264"  # h264: decodable by torchcodec, PyAV and browsers; LeRobot defaults to AV1
 DEFAULT_PIX_FMT = "yuv420p"  # what LeRobot writes; chroma at half resolution in both directions
@@ -135,4 +135,24 @@ def decode_frames(
         raise DatasetError(f"cannot decode video ({type(exc).__name__}: {exc})", path, episode_index) from exc
     if not frames:
         raise DatasetError(f"no frames decoded in [{from_timestamp:.4f}, {to_timestamp:.4f}) s", path, episode_index)
+    return np.stack(frames)
+
+
+def decode_parquet_images(rows, key: str, path: str | Path, episode_index: int | None = None) -> np.ndarray:
+    """An ``image`` feature stored in the data parquet (LeRobot with ``use_videos=False``: a struct of
+    PNG/JPEG ``bytes`` and ``path`` per frame) -> (T, H, W, 3) uint8 RGB."""
+    import cv2
+
+    frames = []
+    for t, cell in enumerate(rows.column(key).to_pylist()):
+        data = cell.get("bytes") if isinstance(cell, dict) else None
+        if not data:
+            raise DatasetError(f"{key}: frame {t} has no embedded image bytes (an external file is not read)", path,
+                               episode_index)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DatasetError(f"{key}: frame {t} is not a decodable image", path, episode_index)
+        frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    if len({f.shape for f in frames}) > 1:
+        raise DatasetError(f"{key}: frames of different sizes", path, episode_index)
     return np.stack(frames)

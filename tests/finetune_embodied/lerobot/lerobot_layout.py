@@ -202,3 +202,27 @@ def write_lerobot_v21(root: Path, episodes: list[Episode], fps: int = 10, state_
             "features": feats}
     (root / "meta/info.json").write_text(json.dumps(info, indent=2))
     return root
+
+
+def write_lerobot_v3_images(root: Path, episodes: list[Episode], key: str = "observation.image", fps: int = 10) -> Path:
+    """A v3.0 dataset recorded with ``use_videos=False``: each frame a PNG in the data parquet (a
+    ``datasets`` Image struct of ``bytes`` and ``path``), no videos/ folder. Every episode's frames
+    are taken from its first camera and stored under ``key`` (LeRobot's pusht uses ``observation.image``)."""
+    import cv2
+
+    bare = [Episode(task=e.task, images={}, state=e.state, action=e.action, subtasks=e.subtasks) for e in episodes]
+    write_lerobot_v3(root, bare, fps=fps)
+    frames = {i: next(iter(e.images.values())) for i, e in enumerate(episodes)}
+    for path in sorted((root / "data").rglob("*.parquet")):
+        t = pq.read_table(path)
+        cells = []
+        for ep, fi in zip(t.column("episode_index").to_pylist(), t.column("frame_index").to_pylist()):
+            ok, png = cv2.imencode(".png", cv2.cvtColor(frames[ep][fi], cv2.COLOR_RGB2BGR))
+            cells.append({"bytes": png.tobytes(), "path": f"frame_{fi:06d}.png"})
+        col = pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        pq.write_table(t.append_column(key, col).replace_schema_metadata(t.schema.metadata), path)
+    info = json.loads((root / "meta/info.json").read_text())
+    h, w = frames[0].shape[1:3]
+    info["features"][key] = {"dtype": "image", "shape": [h, w, 3], "names": ["height", "width", "channel"]}
+    (root / "meta/info.json").write_text(json.dumps(info, indent=4))
+    return root

@@ -9,7 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from lerobot_layout import ARM_NAMES, arm_episode, write_lerobot_v3, write_lerobot_v21, write_pandas_indexed
+from lerobot_layout import (
+    ARM_NAMES,
+    arm_episode,
+    write_lerobot_v3,
+    write_lerobot_v3_images,
+    write_lerobot_v21,
+    write_pandas_indexed,
+)
 
 from emu_guide.cli import main as cli
 from finetune_embodied.datasets import DatasetError, open_dataset
@@ -34,6 +41,8 @@ FIXTURES = {
     "v3 two cameras, 32x48 frames, unlabelled": (lambda r, e: write_lerobot_v3(r, e),
                                                  {"labelled": False, "size": (32, 48), "cameras": ("front", "wrist")},
                                                  ["data.camera=wrist"]),
+    "v3 PNG frames in parquet (use_videos=False), key observation.image": (
+        lambda r, e: write_lerobot_v3_images(r, e), {"labelled": False}, []),
     "v2.1 unlabelled": (lambda r, e: write_lerobot_v21(r, e), {"labelled": False}, []),
     "v2.1 two cameras": (lambda r, e: write_lerobot_v21(r, e), {"labelled": False, "cameras": ("front", "top")},
                          ["data.camera=observation.images.top"]),
@@ -65,9 +74,12 @@ def test_lerobot_layout_reads_and_trains_every_stage(tmp_path, monkeypatch, caps
     for g, e in zip(got, eps):
         assert g.subtasks == e.subtasks
         np.testing.assert_allclose(g.state, e.state, atol=1e-6)
-        for key, frames in e.images.items():
+        want = e.images if "observation.image" not in reader.camera_keys else {"observation.image": e.images[
+            "observation.images.front"]}
+        assert sorted(g.images) == sorted(want)
+        for key, frames in want.items():
             assert g.images[key].shape == frames.shape
-            assert np.abs(g.images[key].astype(int) - frames).mean() < 6  # lossy video
+            assert np.abs(g.images[key].astype(int) - frames).mean() < 6  # lossy video (PNG: exact)
     assert reader.state_names() == ARM_NAMES
     tok, nt, dida = _train_every_stage(tmp_path, ds, *extra)
     assert tok.steps == nt.steps == dida.steps == 1
