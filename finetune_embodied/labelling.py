@@ -39,7 +39,8 @@ import numpy as np
 from finetune_embodied.datasets.episode import Episode
 from finetune_embodied.keyframes import KeyframeConfig, detect_keyframes, match_keyframes, motion_pauses
 
-__all__ = ["EpisodeLabels", "LabelError", "Labeller", "StateColumns", "map_state_columns", "label_dataset"]
+__all__ = ["EpisodeLabels", "LabelError", "Labeller", "StateColumns", "add_arguments", "label_dataset", "main",
+           "map_state_columns"]
 
 GRIPPER_RE = re.compile(r"grip|finger|claw|jaw", re.I)
 JOINT_RE = re.compile(r"joint|shoulder|elbow|wrist|waist|forearm|(^|[_.])(pan|lift|flex|roll|pitch|yaw)([_.]|$)", re.I)
@@ -309,25 +310,39 @@ def apply_labels(episodes, labels: dict[int, EpisodeLabels]):
         yield ep
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m finetune_embodied.labelling DATASET [--camera C] [label.key=value ...]``."""
-    import argparse
-    import json
-
-    from finetune_embodied.datasets import DatasetError, open_dataset
-    from finetune_embodied.train.config import ConfigError, LabelConfig, _build, apply_overrides
-
-    p = argparse.ArgumentParser(prog="python -m finetune_embodied.labelling",
-                                description="find step ends (keyframes) in a LeRobot dataset and score them against its labels")
+def add_arguments(p) -> None:
+    """Arguments of ``python -m finetune_embodied.labelling`` (and of an ``emu-guide label`` subcommand)."""
     p.add_argument("dataset")
     p.add_argument("--camera", default="", help="camera for the image cue (several cameras: required)")
     p.add_argument("--tolerance", type=int, default=2, help="frames within which a detected step end counts")
     p.add_argument("--max-episodes", type=int, default=0)
     p.add_argument("--json", help="write per-episode keyframes and the scores here")
     p.add_argument("overrides", nargs="*", metavar="label.KEY=VALUE")
-    args = p.parse_intermixed_args(argv)
+
+
+def _parse(argv: list[str] | None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m finetune_embodied.labelling",
+                                description="find step ends (keyframes) in a LeRobot dataset and score them against its labels")
+    add_arguments(p)
+    return p.parse_intermixed_args(argv)
+
+
+def main(args=None) -> int:
+    """Label a dataset and print the keyframes (and precision/recall where it has labels).
+    ``args``: parsed arguments (a subcommand) or an argv list / None (``python -m``)."""
+    import json
+
+    from finetune_embodied.datasets import DatasetError, open_dataset
+    from finetune_embodied.train.config import ConfigError, LabelConfig, _build, apply_overrides
+
+    if args is None or isinstance(args, list):
+        args = _parse(args)
     try:
-        values = apply_overrides({}, list(args.overrides)).get("label", {})
+        given = apply_overrides({}, list(args.overrides))
+        values = given.pop("label", {}) or {}
+        values.update(given)  # "cues=[motion]" and "label.cues=[motion]" both set label.cues
         cfg = _build(LabelConfig, values, "label")
         reader = open_dataset(args.dataset)
         from finetune_embodied.train.stages.tokenizer_stage import camera_key

@@ -655,6 +655,8 @@ def _fixed_list_to_numpy(rows, name: str, path: Path, episode_index: int) -> np.
         arr = np.asarray(rows.column(name).to_pylist(), dtype=np.float32)
     except (ValueError, TypeError) as exc:
         raise DatasetError(f"column {name!r} has rows of different lengths or nulls", path, episode_index) from exc
+    if arr.ndim == 1:  # a feature of shape [1] is a plain number per frame (LeRobot writes a Value, not a list)
+        arr = arr[:, None]
     if arr.ndim != 2:
         raise DatasetError(f"column {name!r} is not a vector per frame (shape {arr.shape})", path, episode_index)
     if not np.isfinite(arr).all():

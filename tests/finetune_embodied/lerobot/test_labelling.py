@@ -92,3 +92,24 @@ def test_labelling_command_scores_a_labelled_dataset(tmp_path, capsys):
     assert rep["precision"] == 1.0 and len(rep["episodes"]) == 3
     assert main([str(ds), "label.cues=[smell]"]) == 2
     assert "label.cues must be" in capsys.readouterr().out
+    assert main([str(ds), "cues=[image]", "--camera", "front"]) == 0  # the label. prefix is optional
+    assert "3 episode(s) labelled (image 3)" in capsys.readouterr().out
+    assert main([str(ds), "colour=red"]) == 2
+    assert "unknown key(s) ['colour'] in label" in capsys.readouterr().out
+
+
+def test_a_scalar_state_feature_is_one_column(tmp_path):
+    """LeRobot stores a feature of shape [1] as a plain number per frame, not a list."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ep = arm_episode(0, "stack the cups")[0]
+    ds = write_lerobot_v3(tmp_path / "ds", [ep])
+    for path in (ds / "data").rglob("*.parquet"):
+        t = pq.read_table(path)
+        i = t.column_names.index("observation.state")
+        first = pa.array([row[0] for row in t.column(i).to_pylist()], pa.float32())
+        pq.write_table(t.set_column(i, "observation.state", first), path)
+    got = next(open_dataset(ds).iter_episodes(load_images=False))
+    assert got.state.shape == (ep.length, 1)
+    np.testing.assert_allclose(got.state[:, 0], ep.state[:, 0])
