@@ -148,7 +148,7 @@ def release_config(hidden: int = 16, layers: int = 1, heads: int = 2, kv_heads: 
     }  # fmt: skip
 
 
-def write_lm(path: Path, seed: int = 0, **sizes: int):
+def write_lm(path: Path, seed: int = 0, initializer_range: float = 0.02, **sizes: int):
     """A random Qwen3ForCausalLM saved sharded under the release's config.json; returns the model (fp32)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -157,7 +157,7 @@ def write_lm(path: Path, seed: int = 0, **sizes: int):
     qcfg = Qwen3Config(**{k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                               "num_attention_heads", "num_key_value_heads", "head_dim",
                                               "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                                              "tie_word_embeddings")})  # fmt: skip
+                                              "tie_word_embeddings")}, initializer_range=initializer_range)  # fmt: skip
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(qcfg).eval()
     model.save_pretrained(path, max_shard_size="5MB")  # sharded, with model.safetensors.index.json
@@ -174,10 +174,10 @@ def write_vision_tokenizer(path: Path) -> Path:
     return path
 
 
-def make_release(root: Path, seed: int = 0):
+def make_release(root: Path, seed: int = 0, initializer_range: float = 0.02, **sizes: int):
     """The three release directories under ``root``; returns (lm_dir, tokenizer_dir, reference Qwen3 model)."""
     lm_dir = root / "weights" / "Emu3.5"
-    model = write_lm(lm_dir, seed=seed)
+    model = write_lm(lm_dir, seed=seed, initializer_range=initializer_range, **sizes)
     write_vision_tokenizer(root / "weights" / "Emu3.5-VisionTokenizer")
     tok_dir = write_tokenizer(root / "tokenizer_emu3_ibq")
     return lm_dir, tok_dir, model

