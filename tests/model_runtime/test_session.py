@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from emu_guide.types import PlanStatus, PlanStep
 from model_runtime.backends.base import BackendError, DecodeOptions, load_backend
 from model_runtime.session import GuidanceSession, SessionError
 from tests.model_runtime.backends.conftest import make_model_dir
@@ -24,22 +25,39 @@ def frame():
 
 
 def test_session_history_and_replan(backend, frame):
-    s = GuidanceSession(backend, "clear the table", DecodeOptions(seed=1, dida_steps=2, max_text_tokens=6))
+    # avoid_final: the random model may not answer "task complete" here, so every path below runs
+    opts = DecodeOptions(seed=1, dida_steps=2, max_text_tokens=6, avoid_final=True)
+    s = GuidanceSession(backend, "clear the table", opts)
     step = s.next_step(frame)
-    assert step.index == 0 and s.pending is step
-    if step.is_final:
-        with pytest.raises(SessionError):
-            s.mark_done(step)
-        return
+    assert step.index == 0 and s.pending is step and not step.is_final and not s.finished
+    assert step.subgoal_image is not None and step.text
+    with pytest.raises(SessionError, match="not the pending step"):
+        s.mark_done(PlanStep(index=0, text="some other step"))
     s.mark_done(step)
     assert s.history == [step] and s.pending is None
     with pytest.raises(SessionError, match="no pending"):
         s.mark_done()
     nxt = s.next_step(frame)
-    assert nxt.index == 1
+    assert nxt.index == 1 and s.pending is nxt
+    assert s.plan().steps == [step, nxt] and s.plan().status == PlanStatus.RUNNING
+    # same seed, same frame, empty history: the same first step (the session adds no randomness)
+    assert GuidanceSession(backend, "clear the table", opts).next_step(frame).text == step.text
     s.replan()
-    assert s.pending is None and len(s.history) == 1
+    assert s.pending is None and s.history == [step] and s.rejected == [nxt]
     assert s.plan().steps == [step]
+    again = s.next_step(frame)
+    assert again.index == 1 and again.text != nxt.text  # the rejected answer is not proposed again
+    s.mark_done(again)
+    assert s.history == [step, again] and s.rejected == []  # a done step clears the rejections
+    # a final answer is not an action: it cannot be marked done, and it ends the session
+    s.pending, s.finished = PlanStep(index=2, text="", is_final=True), True
+    with pytest.raises(SessionError, match="final step"):
+        s.mark_done()
+    with pytest.raises(SessionError, match="already complete"):
+        s.next_step(frame)
+    assert s.plan().status == PlanStatus.SUCCEEDED
+    s.replan()  # a premature "done" rejected: the session goes on
+    assert not s.finished and s.next_step(frame).index == 2
 
 
 def test_session_rejects_unknown_instruction(backend):

@@ -47,21 +47,31 @@ def test_emu3_backend_next_step(emu3_dir, frame):
     assert backend.dida_adapted is False and backend.default_mode.value == "ar"  # released weights: next-token only
     with pytest.raises(BackendError, match="never DiDA-adapted.*force_dida=True"):
         backend.next_step(frame, "clear the table", [], DecodeOptions(mode="dida", dida_steps=2, max_text_tokens=4))
+    outcomes = {}
     for mode in ("dida", "ar"):
+        opts = DecodeOptions(mode=mode, dida_steps=2, max_text_tokens=4, force_dida=True)
         try:
-            step = backend.next_step(frame, "clear the table", [], DecodeOptions(mode=mode, dida_steps=2, max_text_tokens=4,
-                                                                                 force_dida=True))  # fmt: skip
-        except BackendError as exc:  # random weights may well not write "Task complete." exactly: parse errors are named
-            assert "does not parse" in str(exc)
+            step = backend.next_step(frame, "clear the table", [], opts)
+        except BackendError as exc:
+            # Random weights may write text and EOS with no image: the error must say so, and say
+            # it truly (the decoded answer really has no image block and is not the final phrase).
+            tokens = backend.last_answer.tokens
+            assert "does not parse" in str(exc) and "no subgoal image" in str(exc), exc
+            assert backend.layout.boi not in tokens and tokens[-1] == backend.layout.eos
+            assert len(tokens) <= 4 + 1  # max_text_tokens, then EOS was forced
+            outcomes[mode] = "no image"
             continue
-        assert isinstance(step, PlanStep)
+        assert isinstance(step, PlanStep) and step.index == 0
         if not step.is_final:
             assert step.subgoal_tokens.shape == (4, 4) and step.subgoal_image.shape == (8, 8, 3)
+            assert step.decode_mode.value == mode
+        outcomes[mode] = "final" if step.is_final else "step"
+    assert set(outcomes) == {"dida", "ar"}
     # The image path through Emu3's own forward (4D masks, cache, CFG batch): force one image.
     import numpy as np
 
     from model_runtime.decoding import generate_answer
-    from model_runtime.prompt import build_prompt, build_unconditional_prompt
+    from model_runtime.prompt import build_prompt, build_unconditional_prompt, parse_answer
 
     codes = backend.vision.encode_one(backend.prepare_frame(frame))
     prompt = build_prompt(backend.layout, backend.text, "clear the table", [], codes)
@@ -73,6 +83,10 @@ def test_emu3_backend_next_step(emu3_dir, frame):
         assert answer.image_codes.shape == (4, 4) and answer.tokens[-1] == backend.layout.eos
         assert backend.vision.decode_one(answer.image_codes).shape == (8, 8, 3)
         assert all(t < backend.text.vocab_size for t in answer.tokens[: answer.tokens.index(backend.layout.boi)])
+        # the backend's own answer parser reads the image back exactly
+        parsed = parse_answer(backend.layout, backend.text, answer.tokens, expected_grid=(4, 4))
+        assert not parsed.is_final and np.array_equal(parsed.codes, answer.image_codes)
+        assert answer.forwards["image"] == (2 if mode == "dida" else 16)  # K passes vs one per cell
     assert np.all(codes < backend.layout.num_visual_codes)
 
 
