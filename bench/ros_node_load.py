@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "ros"))  # the probe and process helpers of the ROS test tier
+sys.path.insert(0, str(ROOT / "tests" / "emu_ros"))  # the probe and process helpers of the ROS test tier
 
 from ros_tier import RosProcess, node_args, random_domain_id, ros_env, run_probe  # noqa: E402
 

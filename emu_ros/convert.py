@@ -338,8 +338,8 @@ def objects_in_view_msg(factory: MessageFactory, known: list[str], names: list[s
 
 
 def objects_in_view_from_msg(msg: Any) -> Any:
-    """emu_guidance/ObjectsInView -> emu_ros.guide_loop.ObjectsInView; ValueError names what is wrong."""
-    from emu_ros.guide_loop import ObjectsInView
+    """emu_guidance/ObjectsInView -> planner.grounded.ObjectsInView; ValueError names what is wrong."""
+    from planner.grounded import ObjectsInView
 
     def clean(names: Any, what: str) -> tuple[str, ...]:
         out = tuple(" ".join(str(n).lower().split()) for n in names)

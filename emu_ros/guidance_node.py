@@ -30,10 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from emu_guide.optional import require
-from emu_guide.types import DecodeMode, Frame, GoalStatus, PlanStatus
+from emu_guide.types import ActionGoal, DecodeMode, Frame, GoalStatus, PlanStatus, StepResult
 from emu_ros import convert
-from emu_ros.guide_loop import GuideRun, ObjectsInView
 from model_runtime.backends.base import BACKENDS, BackendError, DecodeOptions
+from planner.executor import ExecutorError, PlanAheadExecutor
+from planner.grounded import ObjectsInView
+from planner.loop import GuidanceLoop, LoopConfig
+from planner.monitor import MonitorConfig
 
 # --- parameters -------------------------------------------------------------------------------
 
@@ -227,6 +230,117 @@ class RecentObjects:
                     "steps_grounded": self.steps_grounded, "steps_free": self.steps_free}  # fmt: skip
 
 
+# --- executors for the one step loop (no rclpy) ---------------------------------------------------
+
+
+class StepResults:
+    """StepResult messages by goal id, written by the subscription, awaited by the running goal."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self._cond = threading.Condition()
+        self._results: dict[str, Any] = {}
+        self.keep = keep
+
+    def put(self, goal_id: str, result: Any) -> None:
+        with self._cond:
+            self._results[goal_id] = result
+            while len(self._results) > self.keep:  # results for goals nobody waits on (other clients): bounded
+                self._results.pop(next(iter(self._results)))
+            self._cond.notify_all()
+
+    def wait(self, goal_id: str, timeout: float, stop: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while goal_id not in self._results:
+                if time.monotonic() >= deadline or stop():
+                    return None
+                self._cond.wait(0.05)
+            return self._results.pop(goal_id)
+
+
+class RobotExecutor:
+    """The robot as the loop's executor: ActionGoal out, the robot's StepResult in, camera frames.
+
+    ``execute`` publishes the goal and (``wait_for_result``) waits for the StepResult with its
+    goal id; without waiting the goal counts as sent and the new frame alone decides (frame vs
+    predicted subgoal). ``check`` is the robot's word on a goal it reported on, else None.
+    ``observe`` waits for a camera frame newer than the last step (at most ``rate_hz`` steps/s).
+    """
+
+    name = "robot"
+
+    def __init__(self, publish_goal: Any, results: StepResults, frames: LatestFrame, stop: Any, *,
+                 wait_for_result: bool, result_timeout_s: float, frame_timeout_s: float, max_frame_age_s: float,
+                 rate_hz: float, on_success: Any = None, fixed_frame: Frame | None = None) -> None:
+        self.publish_goal = publish_goal
+        self.results, self.frames, self.stop = results, frames, stop
+        self.wait_for_result, self.result_timeout_s = wait_for_result, result_timeout_s
+        self.frame_timeout_s, self.max_frame_age_s = frame_timeout_s, max_frame_age_s
+        self.min_period = 1.0 / rate_hz
+        self.on_success = on_success  # the oracle's sim mirror follows the robot
+        self.fixed_frame = fixed_frame  # the goal carried its own image: every step is planned from it
+        self._reported: dict[str, bool] = {}
+        self._task_done = False
+        self._last_seq, self._last_time = 0, 0.0
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        self.publish_goal(goal)
+        self._last_time = time.monotonic()  # the next step needs a frame taken after this point
+        if not self.wait_for_result:
+            return StepResult(goal.step_index, True, reason="goal sent (no StepResult awaited)")
+        msg = self.results.wait(goal.goal_id, self.result_timeout_s, self.stop)
+        if msg is None:
+            if self.stop():
+                raise ExecutorError("stopped while waiting for a StepResult")
+            raise ExecutorError(f"no StepResult for goal {goal.goal_id} within step_result_timeout_s={self.result_timeout_s}")
+        self._reported[goal.goal_id] = bool(msg.success)
+        self._task_done = self._task_done or bool(msg.task_done)
+        if msg.success and self.on_success is not None:
+            self.on_success(goal)
+        self._last_time = time.monotonic()
+        return StepResult(goal.step_index, bool(msg.success), reason=msg.reason)
+
+    def check(self, goal: ActionGoal) -> bool | None:
+        return self._reported.get(goal.goal_id)
+
+    def task_done(self) -> bool | None:
+        return True if self._task_done else None
+
+    def observe(self) -> Frame:
+        if self.fixed_frame is not None:
+            return self.fixed_frame
+        pause = self.min_period - (time.monotonic() - self._last_time)
+        if pause > 0 and self._last_seq:
+            time.sleep(pause)
+        got = self.frames.wait_newer(self._last_seq, self._last_time, self.frame_timeout_s, self.max_frame_age_s, self.stop)
+        if got is None:
+            raise ExecutorError(f"no camera frame within frame_timeout_s={self.frame_timeout_s} s")
+        frame, self._last_seq = got
+        return frame
+
+
+class PublishingPlanAhead(PlanAheadExecutor):
+    """One-shot mode: the whole plan from one view; each goal is published and counted as done."""
+
+    def __init__(self, frame: Frame, publish_goal: Any) -> None:
+        super().__init__(frame)
+        self.publish_goal = publish_goal
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        self.publish_goal(goal)
+        return super().execute(goal)
+
+
+class DetectorTopic:
+    """The ObjectsInView topic as the loop's ObjectsSource (the detection nearest the frame's stamp)."""
+
+    def __init__(self, recent: RecentObjects, max_age_s: float) -> None:
+        self.recent, self.max_age_s = recent, max_age_s
+
+    def objects_for(self, frame: Frame) -> ObjectsInView | None:
+        return self.recent.for_frame(frame.stamp, self.max_age_s)
+
+
 # --- the node ---------------------------------------------------------------------------------
 
 
@@ -273,8 +387,7 @@ def _make_node_class() -> type:
             self._goal_lock = threading.Lock()
             self._active_goal: Any = None  # the goal handle being executed
             self._preempted: set[int] = set()  # id() of goal handles a newer goal replaced
-            self._results: dict[str, Any] = {}  # goal_id -> StepResult msg
-            self._results_cond = threading.Condition()
+            self.results = StepResults()  # goal_id -> StepResult msg
             self.steps_published = 0
 
             p = self._p
@@ -347,11 +460,7 @@ def _make_node_class() -> type:
                 self.get_logger().error(f"rejected ObjectsInView: {exc}", throttle_duration_sec=1.0)
 
         def _on_step_result(self, msg: Any) -> None:
-            with self._results_cond:
-                self._results[msg.goal_id] = msg
-                while len(self._results) > 256:  # results for goals nobody waits on (other clients): bounded
-                    self._results.pop(next(iter(self._results)))
-                self._results_cond.notify_all()
+            self.results.put(msg.goal_id, msg)
 
         def _publish_stats(self) -> None:
             stats = self.frames.stats()
@@ -438,112 +547,90 @@ def _make_node_class() -> type:
             )
 
         def _execute(self, goal_handle: Any) -> Any:
+            """Run one Guide goal through the one step loop (planner.loop) and report its plan."""
             goal = goal_handle.request
             stopped = lambda: goal_handle.is_cancel_requested or id(goal_handle) in self._preempted or not goal_handle.is_active  # noqa: E731
-            run: GuideRun | None = None
             try:
                 backend = self._ensure_backend()
-                h, w = self._p("image_height"), self._p("image_width")
-                run = GuideRun(
-                    backend,
-                    goal.instruction,
-                    options=self._options(goal),
-                    max_steps=int(goal.max_steps or self._p("max_steps")),
-                    image_size=(h, w) if h > 0 and w > 0 else None,
-                    vocabulary=self._vocabulary(),
-                )
                 goal_frames = [convert.frame_from_image(m) for m in goal.images]  # FrameError aborts the goal
-                continuous = goal.mode == Guide.Goal.MODE_CONTINUOUS
-                status = self._loop(goal_handle, run, goal_frames, continuous, stopped)
-            except Exception as exc:  # backend/frame errors end THIS goal with the message; the node keeps serving
+                loop = self._make_loop(goal_handle, goal, backend, goal_frames, stopped)
+                with self._backend_lock:  # one goal at a time uses the backend (backends are not thread-safe)
+                    result = loop.run()
+            except Exception as exc:  # backend/frame/instruction errors end THIS goal with the message; the node keeps serving
                 message = f"{type(exc).__name__}: {exc}"
                 self.get_logger().error(f"Guide goal failed: {message}")
                 goal_handle.abort()
-                return self._result(run, goal.instruction, PlanStatus.FAILED, message)
+                return self._result(None, goal.instruction, PlanStatus.FAILED, message)
             finally:
                 self._preempted.discard(id(goal_handle))
+            status, plan = result.status, result.plan
             if status == PlanStatus.CANCELED:
                 reason = "preempted by a newer goal" if not goal_handle.is_cancel_requested else "canceled"
                 if goal_handle.is_cancel_requested:
                     goal_handle.canceled()
                 else:
                     goal_handle.abort()
-                return self._result(run, goal.instruction, status, reason)
+                return self._result(plan, goal.instruction, status, reason)
             if status == PlanStatus.FAILED:
+                self.get_logger().warning(f"Guide goal failed: {result.stop_reason}")
                 goal_handle.abort()
-                return self._result(run, goal.instruction, status, run.plan.error if run and run.plan else "failed")
+                return self._result(plan, goal.instruction, status, result.stop_reason)
             goal_handle.succeed()
-            return self._result(run, goal.instruction, status, "")
+            return self._result(plan, goal.instruction, status, "")
 
-        def _loop(self, goal_handle: Any, run: GuideRun, goal_frames: list[Frame], continuous: bool, stopped: Any) -> PlanStatus:
-            """Produce steps until done, cancel/preemption, or a timeout (-> FAILED with run.plan.error)."""
-            last_seq, last_time = 0, 0.0
-            min_period = 1.0 / self._p("replan_rate_hz")
-            while not run.done:
-                if stopped():
-                    return PlanStatus.CANCELED
-                if goal_frames:
-                    frame = goal_frames[-1]
-                else:
-                    got = self.frames.wait_newer(
-                        last_seq if continuous else 0, last_time if continuous else 0.0,
-                        self._p("frame_timeout_s"), self._p("max_frame_age_s"), stopped,
-                    )  # fmt: skip
-                    if got is None:
-                        if stopped():
-                            return PlanStatus.CANCELED
-                        run.plan.error = f"no camera frame within frame_timeout_s={self._p('frame_timeout_s')} s"
-                        return PlanStatus.FAILED
-                    frame, last_seq = got
-                t_step = time.monotonic()
-                objects = self.objects.for_frame(frame.stamp, self._p("max_objects_age_s")) if self._p("objects_topic") else None
-                with self._backend_lock:
-                    step = run.step(frame, objects)
-                self._publish_step(goal_handle, run, step)
-                if not continuous:
-                    run.assume_done(step)  # one-shot: plan the following steps ahead from the same view
-                    continue
-                if run.done:
-                    continue
-                if step.goal is not None and step.goal.status != GoalStatus.OK:
-                    run.record_result(step, False)  # unparsed/ungrounded: nothing to execute, plan again
-                elif self._p("wait_for_step_result") and step.goal is not None:
-                    result = self._wait_result(step.goal.goal_id, stopped)
-                    if result is None:
-                        if stopped():
-                            return PlanStatus.CANCELED
-                        run.plan.error = f"no StepResult for goal {step.goal.goal_id} within step_result_timeout_s"
-                        return PlanStatus.FAILED
-                    run.record_result(step, bool(result.success))  # a failed step is planned again
-                    if result.success and self._sim_env is not None:
-                        self._sim_env.unwrapped.execute_skill(step.goal)  # keep the oracle's mirror in step
-                    if result.task_done:
-                        return PlanStatus.SUCCEEDED
-                last_time = time.monotonic()  # the next step needs a frame taken after this point
-                pause = min_period - (time.monotonic() - t_step)
-                if pause > 0:
-                    time.sleep(pause)
-            if continuous and not run.session.finished:
-                run.plan.error = f"{len(run.plan.steps)} steps (max_steps) produced and the task is not done"
-                return PlanStatus.FAILED
-            return PlanStatus.SUCCEEDED
+        def _make_loop(self, goal_handle: Any, goal: Any, backend: Any, goal_frames: list[Frame], stopped: Any) -> GuidanceLoop:
+            h, w = self._p("image_height"), self._p("image_width")
+            max_steps = int(goal.max_steps or self._p("max_steps"))
+            continuous = goal.mode == Guide.Goal.MODE_CONTINUOUS
+            config = LoopConfig(
+                decode=self._options(goal),
+                # Continuous: max_steps is the goal's budget of planning calls (spent = failed); the node
+                # sets no wall-clock limit. One-shot: max_steps is the horizon of the plan asked for.
+                # A retry re-sends a goal the robot reported failed; without StepResults there is nothing
+                # to retry on: a step the new frame does not confirm is planned again from that frame.
+                monitor=MonitorConfig(max_planning_calls=max_steps + (0 if continuous else 1),
+                                      max_retries=1 if self._p("wait_for_step_result") else 0,
+                                      max_attempts=2 * max_steps + 1, time_limit_s=float("inf"), max_replans=max_steps),
+                grounded_decoding=bool(self._p("objects_topic")),
+                frame_size=(h, w) if h > 0 and w > 0 else None,
+                keep_images=False,
+                horizon=None if continuous else max_steps,
+            )
+            if continuous:
+                on_success = (lambda g: self._sim_env.unwrapped.execute_skill(g)) if self._sim_env is not None else None
+                executor: Any = RobotExecutor(
+                    self._publish_goal, self.results, self.frames, stopped,
+                    wait_for_result=self._p("wait_for_step_result"), result_timeout_s=self._p("step_result_timeout_s"),
+                    frame_timeout_s=self._p("frame_timeout_s"), max_frame_age_s=self._p("max_frame_age_s"),
+                    rate_hz=self._p("replan_rate_hz"), on_success=on_success,
+                    fixed_frame=goal_frames[-1] if goal_frames else None,
+                )
+            else:  # one-shot: the whole plan from one view (the goal's image, else the latest camera frame)
+                frame = goal_frames[-1] if goal_frames else self._one_frame(stopped)
+                executor = PublishingPlanAhead(frame, self._publish_goal)
+            objects = DetectorTopic(self.objects, self._p("max_objects_age_s")) if self._p("objects_topic") else None
+            return GuidanceLoop(
+                backend, goal.instruction, executor, config, vocabulary=self._vocabulary(), objects=objects,
+                on_plan=lambda step, plan: self._publish_step(goal_handle, plan, step), should_stop=stopped,
+            )
 
-        def _wait_result(self, goal_id: str, stopped: Any) -> Any:
-            deadline = time.monotonic() + self._p("step_result_timeout_s")
-            with self._results_cond:
-                while goal_id not in self._results:
-                    if time.monotonic() >= deadline or stopped():
-                        return None
-                    self._results_cond.wait(0.05)
-                return self._results.pop(goal_id)
+        def _one_frame(self, stopped: Any) -> Frame:
+            got = self.frames.wait_newer(0, 0.0, self._p("frame_timeout_s"), self._p("max_frame_age_s"), stopped)
+            if got is None:
+                raise ExecutorError(f"no camera frame within frame_timeout_s={self._p('frame_timeout_s')} s")
+            return got[0]
 
-        def _publish_step(self, goal_handle: Any, run: GuideRun, step: Any) -> None:
-            plan = run.plan
+        def _publish_goal(self, goal: ActionGoal) -> None:
+            self.goal_pub.publish(convert.action_goal_msg(self.factory, goal))
+
+        def _publish_step(self, goal_handle: Any, plan: Any, step: Any) -> None:
+            """Feedback and the plan so far for a planned step; a goal that will not be executed
+            (not parsed or grounded) is still published once, its status saying why."""
             step_msg = convert.plan_step_msg(self.factory, step, plan.stamp, plan.frame_id)
             feedback = Guide.Feedback(step=step_msg, steps_done=len(plan.steps))
             goal_handle.publish_feedback(feedback)
-            if step.goal is not None:
-                self.goal_pub.publish(convert.action_goal_msg(self.factory, step.goal))
+            if step.goal is not None and step.goal.status != GoalStatus.OK:
+                self._publish_goal(step.goal)
             self.plan_pub.publish(self._plan_msg(plan))
             self.steps_published += 1
             if self._p("plan_images") != "all" and len(plan.steps) > 1:
@@ -562,12 +649,15 @@ def _make_node_class() -> type:
                     step.subgoal_image = convert.empty_image_msg(self.factory, plan.stamp, plan.frame_id)
             return msg
 
-        def _result(self, run: GuideRun | None, instruction: str, status: PlanStatus, error: str) -> Any:
+        def _result(self, plan: Any, instruction: str, status: PlanStatus, error: str) -> Any:
             from emu_guide.types import Plan
 
-            plan = run.finish(status, error) if run is not None else Plan(instruction=instruction or "?", status=status, error=error)
+            published = plan is not None
+            if plan is None:
+                plan = Plan(instruction=instruction or "?")
+            plan.status, plan.error = status, error
             plan_msg = self._plan_msg(plan)
-            if run is not None:
+            if published:
                 self.plan_pub.publish(plan_msg)
             return Guide.Result(plan=plan_msg, status=status.value, error_message=error)
 

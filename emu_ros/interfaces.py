@@ -19,7 +19,7 @@ ACTIONS = ("Guide",)
 
 def interface_root() -> Path:
     """Directory holding ``msg/`` and ``action/``: the source tree, else an installed share/emu_guidance."""
-    source = Path(__file__).resolve().parents[2]
+    source = Path(__file__).resolve().parents[1]
     if (source / "msg" / "Plan.msg").is_file():
         return source
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):

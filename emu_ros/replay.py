@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emu_guide.types import DecodeMode, Frame, PlanStatus, StepResult
+from emu_guide.types import ActionGoal, DecodeMode, Frame, PlanStatus, StepResult
 from emu_ros import convert, interfaces
-from emu_ros.guide_loop import GuideRun
 from model_runtime.backends.base import DecodeOptions
+from planner.executor import ExecutorError, SimExecutor
+from planner.loop import GuidanceLoop, LoopConfig, LoopResult
+from planner.monitor import MonitorConfig
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 PLAN_TOPIC = "/emu_guidance/plan"
@@ -116,6 +118,71 @@ class ReplaySummary:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def _loop_config(options: DecodeOptions | None, max_steps: int, frame_size: tuple[int, int] | None = None) -> LoopConfig:
+    """A guidance request's budget is its planning calls (``max_steps``), as on the ROS node."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    monitor = MonitorConfig(max_planning_calls=max_steps, max_attempts=2 * max_steps, time_limit_s=float("inf"),
+                            max_replans=max_steps)
+    return LoopConfig(decode=options or DecodeOptions(), monitor=monitor, frame_size=frame_size, keep_images=False)
+
+
+class BagFramesExecutor:
+    """Bag replay as the loop's executor: the recording's robot acted between planned frames.
+
+    ``observe`` copies camera messages to the output bag until the next frame that is due (at
+    least ``every_s`` bag seconds after the last planned one) and returns it; the end of the bag
+    is an ExecutorError (the run fails: the task was not seen done). ``execute`` counts the goal as
+    done by the next planned frame, unless ``execute_goal`` (the oracle's sim mirror) runs it and
+    reports otherwise.
+    """
+
+    name = "bag"
+
+    def __init__(self, messages: Iterator[CameraMessage], writer: BagOut, summary: ReplaySummary, every_s: float,
+                 execute_goal: Any = None) -> None:
+        self.messages, self.writer, self.summary = messages, writer, summary
+        self.every_s = every_s
+        self.execute_goal = execute_goal
+        self.planned_ns: int | None = None  # bag time of the frame the current step was planned from
+        self._results: dict[str, bool] = {}
+
+    def observe(self) -> Frame:
+        for msg in self.messages:
+            self._copy(msg)
+            if msg.frame is None:
+                continue
+            if self.planned_ns is None or msg.timestamp_ns - self.planned_ns >= self.every_s * 1e9:
+                self.planned_ns = msg.timestamp_ns
+                return msg.frame
+        raise ExecutorError(f"the bag ended after {self.summary.frames} frames before the task was done")
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        result = self.execute_goal(goal) if self.execute_goal is not None else None
+        if result is None:
+            result = StepResult(goal.step_index, True, reason="assumed done: the recording's robot acted before the next planned frame")
+        self._results[goal.goal_id] = bool(result.success)
+        return result
+
+    def check(self, goal: ActionGoal) -> bool | None:
+        return self._results.get(goal.goal_id)
+
+    def task_done(self) -> bool | None:
+        return None
+
+    def drain(self) -> None:
+        """Copy the rest of the bag's camera messages (the output holds every input frame)."""
+        for msg in self.messages:
+            self._copy(msg)
+
+    def _copy(self, msg: CameraMessage) -> None:
+        self.writer.write_raw(msg.topic, msg.msgtype, msg.timestamp_ns, msg.raw)
+        self.summary.frames += 1
+        if msg.frame is None:
+            self.summary.frames_rejected += 1
+            self.summary.rejected_reasons.append(msg.error)
+
+
 def replay_bag(
     bag: Path,
     out: Path,
@@ -126,61 +193,71 @@ def replay_bag(
     every_s: float = 0.0,
     max_steps: int = 20,
     storage: str = "mcap",
-    on_step_executed: Any = None,
+    execute_goal: Any = None,
     image_size: tuple[int, int] | None = None,
 ) -> ReplaySummary:
-    """Plan from the frames of ``bag`` (one step per frame at most every ``every_s`` bag seconds).
+    """Plan from the frames of ``bag`` through the one step loop (one step per frame at most every ``every_s`` bag seconds).
 
-    All camera messages are copied to ``out`` unchanged; a Plan (the plan so far) and an ActionGoal
+    All camera messages are copied to ``out`` unchanged; an ActionGoal and a Plan (the plan so far)
     follow each planned frame, stamped with that frame. Each step counts as done by the next planned
-    frame (the recording's robot acted in between: choose ``every_s`` to match its step time);
-    ``on_step_executed(step)`` may execute it instead (the oracle's sim mirror) and return a
-    StepResult whose ``success`` decides. ``image_size`` (h, w): resize
-    frames to it before the backend (default: the backend's own input size). A backend error ends the replay
-    with status "failed" and the error in the last Plan, never a traceback mid-bag.
+    frame (choose ``every_s`` to match the recording's step time); ``execute_goal(goal)`` may
+    execute it instead (the oracle's sim mirror) and return a StepResult whose ``success`` decides.
+    ``image_size`` (h, w): resize frames to it before the backend (default: the backend's own
+    input size). Status as on the ROS node: succeeded when the model says the task is done; failed
+    when the step budget is spent, the bag ends first, or the backend errs (the error in the last
+    Plan, never a traceback mid-bag).
     """
-    from model_runtime.backends.base import BackendError
-
-    run = GuideRun(backend, instruction, options=options or DecodeOptions(), max_steps=max_steps, image_size=image_size)
+    config = _loop_config(options, max_steps, image_size)
     summary = ReplaySummary(out=str(out))
-    last_planned_ns: int | None = None
+    messages = read_camera(bag, topic)
     with BagOut(out, storage) as writer:
-        for msg in read_camera(bag, topic):
-            writer.write_raw(msg.topic, msg.msgtype, msg.timestamp_ns, msg.raw)
-            summary.frames += 1
-            if msg.frame is None:
-                summary.frames_rejected += 1
-                summary.rejected_reasons.append(msg.error)
-                continue
-            due = last_planned_ns is None or msg.timestamp_ns - last_planned_ns >= every_s * 1e9
-            if run.done or summary.status != PlanStatus.RUNNING.value or not due:
-                continue
-            last_planned_ns = msg.timestamp_ns
-            try:
-                step = run.step(msg.frame)
-            except (BackendError, ValueError) as exc:  # SessionError is a ValueError
-                plan = run.finish(PlanStatus.FAILED, f"{type(exc).__name__}: {exc}")
-                writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, plan), msg.timestamp_ns + 1)
-                summary.status, summary.error = plan.status.value, plan.error
-                continue
-            t_out = msg.timestamp_ns + max(1, int(step.timings_ms.get("total", 0.0) * 1e6))
+        executor = BagFramesExecutor(messages, writer, summary, every_s, execute_goal)
+        last_ns = [0]  # bag time of the last Plan written
+
+        def write_step(step: Any, plan: Any) -> None:
+            # stamped with the planned frame plus the time planning took (a robot would see it then)
+            t_out = (executor.planned_ns or 0) + max(1, int(step.timings_ms.get("total", 0.0) * 1e6))
+            t_out = max(t_out, last_ns[0] + 1)  # re-plans from the same frame keep their order
             if step.goal is not None:
                 writer.write(GOAL_TOPIC, convert.action_goal_msg(writer.factory, step.goal), t_out)
-            if not step.is_final:
-                # The recording's robot acted before the next planned frame: the step counts as done,
-                # unless an executor (the oracle's sim mirror) says otherwise.
-                outcome = on_step_executed(step) if on_step_executed is not None else None
-                run.record_result(step, bool(getattr(outcome, "success", True)))
-            if run.done:
-                run.finish(PlanStatus.SUCCEEDED)
-                summary.status = PlanStatus.SUCCEEDED.value
-            writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, run.plan), t_out)
-        if summary.status == PlanStatus.RUNNING.value:  # the bag ended before the task did
-            writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, run.plan), (last_planned_ns or 0) + 2)
+            writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, plan), t_out)
+            last_ns[0] = t_out
+
+        loop = GuidanceLoop(backend, instruction, executor, config, on_plan=write_step)
+        result = loop.run()
+        executor.drain()
+        final_ns = max(last_ns[0], executor.planned_ns or 0) + 1
+        writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, result.plan), final_ns)
         summary.counts = dict(writer.counts)
-    summary.steps = len(run.plan.steps)
-    summary.sentences = [s.text for s in run.plan.steps]
+    return _summarise(summary, result)
+
+
+def _summarise(summary: ReplaySummary, result: LoopResult) -> ReplaySummary:
+    summary.status, summary.error = result.status.value, result.plan.error
+    summary.steps = len(result.plan.steps)
+    summary.sentences = [s.text for s in result.plan.steps]
     return summary
+
+
+class _RecordingSimExecutor(SimExecutor):
+    """The sim's skill controller, with every observed frame and step result written to a bag."""
+
+    def __init__(self, env: Any, writer: BagOut, fps: float) -> None:
+        super().__init__(env)
+        self.writer = writer
+        self.dt_ns = int(1e9 / fps)
+        self.t_ns = 1_000_000_000 - self.dt_ns
+
+    def observe(self) -> Frame:
+        self.t_ns += self.dt_ns
+        frame = Frame(self.sim.render(), stamp=self.t_ns * 1e-9, frame_id="camera")
+        self.writer.write(CAMERA_TOPIC, convert.image_msg(self.writer.factory, frame.image, frame.stamp, "camera"), self.t_ns)
+        return frame
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        result = super().execute(goal)
+        self.writer.write(RESULT_TOPIC, _result_msg(self.writer, goal, result, self.sim, self.t_ns), self.t_ns + 2)
+        return result
 
 
 def record_sim(
@@ -194,10 +271,11 @@ def record_sim(
     fps: float = 1.0,
     options: DecodeOptions | None = None,
 ) -> ReplaySummary:
-    """Run one closed-loop sim episode and record it to a bag (camera, plans, goals, step results).
+    """Run one closed-loop sim episode through the one step loop and record it to a bag.
 
-    One camera frame per planning step (the view the step was planned from) plus the final view,
-    ``1/fps`` seconds apart in bag time. ``backend`` None uses the oracle on the same env.
+    Camera frames (the view each step was planned from and each view after executing),
+    ``1/fps`` seconds apart in bag time, action goals, step results and the plan after each
+    step. ``backend`` None uses the oracle on the same env.
     """
     import gymnasium as gym
 
@@ -210,51 +288,34 @@ def record_sim(
         sim = env.unwrapped
         backend = backend or load_backend("oracle", env=env)
         options = options or DecodeOptions(mode=DecodeMode.ORACLE if backend.name == "oracle" else DecodeMode.DIDA)
-        run = GuideRun(backend, instruction or sim.instruction, options=options, max_steps=max_steps)
         summary = ReplaySummary(out=str(out))
-        t_ns, dt_ns = 1_000_000_000, int(1e9 / fps)
         with BagOut(out, storage) as writer:
-            while True:
-                frame = Frame(sim.render(), stamp=t_ns * 1e-9, frame_id="camera")
-                writer.write(CAMERA_TOPIC, convert.image_msg(writer.factory, frame.image, frame.stamp, "camera"), t_ns)
-                summary.frames += 1
-                if run.done or sim.task_success():
-                    break
-                step = run.step(frame)
+            executor = _RecordingSimExecutor(env, writer, fps)
+
+            def write_step(step: Any, plan: Any) -> None:
                 if step.goal is not None:
-                    writer.write(GOAL_TOPIC, convert.action_goal_msg(writer.factory, step.goal), t_ns + 1)
-                if not step.is_final and step.goal is not None:
-                    result = _execute(sim, step.goal)
-                    run.record_result(step, result.success)
-                    writer.write(RESULT_TOPIC, _result_msg(writer, step, result, sim, t_ns), t_ns + 2)
-                writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, run.plan), t_ns + 3)
-                t_ns += dt_ns
-            status = PlanStatus.SUCCEEDED if sim.task_success() else PlanStatus.FAILED
-            plan = run.finish(status, "" if status == PlanStatus.SUCCEEDED else "task not complete")
-            writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, plan), t_ns + 4)
+                    writer.write(GOAL_TOPIC, convert.action_goal_msg(writer.factory, step.goal), executor.t_ns + 1)
+                writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, plan), executor.t_ns + 3)
+
+            loop = GuidanceLoop(backend, instruction or sim.instruction, executor, _loop_config(options, max_steps),
+                                on_plan=write_step)
+            result = loop.run()
+            if result.status == PlanStatus.SUCCEEDED and not sim.task_success():
+                result.plan.status, result.plan.error = PlanStatus.FAILED, "task not complete"
+                result.status = PlanStatus.FAILED
+            writer.write(PLAN_TOPIC, convert.plan_msg(writer.factory, result.plan), executor.t_ns + 4)
+            summary.frames = writer.counts.get(CAMERA_TOPIC, 0)
             summary.counts = dict(writer.counts)
-        summary.status, summary.error = plan.status.value, plan.error
-        summary.steps = len(plan.steps)
-        summary.sentences = [s.text for s in plan.steps]
-        return summary
+        return _summarise(summary, result)
     finally:
         env.close()
 
 
-def _execute(sim: Any, goal: Any) -> StepResult:
-    if goal.verb == "done":
-        return StepResult(goal.step_index, bool(sim.task_success()), "" if sim.task_success() else "task not complete")
-    try:
-        return sim.execute_skill(goal)
-    except ValueError as exc:  # SkillError names the valid choices
-        return StepResult(goal.step_index, False, f"{type(exc).__name__}: {exc}")
-
-
-def _result_msg(writer: BagOut, step: Any, result: StepResult, sim: Any, t_ns: int) -> Any:
+def _result_msg(writer: BagOut, goal: ActionGoal, result: StepResult, sim: Any, t_ns: int) -> Any:
     return writer.ts.types["emu_guidance/msg/StepResult"](
         header=writer.factory.header(t_ns * 1e-9, "camera"),
-        goal_id=step.goal.goal_id,
-        step_index=int(step.goal.step_index),
+        goal_id=goal.goal_id,
+        step_index=int(goal.step_index),
         success=bool(result.success),
         reason=result.reason,
         duration_s=float(result.duration_s),
@@ -310,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
                 env = gym.make(args.sim_env)
                 env.reset(seed=args.seed)
                 backend = load_backend("oracle", env=env)
-                on_step = lambda step: step.goal and _execute(env.unwrapped, step.goal)  # noqa: E731  (sim mirror)
+                on_step = SimExecutor(env).execute  # the sim mirror runs each goal
             else:
                 backend = load_backend(args.backend, **kwargs)
             mode = args.decode_mode or ("oracle" if args.backend == "oracle" else "dida")

@@ -1,7 +1,9 @@
-"""Executors: what runs an ActionGoal. The sim skill controller here; the ROS layer adds its own.
+"""Executors: what runs an ActionGoal for the one step loop (``planner.loop``).
 
-An executor only executes and observes; deciding whether a step worked, retrying and re-planning
-is the monitor's job (``planner.monitor``).
+Here: the sim skill controller (``SimExecutor``) and planning ahead from one view
+(``PlanAheadExecutor``); the ROS layer adds the robot's (ActionGoal out, StepResult in) and bag
+replay's. An executor only executes and observes; deciding whether a step worked, retrying and
+re-planning is the monitor's job (``planner.monitor``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from emu_guide.types import ActionGoal, Frame, StepResult
 
-__all__ = ["Executor", "ExecutorError", "SimExecutor"]
+__all__ = ["Executor", "ExecutorError", "PlanAheadExecutor", "SimExecutor"]
 
 
 class ExecutorError(RuntimeError):
-    """The executor itself is broken (not: the goal failed, which is a StepResult with success=False)."""
+    """The executor cannot go on (no camera frame in time, the input ended, it is broken); the run
+    fails with this message. Not for a goal that simply failed: that is a StepResult with success=False."""
 
 
 @runtime_checkable
@@ -34,7 +37,12 @@ class Executor(Protocol):
         ...
 
     def observe(self) -> Frame:
-        """The current camera frame."""
+        """The current camera frame (raises ExecutorError when none can be had)."""
+        ...
+
+    def task_done(self) -> bool | None:
+        """Whether the whole task is done now, or None when this executor cannot tell (the model's
+        "done" then ends the run)."""
         ...
 
 
@@ -86,7 +94,39 @@ class SimExecutor:
         except self._errors:
             return False  # a goal the checker cannot even interpret is not done
 
+    def task_done(self) -> bool | None:
+        if not self.use_checker or not hasattr(self.sim, "task_success"):
+            return None
+        return bool(self.sim.task_success())
+
     def observe(self) -> Frame:
         cam = self.sim.camera
         stamp = float(getattr(self.sim, "sim_time", time.monotonic() - self._t0))
         return Frame(self.sim.render(), stamp=stamp, frame_id=cam.frame_id)
+
+
+class PlanAheadExecutor:
+    """Plans ahead from one view: every goal counts as done without being run (one-shot plans).
+
+    ``check`` says done only for the goal just "executed", so a step is never rejected as
+    already done before it runs; ``observe`` keeps returning the same frame.
+    """
+
+    name = "plan_ahead"
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+        self._executed: str | None = None
+
+    def execute(self, goal: ActionGoal) -> StepResult:
+        self._executed = goal.goal_id or id(goal)  # type: ignore[assignment]
+        return StepResult(goal.step_index, True, reason="assumed done: planning ahead from one view")
+
+    def check(self, goal: ActionGoal) -> bool | None:
+        return True if self._executed is not None and self._executed == (goal.goal_id or id(goal)) else None
+
+    def observe(self) -> Frame:
+        return self.frame
+
+    def task_done(self) -> bool | None:
+        return None

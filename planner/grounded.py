@@ -2,7 +2,7 @@
 
 The detector says what it sees; the episode's own confirmed steps say what was already put
 away and what is in the gripper. ``NameGrounding`` turns both into ``DecodeOptions.allowed_names``
-(docs/planner.md, "Grounded decoding"). The closed-loop runner and the ROS guide loop share it.
+(docs/planner.md, "Grounded decoding"). The one step loop (``planner.loop``) uses it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,23 @@ from dataclasses import dataclass, field
 
 from emu_guide.types import ActionGoal
 
-__all__ = ["NameGrounding"]
+__all__ = ["NameGrounding", "ObjectsInView"]
+
+
+@dataclass(frozen=True)
+class ObjectsInView:
+    """What a detector saw in one camera frame (emu_guidance/ObjectsInView): grounded decoding's input."""
+
+    stamp: float  # the camera frame the detection ran on
+    known: tuple[str, ...]  # every name the detector can report (its class list)
+    names: tuple[str, ...]  # the ones it sees in that frame
+
+    def __post_init__(self) -> None:
+        if not self.known:
+            raise ValueError("ObjectsInView: the detector's known names are empty")
+        unknown = sorted(set(self.names) - set(self.known))
+        if unknown:
+            raise ValueError(f"ObjectsInView: names {unknown} are not among the detector's known names")
 
 
 @dataclass

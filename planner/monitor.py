@@ -151,15 +151,16 @@ class ExecutionMonitor:
         return [e.to_dict() for e in self.events]
 
     # -- limits -------------------------------------------------------------------------------
-    def limit_reached(self) -> str | None:
-        """The reason the episode must stop now, or None."""
+    def limit_reached(self, planning: bool = True) -> str | None:
+        """The reason the episode must stop now, or None. ``planning=False``: only the limits on
+        executing (a step already planned within the planning budget may still run)."""
         c = self.config
         elapsed = self.clock() - self.t_start
         if elapsed > c.time_limit_s:
             return f"time limit: {elapsed:.1f} s > {c.time_limit_s:.1f} s"
         if self.attempts >= c.max_attempts:
             return f"step limit: {self.attempts} goals executed (max_attempts={c.max_attempts})"
-        if self.planning_calls >= c.max_planning_calls:
+        if planning and self.planning_calls >= c.max_planning_calls:
             return f"planning limit: {self.planning_calls} backend calls (max_planning_calls={c.max_planning_calls})"
         return None
 
@@ -195,7 +196,7 @@ class ExecutionMonitor:
         progress = None
         reason = ""
         for attempt in range(1 + self.config.max_retries):
-            limit = self.limit_reached()
+            limit = self.limit_reached(planning=False)
             if limit:
                 self.record("limit", idx, limit)
                 return StepOutcome("limit", attempt, limit, before, after, results, progress)

@@ -31,6 +31,9 @@ class FailingExecutorForTest:
     def observe(self) -> Frame:
         return self.inner.observe()
 
+    def task_done(self) -> bool | None:
+        return self.inner.task_done()
+
 
 def make_tiny_model_dir(path, corpus: list[str], image_size: int = 32, seed: int = 0):
     """A real but untrained model directory (random Qwen3 + random FSQ + word tokenizer over ``corpus``):

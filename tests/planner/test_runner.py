@@ -91,4 +91,4 @@ def test_frames_only_monitoring_closes_the_loop():
     checks = [e for e in result.events if e["kind"] == "check"]
     assert checks and all("frame vs predicted subgoal" in e["why"] for e in checks)
     assert all(e["data"]["progress"] >= 0.5 for e in checks)
-    assert result.steps[-1].reason == "backend says done (no checker consulted)"
+    assert result.steps[-1].reason == "the model says done (the executor has no task check)"
