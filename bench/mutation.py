@@ -408,7 +408,7 @@ def run_tests(fullname: str, path: Path, tree: ast.Module | None, tests: list[st
     rc = os.waitstatus_to_exitcode(status)
     if rc == 0:
         return "survived", dt
-    if rc == 1:
+    if rc in (1, 2):  # tests failed, or collection failed (the clean run collected fine: the mutant broke it)
         return "killed", dt
     return f"error(rc={rc})", dt
 
