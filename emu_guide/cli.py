@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench-sim": ("sim_envs.bench", "simulation steps/s and render time per env and resolution"),
     "record": ("finetune_embodied.record", "record expert episodes to a LeRobot v3 dataset"),
     "train": ("finetune_embodied.train", "train the vision tokenizer / language model / DiDA stages"),
+    "label": ("finetune_embodied.labelling", "find step ends (keyframes) in a LeRobot dataset and score them against its labels"),
     "replay": ("emu_ros.replay", "run guidance over camera frames from a rosbag2 and write a new bag"),
 }
 

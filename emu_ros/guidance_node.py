@@ -60,11 +60,12 @@ PARAMETERS: dict[str, ParamSpec] = {
     # model
     "backend": ParamSpec("torch", f"guidance backend: one of {sorted(BACKENDS)}; a change reloads it"),
     "model_path": ParamSpec("", "model directory for torch/emu3/vllm ('' = the shipped default model)"),
+    "trust_remote_code": ParamSpec(False, "run the checkpoint's own tokenizer code (the official Emu3.5 release); only for checkpoints you trust"),
     "device": ParamSpec("cpu", "torch device for model backends: cpu, cuda, cuda:N"),
     "sim_env_id": ParamSpec("", "oracle backend only: the sim_envs env id it reads privileged state from"),
     "sim_seed": ParamSpec(0, "oracle backend only: reset seed (must equal the sim bridge's)"),
     # decoding
-    "decode_mode": ParamSpec("dida", "subgoal image decoding: dida, ar or oracle"),
+    "decode_mode": ParamSpec("", "subgoal image decoding: dida, ar or oracle; '' = the model's own (DiDA when DiDA-adapted, else AR)"),
     "decode_steps": ParamSpec(8, "DiDA parallel refinement steps (>= 1)"),
     "guidance_scale": ParamSpec(1.0, "classifier-free guidance on image tokens (>= 0; 1 = off)"),
     "seed": ParamSpec(0, "sampling seed (>= 0)"),
@@ -83,7 +84,7 @@ PARAMETERS: dict[str, ParamSpec] = {
 }
 
 # Parameters whose change takes effect at the next goal by reloading the backend.
-_BACKEND_PARAMS = ("backend", "model_path", "device", "sim_env_id", "sim_seed")
+_BACKEND_PARAMS = ("backend", "model_path", "device", "sim_env_id", "sim_seed", "trust_remote_code")
 
 
 def validate_parameter(name: str, value: Any) -> str | None:
@@ -102,7 +103,7 @@ def validate_parameter(name: str, value: Any) -> str | None:
     checks = {
         "backend": (lambda v: v in BACKENDS, f"must be one of {sorted(BACKENDS)}"),
         "device": (lambda v: v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()), "must be cpu, cuda or cuda:N"),
-        "decode_mode": (lambda v: v in {m.value for m in DecodeMode}, f"must be one of {[m.value for m in DecodeMode]}"),
+        "decode_mode": (lambda v: v == "" or v in {m.value for m in DecodeMode}, f"must be '' or one of {[m.value for m in DecodeMode]}"),
         "decode_steps": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
         "guidance_scale": (lambda v: 0.0 <= v <= 100.0, "must be in [0, 100]"),
         "seed": (lambda v: v >= 0, "must be >= 0"),
@@ -481,10 +482,12 @@ def _make_node_class() -> type:
             if self._backend is not None:
                 self._backend.close()
             self._backend, self._backend_key, self._backend_error = None, key, ""
-            name, model_path, device, env_id, sim_seed = key
+            name, model_path, device, env_id, sim_seed, trust_remote_code = key
             kwargs: dict[str, Any] = {"device": device}
             if model_path:
                 kwargs["model_path"] = model_path
+            if trust_remote_code and name != "oracle":
+                kwargs["trust_remote_code"] = True
             try:
                 if name == "oracle":
                     kwargs["env"] = self._make_sim_env(env_id, sim_seed)
@@ -540,7 +543,7 @@ def _make_node_class() -> type:
 
         def _options(self, goal: Any) -> DecodeOptions:
             return DecodeOptions(
-                mode=DecodeMode.parse(goal.decode_mode or self._p("decode_mode")),
+                mode=(goal.decode_mode or self._p("decode_mode")) or None,  # None: the model's own default
                 dida_steps=int(goal.decode_steps or self._p("decode_steps")),
                 guidance_scale=float(goal.guidance_scale if goal.guidance_scale >= 0 else self._p("guidance_scale")),
                 seed=int(self._p("seed")),

@@ -344,13 +344,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W (default: the backend's)")
     parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the checkpoint's own tokenizer code (the official Emu3.5 release); only for checkpoints you trust")
 
 
 def main(args: argparse.Namespace) -> int:
     from model_runtime.backends.base import BackendError, load_backend
 
     env = None
-    kwargs = {"device": args.device, **({"model_path": args.model} if args.model else {})}
+    kwargs = {"device": args.device, **({"model_path": args.model} if args.model else {}),
+              **({"trust_remote_code": True} if args.trust_remote_code else {})}
     try:
         if args.record_sim:
             backend = None
@@ -374,7 +377,7 @@ def main(args: argparse.Namespace) -> int:
                 on_step = SimExecutor(env).execute  # the sim mirror runs each goal
             else:
                 backend = load_backend(args.backend, **kwargs)
-            mode = args.decode_mode or ("oracle" if args.backend == "oracle" else "dida")
+            mode = args.decode_mode or ("oracle" if args.backend == "oracle" else None)  # None: the model's own default
             options = DecodeOptions(mode=mode, dida_steps=args.decode_steps, guidance_scale=args.guidance_scale)
             summary = replay_bag(args.bag, args.out, backend, args.instruction, options, args.topic, args.every_s, args.max_steps, args.storage, on_step,
                                  tuple(args.image_size) if args.image_size else None)

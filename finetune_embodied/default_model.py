@@ -133,7 +133,8 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
         raise ValueError(f"{lm_ckpt}: weights do not fit LMConfig: missing {missing[:3]}, unexpected {unexpected[:3]}")
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg)
+    # the model directory records whether its images were DiDA-adapted (else the backend decodes AR)
+    save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg, dida_adapted=ck["config"].get("stage") == "dida")
     total = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
     if total > max_total_mb * 1e6:
         shutil.rmtree(tmp, ignore_errors=True)

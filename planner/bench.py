@@ -26,7 +26,7 @@ __all__ = ["add_arguments", "main", "run_bench"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS, add_text_argument
+    from planner.envs import TASKS, add_model_arguments, add_text_argument
 
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks (default: all of {', '.join(TASKS)})")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task and configuration")
@@ -47,13 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
     add_text_argument(parser)
+    add_model_arguments(parser)
 
 
 # -- worker side ------------------------------------------------------------------------------
 _CACHE: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
 
 
-def _env_and_backend(task: str, backend: str, model_path: str | None, threads: int | None) -> tuple[Any, Any]:
+def _env_and_backend(task: str, backend: str, model_path: str | None, threads: int | None,
+                     trust_remote_code: bool = False) -> tuple[Any, Any]:
     from planner.envs import make_backend, make_env
 
     key = (task, backend, model_path)
@@ -62,7 +64,7 @@ def _env_and_backend(task: str, backend: str, model_path: str | None, threads: i
             env = make_env(task)
             _CACHE[key] = (env, make_backend("oracle", env))
         else:
-            b = make_backend(backend, None, model_path=model_path, num_threads=threads)
+            b = make_backend(backend, None, model_path=model_path, num_threads=threads, trust_remote_code=trust_remote_code)
             _CACHE[key] = (make_env(task, resolution=b.image_size[0]), b)
     return _CACHE[key]
 
@@ -76,7 +78,8 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     from planner.report import contact_sheet
     from planner.runner import RunnerConfig, run_episode
 
-    env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"], job["threads"])
+    env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"], job["threads"],
+                                    job.get("trust_remote_code", False))
     mode = "dida" if job["decode"] == "oracle" else job["decode"]
     config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
                           use_checker=job["use_checker"], grounded_decoding=job["grounded_decoding"])
@@ -118,6 +121,7 @@ def run_bench(
     progress: bool = True,
     use_checker: bool = True,
     grounded_decoding: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run every (task, backend, decode, seed) episode; write bench.json and the plots; return the JSON."""
     from tqdm import tqdm
@@ -138,7 +142,7 @@ def run_bench(
     jobs = [
         {"task": t, "backend": b, "decode": m, "seed": s, "model_path": model_path, "time_limit": time_limit,
          "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker,
-         "grounded_decoding": grounded_decoding,
+         "grounded_decoding": grounded_decoding, "trust_remote_code": trust_remote_code,
          "threads": None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)}
         for t in tasks for (b, m) in configs for i, s in enumerate(seeds)
     ]
@@ -257,7 +261,8 @@ def main(args: argparse.Namespace) -> int:
         report = run_bench(args.tasks, args.episodes, backends, args.decode, args.workers, out,
                            seed_offset=args.seed_offset, model_path=args.model_path, sheets=args.sheets,
                            sheets_per_config=args.sheets_per_config, time_limit=args.time_limit,
-                           use_checker=not args.no_checker, grounded_decoding=args.text == "grounded")
+                           use_checker=not args.no_checker, grounded_decoding=args.text == "grounded",
+                           trust_remote_code=args.trust_remote_code)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,14 +18,15 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS, add_text_argument
+    from planner.envs import TASKS, add_model_arguments, add_text_argument
 
     parser.add_argument("--backend", default="auto",
                         help="auto (shipped model if present, else oracle) | torch | oracle | emu3 | vllm")
     parser.add_argument("--task", default="table_clear", help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--seed", type=int, default=None,
                         help="held-out episode seed (default: the first held-out seed)")
-    parser.add_argument("--decode", default="dida", choices=("dida", "ar"), help="subgoal image decoding")
+    parser.add_argument("--decode", default="auto", choices=("auto", "dida", "ar"),
+                        help="subgoal image decoding; auto (default): the model's own (DiDA when it was DiDA-adapted, else AR)")
     parser.add_argument("--model-path", default=None, help="model directory for model backends")
     parser.add_argument("--device", default="cpu", help="torch device for model backends")
     parser.add_argument("--out", default=None, help="report folder (default: runs/demo)")
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker)")
     add_text_argument(parser)
+    add_model_arguments(parser)
 
 
 def _print_step(rec: object) -> None:
@@ -76,13 +78,14 @@ def main(args: argparse.Namespace) -> int:
             env = make_env(args.task)
             backend = make_backend("oracle", env)
         else:
-            backend = make_backend(name, None, model_path=args.model_path, device=args.device)
+            backend = make_backend(name, None, model_path=args.model_path, device=args.device,
+                                       trust_remote_code=args.trust_remote_code)
             env = make_env(args.task, resolution=backend.image_size[0])
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else artifacts_root() / "demo"
-    config = RunnerConfig(decode=DecodeOptions(mode=args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
+    config = RunnerConfig(decode=DecodeOptions(mode=None if args.decode == "auto" else args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
                           use_checker=not args.no_checker, grounded_decoding=args.text == "grounded")
     print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
           f"{'oracle' if backend.name == 'oracle' else args.decode}  text {args.text}", flush=True)

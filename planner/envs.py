@@ -54,10 +54,11 @@ def resolve_backend(name: str) -> tuple[str, str]:
 
 
 def make_backend(name: str, env: Any, model_path: str | None = None, device: str = "cpu",
-                 num_threads: int | None = None) -> Any:
+                 num_threads: int | None = None, trust_remote_code: bool = False) -> Any:
     """Instantiate a backend by name; the oracle gets the env, model backends the model path.
 
     ``num_threads`` (torch backend) caps intra-op threads: bench workers share the cores.
+    ``trust_remote_code``: run a checkpoint's own tokenizer code (the Emu3.5 release needs it).
     """
     from model_runtime.backends.base import load_backend
 
@@ -65,6 +66,8 @@ def make_backend(name: str, env: Any, model_path: str | None = None, device: str
         return load_backend("oracle", env=env)
     path = model_path or str(shipped_model_dir())
     kwargs: dict[str, Any] = {"model_path": path, "device": device}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
     if num_threads is not None and name == "torch":
         kwargs["num_threads"] = num_threads
     return load_backend(name, **kwargs)
@@ -75,3 +78,10 @@ def add_text_argument(parser: Any) -> None:
     parser.add_argument("--text", default="grounded", choices=("grounded", "free"),
                         help="grounded (default): the model may name only the objects the detector sees (plus the"
                              " held one and the targets; tasks without a detector run free); free: the model alone")
+
+
+def add_model_arguments(parser: Any) -> None:
+    """``--trust-remote-code`` for the commands that load a model (demo, bench, replay)."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the checkpoint's own tokenizer code (the official Emu3.5 release ships it as "
+                             "tokenization_emu3.py); only for checkpoints you trust")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from emu_guide.types import Frame, PlanStatus, PlanStep
+from emu_guide.types import DecodeMode, Frame, PlanStatus, PlanStep
 from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend
 from model_runtime.session import SessionError
 from planner.executor import Executor, SimExecutor
@@ -172,7 +172,7 @@ def run_episode(
         stop_reason = f"backend said done after {truth.steps_done()}/{len(truth.plan)} steps"
     return EpisodeResult(
         task=sim.task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
-        decode_mode=_mode_of(backend, config), instruction=sim.instruction, success=success,
+        decode_mode=_mode_of(backend, config, result.plan.steps), instruction=sim.instruction, success=success,
         num_gt_steps=len(truth.plan), completed_steps=int(sim.steps_done()), all_steps_correct=all_correct,
         replans=result.replans, retries=result.retries, planning_calls=result.planning_calls,
         attempts=result.attempts, stop_reason=stop_reason, wall_s=result.wall_s, status=result.status.value,
@@ -181,5 +181,11 @@ def run_episode(
     )
 
 
-def _mode_of(backend: GuidanceBackend, config: RunnerConfig) -> str:
-    return "oracle" if backend.name == "oracle" else config.decode.mode.value
+def _mode_of(backend: GuidanceBackend, config: RunnerConfig, steps: list[PlanStep] | None = None) -> str:
+    """The decode mode the episode used: the steps' own (the model's default when none was asked)."""
+    if backend.name == "oracle":
+        return "oracle"
+    for step in steps or []:
+        if step.decode_mode is not None:
+            return DecodeMode.parse(step.decode_mode).value
+    return config.decode.mode.value if config.decode.mode is not None else "auto"

