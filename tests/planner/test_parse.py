@@ -317,3 +317,25 @@ def test_large_model_phrasings_that_stay_unknown(sentence, reason):
     p = parse(sentence, TABLE)
     assert p.status == GoalStatus.UNKNOWN
     assert reason in p.reason
+
+
+@pytest.mark.parametrize(
+    ("word", "ordinal"),
+    [("first", 1), ("1st", 1), ("second", 2), ("2nd", 2), ("third", 3), ("3rd", 3), ("fourth", 4), ("4th", 4),
+     ("fifth", 5), ("5th", 5), ("sixth", 6), ("6th", 6), ("seventh", 7), ("7th", 7), ("eighth", 8), ("8th", 8),
+     ("last", -1)],
+)  # fmt: skip
+def test_ordinal_words(word, ordinal):
+    p = parse(f"grab the {word} thing", Vocabulary(objects=tuple(f"item{i}" for i in range(9))))
+    assert p.obj is not None and p.obj.ordinal == ordinal, p.reason
+
+
+def test_colour_and_filler_references():
+    p = parse("pick up the red one", TABLE)
+    assert p.status == GoalStatus.OK and p.obj.name == "red cup"  # a colour alone can name an object
+    p = parse("pick up the big one")
+    assert p.status == GoalStatus.UNKNOWN and "names nothing" in p.reason
+    p = parse("pick up the cup on the left side", TABLE)
+    assert p.status == GoalStatus.OK and p.obj.side == "left" and p.target is None
+    goal = parse_goal("Move it from the table to the rack", TABLE, HOLDING)
+    assert (goal.status, goal.verb, goal.object, goal.target) == (GoalStatus.OK, "place", "red cup", "rack")

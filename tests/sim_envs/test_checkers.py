@@ -152,3 +152,38 @@ def test_table_clear_success_needs_empty_gripper():
     assert env.execute_skill(ActionGoal("pick", plan[-1].goal.object)).success  # take the last one out again
     assert env.steps_done() == len(plan) and not env.task_success()
     env.close()
+
+
+def test_a_tower_whose_bottom_block_is_not_on_the_table_is_not_done():
+    env = gym.make("sim_envs/SortBlocks-v0", resolution=64).unwrapped
+    _stack_episode(env)
+    a, b, c = env.stack_order[:3]
+    on = lambda x, y: ActionGoal("stack", x, target=y)  # noqa: E731
+    assert env.execute_skill(ActionGoal("pick", a)).success
+    env.execute_skill(on(a, c))  # the bottom block put on another block
+    assert env.item(a).location == c
+    assert env.execute_skill(ActionGoal("pick", b)).success
+    env.execute_skill(on(b, a))
+    assert env.item(b).location == a  # b rests on a, as the plan says...
+    assert not env.check_step(on(b, a))  # ...but a does not stand on the table
+    env.close()
+
+
+def test_sorted_then_disturbed_is_not_success():
+    env = gym.make("sim_envs/SortBlocks-v0", resolution=64).unwrapped
+    for seed in seeds_for("heldout", 30):
+        env.reset(seed=seed)
+        if env.mode == "sort":
+            break
+    plan = env.ground_truth_plan()
+    for step in plan:
+        assert env.execute_skill(step.goal).success
+    assert env.task_success()
+    last = plan[-1].goal
+    assert env.execute_skill(ActionGoal("pick", last.object)).success
+    assert env.steps_done() == len(plan) and not env.task_success()  # held at the end
+    wrong = next(t for t in env.target_names() if t != last.target and "bin" in t)
+    env.execute_skill(ActionGoal("place", last.object, target=wrong))
+    assert env.held is None and env.steps_done() == len(plan)
+    assert not env.task_success()  # put down, but in the wrong bin
+    env.close()
