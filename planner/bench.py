@@ -26,7 +26,7 @@ __all__ = ["add_arguments", "main", "run_bench"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS, add_model_arguments, add_text_argument
+    from planner.envs import TASKS, add_instruction_argument, add_model_arguments, add_text_argument
 
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks (default: all of {', '.join(TASKS)})")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task and configuration")
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
     add_text_argument(parser)
     add_model_arguments(parser)
+    add_instruction_argument(parser)
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
                                     job.get("trust_remote_code", False))
     mode = "dida" if job["decode"] == "oracle" else job["decode"]
     config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
+                          instruction=job.get("instruction"),
                           use_checker=job["use_checker"], grounded_decoding=job["grounded_decoding"])
     result = run_episode(env, backend, job["seed"], config)
     d = result.to_dict(with_steps=True)
@@ -122,6 +124,7 @@ def run_bench(
     use_checker: bool = True,
     grounded_decoding: bool = False,
     trust_remote_code: bool = False,
+    instruction: str | None = None,
 ) -> dict[str, Any]:
     """Run every (task, backend, decode, seed) episode; write bench.json and the plots; return the JSON."""
     from tqdm import tqdm
@@ -142,7 +145,7 @@ def run_bench(
     jobs = [
         {"task": t, "backend": b, "decode": m, "seed": s, "model_path": model_path, "time_limit": time_limit,
          "sheet": sheets, "first": i < sheets_per_config, "sheet_dir": str(out / "sheets"), "use_checker": use_checker,
-         "grounded_decoding": grounded_decoding, "trust_remote_code": trust_remote_code,
+         "grounded_decoding": grounded_decoding, "trust_remote_code": trust_remote_code, "instruction": instruction,
          "threads": None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)}
         for t in tasks for (b, m) in configs for i, s in enumerate(seeds)
     ]
@@ -247,6 +250,24 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _check_instruction(args: argparse.Namespace, backends: list[str]) -> str | None:
+    """The user's --instruction against every model backend asked for (before any worker starts)."""
+    from planner.envs import check_user_instruction, make_backend
+
+    for name in backends:
+        if name == "oracle":
+            continue
+        backend = make_backend(name, None, model_path=args.model_path, trust_remote_code=args.trust_remote_code)
+        try:
+            for task in args.tasks:
+                error = check_user_instruction(backend, args.instruction, task)
+                if error:
+                    return error
+        finally:
+            backend.close()
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     from planner.envs import resolve_backend
 
@@ -257,12 +278,17 @@ def main(args: argparse.Namespace) -> int:
             print(notice, file=sys.stderr)
         backends.append(name)
     out = Path(args.out) if args.out else artifacts_root() / "bench"
+    if args.instruction is not None:
+        error = _check_instruction(args, backends)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         report = run_bench(args.tasks, args.episodes, backends, args.decode, args.workers, out,
                            seed_offset=args.seed_offset, model_path=args.model_path, sheets=args.sheets,
                            sheets_per_config=args.sheets_per_config, time_limit=args.time_limit,
                            use_checker=not args.no_checker, grounded_decoding=args.text == "grounded",
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, instruction=args.instruction)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

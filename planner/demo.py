@@ -18,7 +18,7 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from planner.envs import TASKS, add_model_arguments, add_text_argument
+    from planner.envs import TASKS, add_instruction_argument, add_model_arguments, add_text_argument
 
     parser.add_argument("--backend", default="auto",
                         help="auto (shipped model if present, else oracle) | torch | oracle | emu3 | vllm")
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="judge steps by frame vs predicted subgoal only (no simulator checker)")
     add_text_argument(parser)
     add_model_arguments(parser)
+    add_instruction_argument(parser)
 
 
 def _print_step(rec: object) -> None:
@@ -56,7 +57,7 @@ def _print_step(rec: object) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from model_runtime.backends.base import BackendError, DecodeOptions
-    from planner.envs import make_backend, make_env, resolve_backend
+    from planner.envs import check_user_instruction, make_backend, make_env, resolve_backend
     from planner.metrics import aggregate
     from planner.monitor import MonitorConfig
     from planner.report import write_report
@@ -84,13 +85,21 @@ def main(args: argparse.Namespace) -> int:
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.instruction is not None:
+        error = check_user_instruction(backend, args.instruction, args.task)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     out = Path(args.out) if args.out else artifacts_root() / "demo"
-    config = RunnerConfig(decode=DecodeOptions(mode=None if args.decode == "auto" else args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
+    config = RunnerConfig(instruction=args.instruction, decode=DecodeOptions(mode=None if args.decode == "auto" else args.decode), monitor=MonitorConfig(time_limit_s=args.time_limit),
                           use_checker=not args.no_checker, grounded_decoding=args.text == "grounded")
     print(f"task {args.task}  seed {seed}  backend {backend.name} ({backend.model_id})  decode "
           f"{'oracle' if backend.name == 'oracle' else args.decode}  text {args.text}", flush=True)
     env.reset(seed=seed)  # run_episode resets with the same seed; this only shows the instruction first
-    print(f"instruction: {env.unwrapped.instruction!r}", flush=True)
+    if args.instruction is not None:
+        print(f"instruction: {args.instruction!r} (the episode's own: {env.unwrapped.instruction!r})", flush=True)
+    else:
+        print(f"instruction: {env.unwrapped.instruction!r}", flush=True)
     result = run_episode(env, backend, seed, config, on_step=_print_step)
     summary = aggregate([result.to_dict()])
     paths = write_report(out, [result], summary=summary, video=args.video)

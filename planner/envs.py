@@ -85,3 +85,38 @@ def add_model_arguments(parser: Any) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the checkpoint's own tokenizer code (the official Emu3.5 release ships it as "
                              "tokenization_emu3.py); only for checkpoints you trust")
+
+
+def supported_instructions(task: str) -> list[str]:
+    """The instruction phrasings the task's simulator writes (templates with {placeholders} for SortBlocks)."""
+    import importlib
+
+    env_id(task)  # unknown task -> ValueError naming the valid ones
+    module = importlib.import_module(f"sim_envs.{task}")
+    names = [n for n in dir(module) if n.startswith("INSTRUCTIONS") or n.endswith("_TEMPLATES")]
+    return [text for n in sorted(names) for text in getattr(module, n)]
+
+
+def check_user_instruction(backend: Any, instruction: str, task: str) -> str | None:
+    """None when the model can read ``instruction``; else a one-line error naming the unknown words
+    and listing the phrasings the task's training data used."""
+    from model_runtime.backends.base import BackendError
+
+    if not instruction.strip():
+        return "--instruction is empty"
+    check = getattr(backend, "check_instruction", None)
+    if check is None:
+        return None
+    try:
+        check(" ".join(instruction.split()))
+    except BackendError as exc:
+        examples = "; ".join(repr(s) for s in supported_instructions(task))
+        return f"{exc}. Instructions the model was trained on for {task}: {examples}"
+    return None
+
+
+def add_instruction_argument(parser: Any) -> None:
+    """``--instruction TEXT``: what the model is asked (the simulator still scores its own task)."""
+    parser.add_argument("--instruction", default=None,
+                        help="the instruction given to the model instead of the episode's own; the simulator still "
+                             "scores its own task, so ask for that task in your words")

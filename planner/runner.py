@@ -41,6 +41,7 @@ class RunnerConfig:
     grounded_decoding: bool = False
     use_checker: bool = True  # False: steps judged by frame vs predicted subgoal only, as on a robot
     keep_images: bool = True  # keep before/subgoal/after images per step (reports need them)
+    instruction: str | None = None  # the user's words for the task; None: the episode's own instruction
 
 
 @dataclass
@@ -149,13 +150,13 @@ def run_episode(
     loop_config = LoopConfig(decode=config.decode, monitor=config.monitor, strict_grounding=config.strict_grounding,
                              grounded_decoding=config.grounded_decoding, keep_images=config.keep_images)
     try:
-        loop = GuidanceLoop(backend, sim.instruction, executor, loop_config, vocabulary=vocab, grounder=grounder,
+        loop = GuidanceLoop(backend, config.instruction or sim.instruction, executor, loop_config, vocabulary=vocab, grounder=grounder,
                             objects=objects, ground_truth=truth, on_step=on_step)
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
         reason = f"session refused the instruction: {exc}"
         return EpisodeResult(
             task=sim.task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
-            decode_mode=_mode_of(backend, config), instruction=sim.instruction, success=False,
+            decode_mode=_mode_of(backend, config), instruction=config.instruction or sim.instruction, success=False,
             num_gt_steps=len(truth.plan), completed_steps=int(sim.steps_done()), all_steps_correct=False,
             replans=0, retries=0, planning_calls=0, attempts=0, stop_reason=reason, wall_s=0.0,
             status=PlanStatus.FAILED.value, events=[{"t": 0.0, "kind": "error", "step": 0, "why": reason, "data": {}}],
@@ -172,7 +173,7 @@ def run_episode(
         stop_reason = f"backend said done after {truth.steps_done()}/{len(truth.plan)} steps"
     return EpisodeResult(
         task=sim.task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
-        decode_mode=_mode_of(backend, config, result.plan.steps), instruction=sim.instruction, success=success,
+        decode_mode=_mode_of(backend, config, result.plan.steps), instruction=loop.session.instruction, success=success,
         num_gt_steps=len(truth.plan), completed_steps=int(sim.steps_done()), all_steps_correct=all_correct,
         replans=result.replans, retries=result.retries, planning_calls=result.planning_calls,
         attempts=result.attempts, stop_reason=stop_reason, wall_s=result.wall_s, status=result.status.value,

@@ -42,8 +42,12 @@ ROS_PKGS=(
   "ros-jazzy-python-cmake-module==0.11.1"
   "catkin_pkg==1.0.0"
 )
-# What the nodes import besides rclpy (no torch: the oracle backend and the sim bridge need none).
-NODE_PKGS=("numpy<2.3" "opencv-python-headless>=4.9" "gymnasium>=1.0,<2" "pyyaml>=6" "rosbags==0.11.9" "setuptools>=68")
+# What the nodes import besides rclpy: the torch backend runs the shipped default model (the node's
+# default), so torch goes in FIRST and pinned (an unpinned torch pulls GBs of CUDA wheels), then
+# what the model runtime needs.
+TORCH_PKG="torch==${TORCH_VERSION:-2.13.0}"
+NODE_PKGS=("numpy<2.3" "opencv-python-headless>=4.9" "gymnasium>=1.0,<2" "pyyaml>=6" "rosbags==0.11.9" "setuptools>=68"
+           "transformers>=5.0,<6" "safetensors>=0.4" "tqdm>=4.66" "pillow>=10")
 CYCLONE_PKGS=("cyclonedds==11.0.1" "numpy<2.3")
 
 STAMP_FILE="$VENV/.emu_guidance_stamp"
@@ -100,8 +104,10 @@ done
 
 STEP="create venv"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+STEP="pip install pinned torch"
+"$VENV/bin/pip" install -q "$TORCH_PKG" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 STEP="pip install ROS wheels"
-"$VENV/bin/pip" install -q "${ROS_PKGS[@]}" "${NODE_PKGS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$VENV/bin/pip" install -q "$TORCH_PKG" "${ROS_PKGS[@]}" "${NODE_PKGS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 STEP="pip install project (no deps)"
 # The project itself, editable and without its dependencies (which would pull torch).
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
