@@ -42,6 +42,7 @@ from planner.grounding import Grounder, GroundingInfo
 from planner.metrics import capped_psnr, subgoal_position_error
 from planner.monitor import ExecutionMonitor, MonitorConfig, _jsonable
 from planner.parse import ParseContext, Vocabulary, parse
+from planner.safety import SafetyGate
 
 __all__ = ["GroundTruth", "GuidanceLoop", "LoopConfig", "LoopResult", "ObjectsSource", "StepRecord", "resize_frame"]
 
@@ -168,6 +169,7 @@ class GuidanceLoop:
         on_plan: Callable[[PlanStep, Plan], None] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        gate: SafetyGate | None = None,
     ) -> None:
         self.backend = backend
         self.executor = executor
@@ -179,6 +181,8 @@ class GuidanceLoop:
         self.on_plan = on_plan  # after parse + ground, before execution (the ROS node publishes here)
         self.on_step = on_step  # after the step's outcome is known
         self.should_stop = should_stop or (lambda: False)
+        self.gate = gate  # planner/safety.py: the last check before a goal can reach the executor
+        self._seen: tuple[float, ObjectsInView | None] | None = None  # (frame stamp, detection) of the last planned frame
         self.monitor = ExecutionMonitor(executor, self.config.monitor)
         # Validates the instruction (empty, words the model cannot encode): SessionError / BackendError.
         self.session = GuidanceSession(backend, instruction, self.config.decode,
@@ -304,6 +308,10 @@ class GuidanceLoop:
         else:
             step.goal = self._goal(step, frame, rec, index)
             rec.latency_ms["planner"] = (time.perf_counter() - t_plan) * 1e3
+            # Check step, safety gate: a goal it rejects comes back UNKNOWN with "safety gate: <why>",
+            # so the monitor never executes it and the step is planned again (on_plan shows why).
+            if self.gate is not None:
+                self._check_gate(step.goal, frame, rec, index)
             rec.goal = step.goal.to_dict()
             if gt is not None:
                 self._evaluate(rec, step, gt, gt_k)
@@ -319,6 +327,7 @@ class GuidanceLoop:
         t0 = time.perf_counter()
         seen = self.objects.objects_for(frame)
         detect_ms = (time.perf_counter() - t0) * 1e3
+        self._seen = (frame.stamp, seen)
         if seen is None:
             self.monitor.record("ground", index, "no detection for this frame: the step is planned free")
             return None, None, detect_ms
@@ -361,6 +370,25 @@ class GuidanceLoop:
             rec.subgoal_psnr = capped_psnr(step.subgoal_image, gt_image)
             rec.subgoal_pos_error_px, rec.subgoal_pos_error_m = subgoal_position_error(
                 step.subgoal_image, gt_image, self.ground_truth.camera)
+
+    def _check_gate(self, goal: ActionGoal, frame: Frame, rec: StepRecord, index: int) -> None:
+        """Run the safety gate on ``goal`` (marks it UNKNOWN when rejected) and record the decision."""
+        assert self.gate is not None
+        if self._seen is not None and self._seen[0] == frame.stamp:  # grounded decoding already asked the detector
+            seen = self._seen[1]
+        else:
+            seen = self.objects.objects_for(frame) if self.objects is not None else None
+            self._seen = (frame.stamp, seen)
+        info = rec.grounding  # the planner's own perception: what the grounder located in this frame
+        perceived = [n for n, key in ((goal.object, "object_pixel"), (goal.target or "", "target_pixel")) if n and info.get(key)]
+        scene = (*self.vocabulary.objects, *self.vocabulary.targets) if self.vocabulary is not None else ()
+        t0 = time.perf_counter()
+        decision = self.gate.check(goal, seen.names if seen is not None else None, perceived, scene, self.should_stop)
+        rec.latency_ms["gate"] = (time.perf_counter() - t0) * 1e3
+        if decision.kind:  # a goal that was ok and the gate rejected
+            self.monitor.record("gate", index, goal.reason, check=decision.kind, goal=goal.to_dict())
+        elif decision.ok:
+            self.monitor.record("gate", index, "passed the safety gate", held_s=round(decision.held_s, 4))
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _confirm(self, step: PlanStep) -> None:

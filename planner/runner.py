@@ -24,6 +24,7 @@ from planner.grounding import ColorShapeDetector, Detector, Grounder, GroundingI
 from planner.loop import GuidanceLoop, LoopConfig, StepRecord
 from planner.monitor import MonitorConfig, _jsonable
 from planner.parse import Vocabulary
+from planner.safety import SafetyConfig, SafetyGate
 
 __all__ = ["EpisodeResult", "RunnerConfig", "StepRecord", "run_episode"]
 
@@ -42,6 +43,9 @@ class RunnerConfig:
     use_checker: bool = True  # False: steps judged by frame vs predicted subgoal only, as on a robot
     keep_images: bool = True  # keep before/subgoal/after images per step (reports need them)
     instruction: str | None = None  # the user's words for the task; None: the episode's own instruction
+    # The safety gate in the loop's check step (planner/safety.py), as on a robot; None: no gate.
+    # In the sim the task's detector and Vocabulary ground the names a goal may act on.
+    gate: SafetyConfig | None = None
 
 
 @dataclass
@@ -151,7 +155,8 @@ def run_episode(
                              grounded_decoding=config.grounded_decoding, keep_images=config.keep_images)
     try:
         loop = GuidanceLoop(backend, config.instruction or sim.instruction, executor, loop_config, vocabulary=vocab, grounder=grounder,
-                            objects=objects, ground_truth=truth, on_step=on_step)
+                            objects=objects, ground_truth=truth, on_step=on_step,
+                            gate=SafetyGate(config.gate) if config.gate is not None else None)
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
         reason = f"session refused the instruction: {exc}"
         return EpisodeResult(
