@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,54 +43,139 @@ class CameraMessage:
     raw: bytes  # CDR as stored (copied unchanged into the output bag)
     frame: Frame | None  # None when the message is not a usable frame
     error: str = ""
+    qos: tuple = ()  # the input connection's offered QoS profiles (kept in the output bag)
 
 
-def read_camera(bag: Path, topic: str | None = None) -> Iterator[CameraMessage]:
-    """Camera messages of ``bag`` (all Image/CompressedImage topics, or ``topic``) in time order."""
+class BagError(ValueError):
+    """A bag that cannot be read: one line naming the bag and the problem (never a traceback)."""
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _open_reader(bag: Path) -> Any:
+    """An opened rosbags AnyReader for ``bag``; every failure (missing, not a bag, truncated, random
+    bytes, definitions rosbags cannot parse such as service events, an unknown serialization) is a
+    BagError with one line."""
     from rosbags.highlevel import AnyReader
 
     bag = Path(bag)
     if not bag.exists():
-        raise FileNotFoundError(f"bag {bag} does not exist")
-    with AnyReader([bag], default_typestore=interfaces.typestore()) as reader:
-        conns = [c for c in reader.connections if c.msgtype in IMAGE_TYPES and (topic is None or c.topic == topic)]
-        if not conns:
-            found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
-            want = f"topic {topic!r}" if topic else "an Image/CompressedImage topic"
-            raise ValueError(f"bag {bag} has no {want}; it has: {found}")
-        for conn, timestamp, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
-            to_frame = convert.frame_from_image if conn.msgtype.endswith("/Image") else convert.frame_from_compressed
+        raise BagError(f"bag {bag} does not exist")
+    if bag.is_dir() and not (bag / "metadata.yaml").exists() and not any(bag.glob("*.mcap")) and not any(bag.glob("*.db3")):
+        raise BagError(f"{bag} is not a rosbag2 bag (no metadata.yaml, .mcap or .db3 inside)")
+    try:
+        reader = AnyReader([bag], default_typestore=interfaces.typestore())
+        reader.open()
+    except Exception as exc:  # rosbags raises AnyReaderError, ReaderError, sqlite3/struct/yaml errors...
+        raise BagError(f"cannot read bag {bag}: {_one_line(exc)}") from None
+    return reader
+
+
+def _camera_connections(reader: Any, bag: Path, topic: str | None) -> list[Any]:
+    conns = [c for c in reader.connections if c.msgtype in IMAGE_TYPES and (topic is None or c.topic == topic)]
+    if not conns:
+        found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections}) or "no topics at all"
+        want = f"topic {topic!r} of type Image/CompressedImage" if topic else "Image/CompressedImage topic"
+        raise BagError(f"bag {bag} has no {want}; it has: {found}")
+    for c in conns:
+        fmt = getattr(c.ext, "serialization_format", "cdr")
+        if fmt != "cdr":
+            raise BagError(f"bag {bag}: topic {c.topic} is serialized as {fmt!r}, only 'cdr' can be read")
+    return conns
+
+
+def check_bag(bag: Path, topic: str | None = None) -> int:
+    """Open ``bag`` and decode its first camera message (before any model loads); the number of
+    camera messages. BagError with one line when the bag cannot be replayed."""
+    reader = _open_reader(bag)
+    try:
+        conns = _camera_connections(reader, Path(bag), topic)
+        count = sum(c.msgcount for c in conns)
+        if count == 0:
+            raise BagError(f"bag {bag} has camera topics {[c.topic for c in conns]} but no messages on them")
+        try:
+            for conn, _timestamp, raw in reader.messages(connections=conns):
+                reader.deserialize(raw, conn.msgtype)
+                break
+        except Exception as exc:
+            raise BagError(f"cannot read bag {bag}: {_one_line(exc)}") from None
+        return count
+    finally:
+        reader.close()
+
+
+def read_camera(bag: Path, topic: str | None = None) -> Iterator[CameraMessage]:
+    """Camera messages of ``bag`` (all Image/CompressedImage topics, or ``topic``) in time order.
+
+    A bag that breaks part-way (a truncated file) raises BagError where it breaks."""
+    bag = Path(bag)
+    reader = _open_reader(bag)
+    try:
+        conns = _camera_connections(reader, bag, topic)
+        messages = reader.messages(connections=conns)
+        while True:
             try:
-                yield CameraMessage(conn.topic, conn.msgtype, timestamp, bytes(raw), to_frame(msg))
+                item = next(messages, None)
+                if item is None:
+                    return
+                conn, timestamp, raw = item
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # a truncated chunk, a corrupt record: one line, where it broke
+                raise BagError(f"cannot read bag {bag}: {_one_line(exc)}") from None
+            to_frame = convert.frame_from_image if conn.msgtype.endswith("/Image") else convert.frame_from_compressed
+            qos = tuple(getattr(conn.ext, "offered_qos_profiles", ()) or ())
+            try:
+                yield CameraMessage(conn.topic, conn.msgtype, timestamp, bytes(raw), to_frame(msg), qos=qos)
             except ValueError as exc:
-                yield CameraMessage(conn.topic, conn.msgtype, timestamp, bytes(raw), None, str(exc))
+                yield CameraMessage(conn.topic, conn.msgtype, timestamp, bytes(raw), None, str(exc), qos=qos)
+    finally:
+        reader.close()
+
+
+def check_out(path: Path, storage: str = "mcap") -> Path:
+    """``path`` as an output bag that may be written (before any model loads); ValueError otherwise."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"output bag {path} already exists; choose a new --out")
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be one of ['mcap', 'sqlite3'], got {storage!r}")
+    return path
 
 
 class BagOut:
-    """A rosbag2 writer with our types: camera frames, plans, action goals, step results."""
+    """A rosbag2 writer with our types: camera frames, plans, action goals, step results.
+
+    Written under a temporary name beside ``path`` (``.<name>.partial-<pid>``) and renamed to
+    ``path`` only when the writing finished (``with`` block left without an exception); on any
+    failure the partial bag is removed, so a failed run leaves nothing at ``--out``.
+    """
 
     def __init__(self, path: Path, storage: str = "mcap") -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        path = Path(path)
-        if path.exists():
-            raise FileExistsError(f"output bag {path} already exists; choose a new --out")
+        path = check_out(path, storage)
         plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-        if storage not in plugins:
-            raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.ts = interfaces.typestore()
         self.factory = convert.rosbags_factory(self.ts)
-        self.writer = Writer(path, version=9, storage_plugin=plugins[storage])
-        self.writer.open()
         self.path = path
+        # <parent>/.<name>.partial-<pid>/<name>: the bag keeps its own name (rosbag2 names its storage
+        # files after the bag directory) and moves to ``path`` in one rename when it is complete.
+        self._tmp_parent = path.parent / f".{path.name}.partial-{os.getpid()}"
+        shutil.rmtree(self._tmp_parent, ignore_errors=True)  # a leftover of a killed run of this very process id
+        self._tmp_parent.mkdir()
+        self.tmp = self._tmp_parent / path.name
+        self.writer = Writer(self.tmp, version=9, storage_plugin=plugins[storage])
+        self.writer.open()
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, raw: bytes) -> None:
-        if topic not in self._conns:
-            self._conns[topic] = self.writer.add_connection(topic, msgtype, typestore=self.ts)
+    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, raw: bytes, qos: tuple = ()) -> None:
+        if topic not in self._conns:  # the input's QoS profiles travel with its topic (ros2 bag play offers them)
+            self._conns[topic] = self.writer.add_connection(topic, msgtype, typestore=self.ts, offered_qos_profiles=list(qos))
         self.writer.write(self._conns[topic], int(timestamp_ns), raw)
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
@@ -96,13 +183,28 @@ class BagOut:
         self.write_raw(topic, msg.__msgtype__, timestamp_ns, self.ts.serialize_cdr(msg, msg.__msgtype__))
 
     def close(self) -> None:
+        """Finish the bag and move it to ``path``."""
         self.writer.close()
+        if self.path.exists():
+            raise FileExistsError(f"output bag {self.path} appeared while writing; the result stays in {self.tmp}")
+        os.replace(self.tmp, self.path)
+        self._tmp_parent.rmdir()
+
+    def abort(self) -> None:
+        """Drop the partial bag (nothing is left at ``path``)."""
+        try:
+            self.writer.abort()
+        finally:
+            shutil.rmtree(self._tmp_parent, ignore_errors=True)
 
     def __enter__(self) -> BagOut:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @dataclass
@@ -176,7 +278,7 @@ class BagFramesExecutor:
             self._copy(msg)
 
     def _copy(self, msg: CameraMessage) -> None:
-        self.writer.write_raw(msg.topic, msg.msgtype, msg.timestamp_ns, msg.raw)
+        self.writer.write_raw(msg.topic, msg.msgtype, msg.timestamp_ns, msg.raw, msg.qos)
         self.summary.frames += 1
         if msg.frame is None:
             self.summary.frames_rejected += 1
@@ -209,6 +311,8 @@ def replay_bag(
     """
     config = _loop_config(options, max_steps, image_size)
     summary = ReplaySummary(out=str(out))
+    check_out(out, storage)
+    check_bag(bag, topic)  # a bag that cannot be replayed fails here, before anything is written
     messages = read_camera(bag, topic)
     with BagOut(out, storage) as writer:
         executor = BagFramesExecutor(messages, writer, summary, every_s, execute_goal)
@@ -356,6 +460,7 @@ def main(args: argparse.Namespace) -> int:
               **({"trust_remote_code": True} if args.trust_remote_code else {})}
     try:
         if args.record_sim:
+            check_out(args.out, args.storage)
             backend = None
             if args.backend != "oracle":
                 backend = load_backend(args.backend, **kwargs)
@@ -363,6 +468,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             if args.bag is None or not args.instruction:
                 raise ValueError("replay needs BAG and --instruction (or --record-sim ENV_ID)")
+            check_out(args.out, args.storage)  # the input and the output are checked before the model loads
+            check_bag(args.bag, args.topic)
             on_step = None
             if args.backend == "oracle":
                 if not args.sim_env:
