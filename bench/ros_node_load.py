@@ -28,6 +28,9 @@ from ros_tier import RosProcess, node_args, random_domain_id, ros_env, run_probe
 NODE_PARAMS = {"backend": "oracle", "sim_env_id": "sim_envs/TableClear-v0", "sim_seed": 1000000, "decode_mode": "oracle",
                "wait_for_step_result": False, "replan_rate_hz": 5.0, "max_steps": 1000, "stats_rate_hz": 2.0,
                "plan_images": "last"}  # fmt: skip
+# The product's default: the torch backend with the shipped model (`--backend torch`).
+TORCH_NODE_PARAMS = {"backend": "torch", "wait_for_step_result": False, "replan_rate_hz": 5.0, "max_steps": 1000,
+                     "stats_rate_hz": 2.0, "plan_images": "last"}  # fmt: skip
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -35,14 +38,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_load(python: Path, tmp: Path, hz: float = 60.0, seconds: float = 60.0, size: tuple[int, int] = (240, 320),
-             bad_every: int = 10, oneshot_trials: int = 3) -> dict:  # fmt: skip
+             bad_every: int = 10, oneshot_trials: int = 3, node_params: dict | None = None) -> dict:  # fmt: skip
     """Start a node, run the load (the frame counters cover it alone), then one-shot latency trials."""
+    node_params = node_params or NODE_PARAMS
     env = ros_env(random_domain_id(), tmp)
-    node = RosProcess(node_args(python, "emu_ros.guidance_node", NODE_PARAMS), env, tmp / "load_node.log")
+    node = RosProcess(node_args(python, "emu_ros.guidance_node", node_params), env, tmp / "load_node.log")
     rss: list[tuple[float, float]] = []
     stop = threading.Event()
     try:
-        node.wait_for_log("backend 'oracle' loaded")
+        node.wait_for_log(f"backend '{node_params['backend']}' loaded", timeout=120)
         t0 = time.monotonic()
 
         def sample() -> None:
@@ -72,7 +76,7 @@ def run_load(python: Path, tmp: Path, hz: float = 60.0, seconds: float = 60.0, s
     late = mem[times > times.max() - 10] if len(mem) else mem
     sent_good, sent_bad = load["counts"].get("good", 0), load["counts"].get("bad", 0)
     return {
-        "config": {"hz": hz, "seconds": seconds, "size": list(size), "bad_every": bad_every, "node": NODE_PARAMS},
+        "config": {"hz": hz, "seconds": seconds, "size": list(size), "bad_every": bad_every, "node": node_params},
         "oneshot_frame_in_to_first_feedback_ms": {"p50": 1e3 * _pct(latencies, 50), "max": 1e3 * max(latencies, default=float("nan")),
                                                   "n": len(latencies)},  # fmt: skip
         "load_frame_in_to_feedback_ms": {"p50": 1e3 * _pct(load["frame_in_to_feedback_s"], 50),
@@ -145,18 +149,22 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
     p.add_argument("--bad-every", type=int, default=10)
+    p.add_argument("--backend", default="oracle", choices=("oracle", "torch"),
+                   help="oracle (planning cost near zero: the frame path alone) or torch (the shipped model)")
     a = p.parse_args()
     python = VENV / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{python} missing: run `bash scripts/ros_venv.sh` first")
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_load(python, Path(tmp), a.hz, a.seconds, tuple(a.size), a.bad_every)
+        params = TORCH_NODE_PARAMS if a.backend == "torch" else NODE_PARAMS
+        result = run_load(python, Path(tmp), a.hz, a.seconds, tuple(a.size), a.bad_every, node_params=params)
     out = artifacts_root() / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ros_node_load.json").write_text(json.dumps(result, indent=2))
-    _plot(result, out / "ros_node_load.png")
+    name = "ros_node_load" if a.backend == "oracle" else f"ros_node_load_{a.backend}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    _plot(result, out / f"{name}.png")
     print(_table(result))
-    print(f"wrote {out / 'ros_node_load.json'} and {out / 'ros_node_load.png'}")
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
 
 
 if __name__ == "__main__":

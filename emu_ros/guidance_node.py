@@ -75,6 +75,7 @@ PARAMETERS: dict[str, ParamSpec] = {
     "max_steps": ParamSpec(20, "default step budget of a goal (>= 1)"),
     "replan_rate_hz": ParamSpec(2.0, "continuous mode: at most this many plan steps per second (> 0)"),
     "wait_for_step_result": ParamSpec(True, "continuous mode: wait for the executor's StepResult before the next step"),
+    "executor_knows_task_done": ParamSpec(False, "continuous mode: the executor's StepResult.task_done is authoritative (the sim bridge's is): the model's final 'done' is rejected and re-planned while the last StepResult says the task is not complete"),
     "step_result_timeout_s": ParamSpec(60.0, "continuous mode: how long to wait for a StepResult (> 0)"),
     "frame_timeout_s": ParamSpec(5.0, "how long a goal waits for a fresh camera frame (> 0)"),
     "max_frame_age_s": ParamSpec(0.0, "frames older than this (receive time) are not planned from (0 = no limit)"),
@@ -272,7 +273,8 @@ class RobotExecutor:
 
     def __init__(self, publish_goal: Any, results: StepResults, frames: LatestFrame, stop: Any, *,
                  wait_for_result: bool, result_timeout_s: float, frame_timeout_s: float, max_frame_age_s: float,
-                 rate_hz: float, on_success: Any = None, fixed_frame: Frame | None = None) -> None:
+                 rate_hz: float, on_success: Any = None, fixed_frame: Frame | None = None,
+                 knows_task_done: bool = False) -> None:
         self.publish_goal = publish_goal
         self.results, self.frames, self.stop = results, frames, stop
         self.wait_for_result, self.result_timeout_s = wait_for_result, result_timeout_s
@@ -281,7 +283,8 @@ class RobotExecutor:
         self.on_success = on_success  # the oracle's sim mirror follows the robot
         self.fixed_frame = fixed_frame  # the goal carried its own image: every step is planned from it
         self._reported: dict[str, bool] = {}
-        self._task_done = False
+        self.knows_task_done = knows_task_done  # StepResult.task_done is authoritative (a simulator's)
+        self._task_done: bool | None = None  # the last StepResult's task_done
         self._last_seq, self._last_time = 0, 0.0
 
     def execute(self, goal: ActionGoal) -> StepResult:
@@ -295,7 +298,7 @@ class RobotExecutor:
                 raise ExecutorError("stopped while waiting for a StepResult")
             raise ExecutorError(f"no StepResult for goal {goal.goal_id} within step_result_timeout_s={self.result_timeout_s}")
         self._reported[goal.goal_id] = bool(msg.success)
-        self._task_done = self._task_done or bool(msg.task_done)
+        self._task_done = bool(msg.task_done)
         if msg.success and self.on_success is not None:
             self.on_success(goal)
         self._last_time = time.monotonic()
@@ -305,7 +308,10 @@ class RobotExecutor:
         return self._reported.get(goal.goal_id)
 
     def task_done(self) -> bool | None:
-        return True if self._task_done else None
+        """True when the robot said so; False only from an executor that knows (else the model decides)."""
+        if self._task_done is None:
+            return None
+        return self._task_done if self.knows_task_done else (True if self._task_done else None)
 
     def observe(self) -> Frame:
         if self.fixed_frame is not None:
@@ -607,6 +613,7 @@ def _make_node_class() -> type:
                     frame_timeout_s=self._p("frame_timeout_s"), max_frame_age_s=self._p("max_frame_age_s"),
                     rate_hz=self._p("replan_rate_hz"), on_success=on_success,
                     fixed_frame=goal_frames[-1] if goal_frames else None,
+                    knows_task_done=self._p("executor_knows_task_done"),
                 )
             else:  # one-shot: the whole plan from one view (the goal's image, else the latest camera frame)
                 frame = goal_frames[-1] if goal_frames else self._one_frame(stopped)

@@ -23,7 +23,8 @@ def test_closed_loop_over_ros_with_the_shipped_model(tmp_path):
                         env, tmp_path / "bridge.log")  # fmt: skip
     # Defaults throughout: backend torch, model_path '' (the shipped model), the model's own decode
     # mode; the bridge's ObjectsInView grounds the steps (objects_topic default), as `emu-guide demo`.
-    guide = RosProcess(node_args(python, "emu_ros.guidance_node", {"replan_rate_hz": 20.0, "stats_rate_hz": 2.0}),
+    params = {"replan_rate_hz": 20.0, "stats_rate_hz": 2.0, "executor_knows_task_done": True}  # the bridge's task check
+    guide = RosProcess(node_args(python, "emu_ros.guidance_node", params),
                        env, tmp_path / "node.log")  # fmt: skip
     try:
         bridge.wait_for_log("sim bridge ready")
