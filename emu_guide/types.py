@@ -209,6 +209,9 @@ class PlanStep:
     decode_mode: DecodeMode = DecodeMode.DIDA
     timings_ms: dict[str, float] = field(default_factory=dict)  # "text", "image", "total", ...
     is_final: bool = False  # the model says the task is complete (no action)
+    # What the model saw in the frame before this step (answer format "perceive"):
+    # {"objects": [{"name", "colour", "kind", "cell"}...], "holding": name | None}; None otherwise.
+    perception: dict | None = None
 
     def __post_init__(self) -> None:
         if self.index < 0:

@@ -14,6 +14,12 @@ Frame convention: frame 0 is the reset observation; frame t > 0 is the observati
 t-1 and carries that action's step label, so the last frame of a subtask shows it completed (its
 keyframe). ``action[t]`` is the action taken at frame t (LeRobot's convention); the last frame
 gets a hold action (no motion, gripper unchanged).
+
+Perception targets: every frame's ground truth (the objects on the table with their coarse cell,
+and the held object, from ``privileged_state()``) is stored as ``model_runtime.prompt.format_perception``
+text in the shard and, at consolidation, in ``meta/emu_perception.jsonl`` next to the LeRobot files
+(one line per episode: ``{"episode_index", "task", "seed", "frames": [text per frame]}``). The
+"perceive" answer format trains on it (``data.answer: perceive``); LeRobot readers ignore the file.
 """
 
 from __future__ import annotations
@@ -31,11 +37,53 @@ import numpy as np
 
 from emu_guide.paths import artifacts_root
 
-__all__ = ["RecordConfig", "add_arguments", "main", "record", "record_episode", "task_env_ids"]
+__all__ = ["PERCEPTION_FILE", "RecordConfig", "add_arguments", "load_perceptions", "main", "record", "record_episode",
+           "scene_perception", "task_env_ids"]
 
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper", "holding"]  # sim_envs TabletopEnv state layout
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 CAMERA = "observation.images.front"
+PERCEPTION_FILE = "meta/emu_perception.jsonl"
+
+
+def scene_perception(env, width: int, height: int) -> dict:
+    """Ground-truth perception of a TabletopEnv now: ``{"objects": [{"name", "cell", "pixel"}], "holding"}``.
+
+    Objects: those with a colour and a kind (TableClear items, SortBlocks blocks; FoldCloth's cloth
+    parts are not objects) that lie on the table or on another object (a stack), in reading order
+    of their cell (back row first, left to right, then by pixel column). Put-away items (in the
+    rack, tray or bin) are not on the table; the held one is ``holding``.
+    """
+    from model_runtime.prompt import COLUMNS, ROWS, position_cell
+
+    state = env.privileged_state()
+    objects = state.get("objects", {})
+    names = set(objects)
+    seen, holding = [], None
+    for name, o in objects.items():
+        if not isinstance(o, dict) or "colour" not in o or "kind" not in o:
+            continue
+        loc = o.get("location")
+        if loc == "gripper":
+            holding = name
+        elif loc == "table" or loc in names:
+            u, v = o["pixel"]
+            seen.append({"name": name, "cell": position_cell(u, v, width, height), "pixel": [float(u), float(v)]})
+    if holding is None and state.get("held"):
+        holding = str(state["held"])
+
+    def order(o):
+        col, row = o["cell"].split()
+        return ROWS.index(row), COLUMNS.index(col), o["pixel"][0]
+
+    return {"objects": sorted(seen, key=order), "holding": holding}
+
+
+def perception_text(env, width: int, height: int) -> str:
+    from model_runtime.prompt import format_perception
+
+    p = scene_perception(env, width, height)
+    return format_perception(p["objects"], p["holding"])
 
 
 def task_env_ids() -> dict[str, str]:
@@ -123,6 +171,8 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
     # The expert's own mistake draws are seeded from the episode seed: re-recording is deterministic.
     expert = ScriptedExpert(env, mistake_rate=cfg.mistake_rate, seed=seed)
     images, states, actions, labels = [obs["image"]], [obs["state"]], [], []
+    res = obs["image"].shape
+    perceptions = [perception_text(u, res[1], res[0])]
     error = ""
     try:
         while not expert.done:
@@ -132,6 +182,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             labels.append(text)
             images.append(obs["image"])
             states.append(obs["state"])
+            perceptions.append(perception_text(u, res[1], res[0]))
             if terminated or truncated:
                 break
     except ExpertError as exc:
@@ -156,6 +207,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             state=np.stack(states).astype(np.float32),
             action=np.stack(actions).astype(np.float32),
             subtasks=np.array(subtasks),
+            perception=np.array(perceptions),
             meta=np.array(json.dumps({"task": task, "seed": seed, "instruction": instruction, "success": success,
                                       "mistakes": expert.mistakes, "error": error, **shard_settings(cfg)})),
         )
@@ -174,12 +226,27 @@ def shard_settings(cfg: RecordConfig) -> dict:
     return {"resolution": cfg.resolution, "mistake_rate": cfg.mistake_rate, "max_steps": cfg.max_steps}
 
 
+def load_perceptions(root: str | Path) -> dict[int, list[str]] | None:
+    """episode_index -> perception text per frame, from a recording's PERCEPTION_FILE (None if absent)."""
+    path = Path(root) / PERCEPTION_FILE
+    if not path.is_file():
+        return None
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            doc = json.loads(line)
+            out[int(doc["episode_index"])] = [str(t) for t in doc["frames"]]
+    return out
+
+
 def load_shard(path: Path, cfg: RecordConfig | None = None):
-    """A shard -> (Episode, meta dict); with ``cfg``, refuse a shard recorded with other settings."""
+    """A shard -> (Episode, meta dict); with ``cfg``, refuse a shard recorded with other settings.
+    ``meta["perception"]``: the per-frame perception texts (None for shards from before them)."""
     from finetune_embodied.datasets import Episode
 
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
+        meta["perception"] = [str(t) for t in z["perception"]] if "perception" in z.files else None
         if cfg is not None:
             want = shard_settings(cfg)
             got = {k: meta.get(k) for k in want}
@@ -202,7 +269,7 @@ def consolidate(cfg: RecordConfig) -> dict:
     tmp = Path(f"{out}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    included, excluded = [], []
+    included, excluded, perception_lines = [], [], []
     writer = LeRobotV3Writer(tmp, cfg.fps, {CAMERA: (cfg.resolution, cfg.resolution)}, STATE_NAMES, ACTION_NAMES,
                              robot_type="sim_envs_tabletop", with_subtasks=True, pix_fmt=cfg.pix_fmt, crf=cfg.crf)
     try:
@@ -212,6 +279,9 @@ def consolidate(cfg: RecordConfig) -> dict:
                 excluded.append({"task": task, "seed": seed, "reason": meta["error"] or "task not completed"})
                 continue
             idx = writer.add_episode(ep)
+            if meta["perception"] is not None:
+                perception_lines.append(json.dumps({"episode_index": idx, "task": task, "seed": seed,
+                                                    "frames": meta["perception"]}))
             included.append({"episode_index": idx, "task": task, "seed": seed, "mistakes": meta["mistakes"],
                              "length": ep.length})
         if not included:
@@ -224,6 +294,8 @@ def consolidate(cfg: RecordConfig) -> dict:
     manifest = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
                 "episodes": included, "excluded": excluded}
     (tmp / "meta" / "emu_recording.json").write_text(json.dumps(manifest, indent=1))
+    if perception_lines and len(perception_lines) == len(included):  # every episode has them (else none)
+        (tmp / PERCEPTION_FILE).write_text("\n".join(perception_lines) + "\n")
     old = Path(f"{out}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)

@@ -126,6 +126,8 @@ def dataset_texts(episodes: Iterable[Episode]) -> list[str]:
 class SequenceDataset:
     """A map-style torch Dataset of ``TrainingSequence`` built from episodes.
 
+    ``perceptions`` (episode_index -> perception text per frame, ``finetune_embodied.record.load_perceptions``)
+    selects the "perceive" answer format: each guidance answer starts with its frame's perception.
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
@@ -145,6 +147,7 @@ class SequenceDataset:
         seed: int = 0,
         task: str = "vla",
         plan_sequences: bool = False,
+        perceptions: dict[int, list[str]] | None = None,
     ) -> None:
         from model_runtime.prompt import build_plan_sequence, build_training_sequence
 
@@ -159,6 +162,12 @@ class SequenceDataset:
             if key is None or key not in ep.images:
                 raise ValueError(f"episode {ep.episode_index}: no camera {camera_key!r} (has {ep.camera_keys})")
             plan = plan_episode(ep, mid_samples_per_step, rng, max_history)
+            seen = None
+            if perceptions is not None:
+                seen = perceptions.get(ep.episode_index)
+                if seen is None or len(seen) != ep.length:
+                    raise ValueError(f"episode {ep.episode_index}: perception targets for "
+                                     f"{'no' if seen is None else len(seen)} frames, the episode has {ep.length}")
             needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None})
             codes = dict(zip(needed, self._encode(vision_tok, ep.images[key][needed])))
             for s in plan:
@@ -166,6 +175,7 @@ class SequenceDataset:
                     layout, text_tok, ep.task, list(s.history), codes[s.frame_index], s.step_text,
                     None if s.is_final else codes[s.keyframe_index], s.is_final,
                     visual_loss_weight=visual_loss_weight, task=task,
+                    perception=None if seen is None else seen[s.frame_index],
                 )
                 self.samples.append(s)
                 self.sequences.append(seq)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_runtime.layout import COMPACT_NUM_SPECIALS, LayoutError, TokenLayout
-from model_runtime.text_tokenizer import TextTokenizer
+from model_runtime.text_tokenizer import TextTokenizer, split_words
 
 __all__ = [
     "DONE_TEXT",
@@ -49,6 +49,16 @@ __all__ = [
     "TrainingSequence",
     "PLAN_REQUEST",
     "PLAN_SEPARATOR",
+    "ANSWER_FORMATS",
+    "check_answer_format",
+    "PERCEPTION_MARKER",
+    "PERCEPTION_WORDS",
+    "answer_marker_id",
+    "format_perception",
+    "parse_perception",
+    "perception_texts",
+    "position_cell",
+    "split_perception_ids",
     "answer_opening_ids",
     "build_answer",
     "build_plan_sequence",
@@ -80,6 +90,9 @@ class ParsedStep:
     text: str  # the step sentence (DONE_TEXT when final)
     codes: np.ndarray | None  # (h, w) int64 subgoal codes; None when final
     is_final: bool  # the model says the task is complete
+    # answer format "perceive": what the model saw ({"objects": [...], "holding": name | None},
+    # see parse_perception); None in the plain "step" format
+    perception: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,143 @@ class TrainingSequence:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+# ---- perception (answer format "perceive") ---------------------------------------------------
+# A model directory's guidance.json may say ``"answer": "perceive"``: every answer then starts with
+# what the model sees in the current frame, then the step (or the done marker):
+#
+#   see red cup left back , teal fork middle front holding nothing . pick up the red cup <image> <eos>
+#   see nothing holding blue block . <done> <eos>
+#
+# ``see`` + the objects on the table (name, then a coarse cell of the 96 px frame: column
+# left/middle/right by thirds of the image width, row back/front split at ROW_SPLIT of its height,
+# the middle of the table as the sims' fixed camera sees it; in reading order), ``holding`` + the held object or ``nothing``, then PERCEPTION_MARKER. The marker is
+# one word token, so the decoding grammar knows where the step begins (model_runtime.decoding:
+# ``answer_grammar(layout, "perceive", text_tok)``). Compact (word) layout only.
+ANSWER_FORMATS = ("step", "perceive")
+PERCEPTION_MARKER = "."  # ends the perception; the step (or <done>) follows
+COLUMNS = ("left", "middle", "right")  # image thirds, left to right
+ROWS = ("back", "front")  # top (far from the camera) and bottom part of the image
+ROW_SPLIT = 0.57  # back above this fraction of the height: the median object row on TRAIN scenes (54.7 / 96 px)
+_PERCEPTION_KEYWORDS = ("see", "nothing", "holding", ",", PERCEPTION_MARKER)
+PERCEPTION_WORDS = (*_PERCEPTION_KEYWORDS, *COLUMNS, *ROWS)
+
+
+def check_answer_format(answer_format: str) -> str:
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer format {answer_format!r}; expected one of {ANSWER_FORMATS}")
+    return answer_format
+
+
+def perception_texts() -> list[str]:
+    """Texts that put every perception word into a word vocabulary (``WordTokenizer.build``)."""
+    return [" ".join(PERCEPTION_WORDS)]
+
+
+def position_cell(u: float, v: float, width: float, height: float) -> str:
+    """The coarse cell of pixel (u, v) in a width x height frame, e.g. ``"left back"``."""
+    if not (width > 0 and height > 0):
+        raise ValueError(f"frame size must be positive, got {width} x {height}")
+    col = COLUMNS[min(max(int(3.0 * float(u) / width), 0), 2)]
+    row = ROWS[0 if float(v) < ROW_SPLIT * height else 1]
+    return f"{col} {row}"
+
+
+def _check_name(name: object, what: str) -> str:
+    name = _clean_text(name, what).lower()
+    bad = [w for w in name.split() if w in _PERCEPTION_KEYWORDS]
+    if bad:
+        raise ValueError(f"{what} {name!r} contains the perception keyword(s) {bad}")
+    return name
+
+
+def format_perception(objects: list[dict], holding: str | None) -> str:
+    """The perception text: ``objects`` as dicts with ``name`` and ``cell`` (kept in the given order;
+    callers sort them in reading order), ``holding`` the held object's name or None."""
+    items = []
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict) or "name" not in obj or "cell" not in obj:
+            raise ValueError(f"objects[{i}] must be a dict with 'name' and 'cell', got {obj!r}")
+        name = _check_name(obj["name"], f"objects[{i}].name")
+        cell = " ".join(str(obj["cell"]).split())
+        parts = cell.split()
+        if len(parts) != 2 or parts[0] not in COLUMNS or parts[1] not in ROWS:
+            raise ValueError(f"objects[{i}].cell {obj['cell']!r} is not '<{'|'.join(COLUMNS)}> <{'|'.join(ROWS)}>'")
+        items.append(f"{name} {cell}")
+    held = "nothing" if holding is None else _check_name(holding, "holding")
+    seen = " , ".join(items) if items else "nothing"
+    return f"see {seen} holding {held} {PERCEPTION_MARKER}"
+
+
+def _perceived(name: str, cell: str | None) -> dict:
+    words = name.split()
+    return {"name": name, "colour": words[0] if len(words) > 1 else None, "kind": words[-1], "cell": cell}
+
+
+def parse_perception(text: str) -> dict:
+    """Perception text -> ``{"objects": [{"name", "colour", "kind", "cell"}...], "holding": name | None}``.
+
+    ``colour`` is the first word of a name of two or more words (else None), ``kind`` its last.
+    Raises ParseError saying what is wrong."""
+    if not isinstance(text, str):
+        raise ParseError(f"perception must be text, got {type(text).__name__}")
+    words = split_words(text)  # "back," and "nothing." are two words each, as the word tokenizer splits them
+    if not words or words[0] != "see":
+        raise ParseError(f"perception {text!r} does not start with 'see'")
+    if words[-1] != PERCEPTION_MARKER:
+        raise ParseError(f"perception {text!r} does not end with {PERCEPTION_MARKER!r}")
+    if words.count("holding") != 1:
+        raise ParseError(f"perception {text!r} needs exactly one 'holding', has {words.count('holding')}")
+    h = words.index("holding")
+    seen, held = words[1:h], words[h + 1 : -1]
+    if not held:
+        raise ParseError(f"perception {text!r} names nothing after 'holding' (say 'nothing')")
+    if PERCEPTION_MARKER in held or "," in held or "see" in held:
+        raise ParseError(f"perception {text!r}: malformed held object {' '.join(held)!r}")
+    holding = None if held == ["nothing"] else " ".join(held)
+    if holding is not None and "nothing" in held:
+        raise ParseError(f"perception {text!r}: malformed held object {holding!r}")
+    objects = []
+    if seen != ["nothing"]:
+        if not seen:
+            raise ParseError(f"perception {text!r} lists no objects after 'see' (say 'nothing')")
+        item: list[str] = []
+        for w in [*seen, ","]:
+            if w != ",":
+                item.append(w)
+                continue
+            if len(item) < 3 or item[-2] not in COLUMNS or item[-1] not in ROWS:
+                raise ParseError(f"perception item {' '.join(item)!r} is not '<name> <column> <row>'"
+                                 f" (columns {COLUMNS}, rows {ROWS})")
+            name = " ".join(item[:-2])
+            if any(k in item[:-2] for k in _PERCEPTION_KEYWORDS):
+                raise ParseError(f"perception item {' '.join(item)!r} has a keyword inside its name")
+            objects.append(_perceived(name, f"{item[-2]} {item[-1]}"))
+            item = []
+    return {"objects": objects, "holding": holding}
+
+
+def answer_marker_id(layout: TokenLayout, text_tok: TextTokenizer) -> int:
+    """The token id of PERCEPTION_MARKER; ValueError when the format cannot be used with this pair."""
+    _check_pair(layout, text_tok)
+    if layout.name != "compact":
+        raise ValueError(f"the 'perceive' answer format needs the compact (word) layout, not {layout.name!r}")
+    missing = [w for w in PERCEPTION_WORDS if text_tok.unknown_words(w)]
+    if missing:
+        raise ValueError(f"the 'perceive' answer format needs the words {missing} in the text tokenizer's vocabulary"
+                         " (build it with model_runtime.prompt.perception_texts())")
+    return int(text_tok.encode(PERCEPTION_MARKER)[0])
+
+
+def split_perception_ids(layout: TokenLayout, text_tok: TextTokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
+    """Answer ids of the perceive format -> (perception ids up to and including the marker, the rest)."""
+    marker = answer_marker_id(layout, text_tok)
+    stop = ids.index(layout.boi) if layout.boi in ids else len(ids)
+    if marker not in ids[:stop]:
+        raise ParseError(f"no perception marker {PERCEPTION_MARKER!r} before the step (answer format 'perceive')")
+    m = ids.index(marker)
+    return ids[: m + 1], ids[m + 1 :]
 
 
 # ---- validation helpers ---------------------------------------------------------------------
@@ -294,9 +444,14 @@ def build_answer(
     step_text: str | None,
     subgoal_codes: np.ndarray | None,
     is_final: bool,
+    perception: str | None = None,
 ) -> list[int]:
-    """The assistant answer ids: ``step <image> EOS`` or the done marker then EOS."""
+    """The assistant answer ids: ``step <image> EOS`` or the done marker then EOS; with ``perception``
+    (the "perceive" format, ``format_perception``'s text) that text comes first."""
     _check_pair(layout, text_tok)
+    if perception is not None:
+        return _perception_ids(layout, text_tok, perception) + build_answer(
+            layout, text_tok, step_text, subgoal_codes, is_final)
     if is_final:
         if subgoal_codes is not None:
             raise ValueError("a final answer carries no subgoal image (got subgoal_codes)")
@@ -318,6 +473,19 @@ def build_answer(
     )
 
 
+def _perception_ids(layout: TokenLayout, text_tok: TextTokenizer, perception: str) -> list[int]:
+    perception = _clean_text(perception, "perception")
+    answer_marker_id(layout, text_tok)  # the format's words are in the vocabulary
+    try:
+        parse_perception(perception)
+    except ParseError as exc:
+        raise ValueError(f"malformed perception: {exc}") from None
+    unknown = text_tok.unknown_words(perception)
+    if unknown:
+        raise ValueError(f"perception {perception!r} has words the text tokenizer does not know: {unknown}")
+    return _encode(layout, text_tok, perception, "perception")
+
+
 def answer_opening_ids(layout: TokenLayout, text_tok: TextTokenizer, step_text: str | None) -> list[int] | None:
     """The ids an answer starts with: the step text's, or the final marker's when ``step_text`` is
     None. None when the text has words the tokenizer lacks (the model cannot say it anyway)."""
@@ -336,12 +504,33 @@ def parse_answer(
     generated_ids: list[int] | np.ndarray,
     require_eos: bool = True,
     expected_grid: tuple[int, int] | None = None,
+    answer_format: str = "step",
 ) -> ParsedStep:
     """Generated answer ids (everything after the prompt) -> ParsedStep, or ParseError.
 
     Trailing PAD ids (right-padded batches) are ignored; ``require_eos=False`` accepts an answer
     cut right before its EOS. ``expected_grid`` checks the subgoal image's (h, w).
+    ``answer_format="perceive"``: the answer starts with the perception (``parse_perception``),
+    returned in ``ParsedStep.perception``.
     """
+    check_answer_format(answer_format)
+    if answer_format == "perceive":
+        ids = [int(i) for i in np.asarray(generated_ids, dtype=np.int64).reshape(-1)]
+        try:
+            head, rest = split_perception_ids(layout, text_tok, ids)
+        except ValueError as exc:
+            if isinstance(exc, ParseError):
+                raise
+            raise ParseError(str(exc)) from None
+        bad = [i for i in head if i >= layout.visual_offset or i in (_special_ids(layout) - {layout.extra.get("unk", -1)})]
+        if bad:
+            raise ParseError(f"special or visual id {bad[0]} inside the perception")
+        perception = parse_perception(text_tok.decode(head))
+        if not rest or rest in ([layout.eos], [layout.pad]):
+            raise ParseError("the perception is followed by no step and no done marker")
+        parsed = parse_answer(layout, text_tok, rest, require_eos=require_eos, expected_grid=expected_grid)
+        parsed.perception = perception
+        return parsed
     ids = [int(i) for i in np.asarray(generated_ids, dtype=np.int64).reshape(-1)]
     while ids and ids[-1] == layout.pad:
         ids.pop()
@@ -408,12 +597,14 @@ def build_training_sequence(
     is_final: bool,
     visual_loss_weight: float = 0.5,
     task: str = "vla",
+    perception: str | None = None,
 ) -> TrainingSequence:
-    """Prompt + answer with labels, per-token loss weights and image spans (next-token and DiDA stages)."""
+    """Prompt + answer with labels, per-token loss weights and image spans (next-token and DiDA stages).
+    ``perception``: the "perceive" format's text, put before the step (``build_answer``)."""
     if not visual_loss_weight >= 0.0:
         raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
     prompt = build_prompt(layout, text_tok, instruction, history, frame_codes, task=task)
-    answer = build_answer(layout, text_tok, step_text, subgoal_codes, is_final)
+    answer = build_answer(layout, text_tok, step_text, subgoal_codes, is_final, perception=perception)
     return _training_sequence(layout, prompt, answer, visual_loss_weight, "step")
 
 

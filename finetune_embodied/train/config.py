@@ -78,6 +78,9 @@ class DataConfig:
     # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
     # Evaluation always uses held-out "step" sequences.
     train_kinds: list[str] = field(default_factory=lambda: ["step", "plan"])
+    # LM stages: the answer format ("step": step + subgoal image; "perceive": what the frame shows
+    # first, from the recording's perception targets, model_runtime.prompt.format_perception)
+    answer: str = "step"
     extra_texts: list[str] = field(default_factory=list)  # more texts for the word vocabulary (e.g. all instruction paraphrases)
     on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
     synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
@@ -102,6 +105,7 @@ class DataConfig:
                f"data.train_kinds must be a non-empty list of 'step' and/or 'plan', got {self.train_kinds!r}")
         _check(self.plan_sequences or "step" in self.train_kinds,
                f"data.train_kinds {self.train_kinds!r} trains plan sequences only; set data.plan_sequences: true")
+        _check(self.answer in ("step", "perceive"), f"data.answer must be 'step' or 'perceive', got {self.answer!r}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
         _check(self.synthetic_grid >= 1, f"data.synthetic_grid must be >= 1, got {self.synthetic_grid!r}")
         _check(self.synthetic_codes >= 2, f"data.synthetic_codes must be >= 2, got {self.synthetic_codes!r}")

@@ -118,11 +118,17 @@ def save_model_dir(
     lm_config: Any = None,
     task: str = "vla",
     dida_adapted: bool | None = None,
+    answer_format: str = "step",
 ) -> Path:
     """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
 
     ``dida_adapted``: recorded in guidance.json (True after the dida stage, False for a next-token
-    model); None leaves it out (read as a directory from before the field: DiDA allowed)."""
+    model); None leaves it out (read as a directory from before the field: DiDA allowed).
+    ``answer_format``: "perceive" is recorded as ``"answer": "perceive"`` (answers start with what
+    the model sees, model_runtime.prompt); the plain "step" format is the default and left out."""
+    from model_runtime.prompt import check_answer_format
+
+    check_answer_format(answer_format)
     from model_runtime.lm import save_lm
 
     path = Path(path)
@@ -140,6 +146,8 @@ def save_model_dir(
     doc = {"format_version": FORMAT_VERSION, **_layout_doc(layout), "image_size": list(size), "task": task}
     if dida_adapted is not None:
         doc["dida_adapted"] = bool(dida_adapted)
+    if answer_format != "step":
+        doc["answer"] = answer_format
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -165,6 +173,9 @@ class LocalModelBackend:
     # The model's own defaults for DecodeOptions fields the caller leaves unset (sampling per token
     # kind, guidance); ``mode`` is added from ``dida_adapted``.
     sampling_defaults: dict[str, Any] = {}
+    # guidance.json "answer": "step" (step + subgoal image) or "perceive" (what the model sees first;
+    # PlanStep.perception carries it)
+    answer_format: str = "step"
 
     @property
     def default_mode(self) -> DecodeMode:
@@ -268,7 +279,8 @@ class LocalModelBackend:
         config = getattr(self.lm, "config", None)
         limit = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
         grid = tuple(codes.shape)
-        needed = len(prompt) + options.max_text_tokens + self.layout.image_block(*grid).length + 1
+        runs = 2 if self.answer_format == "perceive" else 1  # perception, then the step: a text run each
+        needed = len(prompt) + runs * options.max_text_tokens + self.layout.image_block(*grid).length + 1
         if limit is not None and needed > limit:
             raise BackendError(
                 f"{self.name}: prompt of {len(prompt)} tokens plus the answer ({needed} in all) exceeds the model's"
@@ -277,10 +289,11 @@ class LocalModelBackend:
         answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
                                  banned=self.banned_openings(options), mentions=self.mention_ids(options),
-                                 **answer_grammar(self.layout))  # fmt: skip
+                                 **answer_grammar(self.layout, self.answer_format, self.text))  # fmt: skip
         self.last_answer = answer
         try:
-            parsed = parse_answer(self.layout, self.text, answer.tokens, expected_grid=grid)
+            parsed = parse_answer(self.layout, self.text, answer.tokens, expected_grid=grid,
+                                  answer_format=self.answer_format)
         except ParseError as exc:
             raise BackendError(f"{self.name}: the model's answer does not parse: {exc}") from None
         t_dec = time.perf_counter()
@@ -302,6 +315,7 @@ class LocalModelBackend:
             decode_mode=options.mode,
             timings_ms=timings,
             is_final=parsed.is_final,
+            perception=parsed.perception,
         )
 
     def close(self) -> None:
@@ -346,6 +360,17 @@ def load_model_dir(
     )  # fmt: skip
     parts["task"] = doc.get("task", "vla")
     parts["dida_adapted"] = adapted
+    answer_format = doc.get("answer", "step")
+    if answer_format not in ("step", "perceive"):
+        raise BackendError(f"{gfile}: answer must be 'step' or 'perceive', got {answer_format!r}")
+    if answer_format == "perceive":
+        from model_runtime.prompt import answer_marker_id
+
+        try:
+            answer_marker_id(layout, parts["text"])
+        except ValueError as exc:
+            raise BackendError(f"{gfile}: {exc}") from None
+    parts["answer_format"] = answer_format
     return parts
 
 
@@ -504,4 +529,5 @@ class TorchBackend(LocalModelBackend):
         self.image_size = parts["image_size"]
         self.task = parts["task"]
         self.dida_adapted = parts["dida_adapted"]
+        self.answer_format = parts.get("answer_format", "step")
         self.model_id = str(Path(model_path))

@@ -6,6 +6,11 @@ determined by ``TokenLayout.image_block(h, w)`` for the caller's grid (the visio
 the size header, IMG, EOL (and Emu3's EOF) and EOI are forced; every cell accepts visual ids only.
 So a decoder can never emit a block ``TokenLayout.parse_image`` rejects.
 
+Answer format "perceive" (``step_marker``): the answer opens with a perception text run that
+must end with the marker token before anything else (no BOI, EOS or final marker in it); the step
+then starts after the marker, and every rule about the answer's opening (the final marker, banned
+rejected answers, grounded-decoding mentions, text before the image) applies from there.
+
 Forced tokens need no forward pass (nothing is sampled); decoders queue them and run them through
 the model together with the next token that does need logits.
 """
@@ -49,6 +54,7 @@ class DecodeConstraint:
         text_id_limit: int | None = None,
         banned: Iterable[Sequence[int]] = (),
         mentions: tuple[Iterable[Sequence[int]], Iterable[Sequence[int]]] | None = None,
+        step_marker: int | None = None,
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -79,6 +85,12 @@ class DecodeConstraint:
         self.allowed_mentions = {tuple(int(t) for t in a) for a in allowed if len(a)}
         self.known_mentions = {tuple(int(t) for t in k) for k in known if len(k)} | self.allowed_mentions
         self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
+        # "perceive" answers: the token that ends the perception; None: the step starts at once.
+        self.step_marker = None if step_marker is None else int(step_marker)
+        if self.step_marker is not None and (self.step_marker >= layout.visual_offset or self.step_marker in
+                                             {layout.eos, layout.boi, *self.final_ids, *self._text_forbidden}):
+            raise ValueError(f"step_marker {step_marker} must be a plain text id")
+        self.step_start: int | None = 0 if self.step_marker is None else None  # index in tokens where the step begins
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
         self.images_done = 0
@@ -95,10 +107,22 @@ class DecodeConstraint:
         """True right after BOI was emitted: the next token is the first of the size header."""
         return self.phase is Phase.IMAGE and self.offset == 1
 
+    @property
+    def in_perception(self) -> bool:
+        """True while a "perceive" answer's perception is being written (the marker not yet out)."""
+        return self.step_start is None
+
+    def _step_tokens(self) -> list[int]:
+        return self.tokens[self.step_start or 0 :]
+
     def forced(self) -> int | None:
         """The only legal next token, or None when the model must choose."""
         if self.phase is Phase.IMAGE:
             return self._fixed.get(self.offset)
+        if self.in_perception:
+            if self.max_text_tokens is not None and self.text_run >= self.max_text_tokens:
+                return self.step_marker
+            return None
         if self.phase is Phase.TEXT:
             if self.tokens and self.tokens[-1] in self.final_ids:
                 return self.layout.eos
@@ -120,9 +144,10 @@ class DecodeConstraint:
             kind = "text_noeos"  # an image is still owed: no EOS yet
         else:
             kind = "text"
-        first = not self.tokens and self.phase is Phase.TEXT
+        perceiving = self.in_perception
+        first = not perceiving and len(self.tokens) == self.step_start and self.phase is Phase.TEXT
         run_start = self.phase is Phase.TEXT and self.text_run == 0
-        key = (kind, vocab_size, str(device), first, run_start)
+        key = (kind, vocab_size, str(device), first, run_start, perceiving)
         if key not in self._masks:
             lay = self.layout
             mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
@@ -140,6 +165,10 @@ class DecodeConstraint:
                     mask[lay.boi] = False
                 if not first and self.final_ids:
                     mask[sorted(self.final_ids)] = False
+                if perceiving:  # text only, ended by the marker (not as the first token)
+                    mask[[lay.eos, lay.boi]] = False
+                    if run_start:
+                        mask[self.step_marker] = False
             self._masks[key] = mask
         mention_banned, mention_only, _ = self._mention_rule()
         banned = self._banned_next() | mention_banned
@@ -156,10 +185,11 @@ class DecodeConstraint:
 
     def _banned_next(self) -> set[int]:
         """Tokens that would complete a banned answer right now (only in the opening text run)."""
-        if not self.banned or self.phase is not Phase.TEXT or self.images_done:
+        if not self.banned or self.phase is not Phase.TEXT or self.images_done or self.in_perception:
             return set()
-        n = len(self.tokens)
-        return {b[n] for b in self.banned if len(b) == n + 1 and tuple(self.tokens) == b[:n]}
+        step = self._step_tokens()
+        n = len(step)
+        return {b[n] for b in self.banned if len(b) == n + 1 and tuple(step) == b[:n]}
 
     def _mention_rule(self) -> tuple[set[int], set[int] | None, set[int]]:
         """Grounded decoding: (tokens banned next, the only tokens allowed next or None, turned down).
@@ -172,7 +202,7 @@ class DecodeConstraint:
         "Turned down": known-name tokens refused here while an allowed name is on offer instead
         (the model wanted some name, the detector chose which); see ``allowed_probability``.
         """
-        if not self.known_mentions or self.phase is not Phase.TEXT:
+        if not self.known_mentions or self.phase is not Phase.TEXT or self.in_perception:
             return set(), None, set()
         run = self.tokens[len(self.tokens) - self.text_run :] if self.text_run else []
         longest_allowed = max((len(a) for a in self.allowed_mentions), default=0)
@@ -230,7 +260,10 @@ class DecodeConstraint:
             return False
         if token == lay.boi and self.text_before_image and self.text_run == 0:
             return False
-        if token in self.final_ids and self.tokens:
+        if self.in_perception and (token in (lay.eos, lay.boi) or token in self.final_ids
+                                   or (token == self.step_marker and self.text_run == 0)):
+            return False
+        if token in self.final_ids and len(self.tokens) != self.step_start:
             return False
         if token in self._banned_next():
             return False
@@ -252,6 +285,8 @@ class DecodeConstraint:
                 self.phase = Phase.DONE
             elif token == lay.boi:
                 self.phase, self.offset = Phase.IMAGE, 1
+            elif self.in_perception and token == self.step_marker:
+                self.step_start, self.text_run = len(self.tokens), 0  # the step begins after the marker
             else:
                 self.text_run += 1
         else:  # IMAGE

@@ -29,8 +29,11 @@ from model_runtime.layout import TokenLayout
 __all__ = ["Answer", "answer_grammar", "generate_answer"]
 
 
-def answer_grammar(layout: TokenLayout) -> dict:
+def answer_grammar(layout: TokenLayout, answer_format: str = "step", text_tok=None) -> dict:
     """``generate_answer`` keyword arguments for the answer format of ``model_runtime.prompt``.
+
+    ``answer_format="perceive"`` (compact layout; needs ``text_tok`` for the marker's id): the
+    perception comes first and ends with ``PERCEPTION_MARKER``; the step grammar below follows it.
 
     compact: ``words <image> EOS`` or ``<done> EOS``: every special but EOS, BOI and <done> is
     banned from text, EOS is illegal until the image is out (or right after <done>, where it is
@@ -38,7 +41,12 @@ def answer_grammar(layout: TokenLayout) -> dict:
     banned from text. In both, EOS is forced right after EOI and an image needs text before it.
     """
     from model_runtime.layout import COMPACT_NUM_SPECIALS
+    from model_runtime.prompt import answer_marker_id, check_answer_format
 
+    if check_answer_format(answer_format) == "perceive":
+        if text_tok is None:
+            raise ValueError("answer format 'perceive' needs the text tokenizer (for the marker's id)")
+        return {**answer_grammar(layout), "step_marker": answer_marker_id(layout, text_tok)}
     if layout.name == "compact":
         keep = {layout.eos, layout.boi, layout.extra["done"]}
         return dict(
@@ -92,6 +100,7 @@ def generate_answer(
     confidence_noise: float = 2.0,
     banned: Sequence[Sequence[int]] = (),
     mentions: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
+    step_marker: int | None = None,
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
 
@@ -115,7 +124,7 @@ def generate_answer(
             layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
             end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
             text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
-            mentions=mentions,
+            mentions=mentions, step_marker=step_marker,
         )  # fmt: skip
 
     cons = new_constraint()

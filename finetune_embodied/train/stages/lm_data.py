@@ -50,10 +50,20 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         return apply_labels(reader.iter_episodes(load_images=load_images), labels)
 
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
+    perceptions, perception_words = None, []
+    if d.answer == "perceive":
+        from finetune_embodied.record import PERCEPTION_FILE, load_perceptions
+        from model_runtime.prompt import perception_texts
+
+        perceptions = load_perceptions(d.path)
+        if perceptions is None:
+            raise ValueError(f"data.answer is 'perceive' but dataset {d.path} has no {PERCEPTION_FILE}"
+                             " (record it with this version of emu-guide record)")
+        perception_words = perception_texts() + sorted({t for frames in perceptions.values() for t in frames})
     text_tok = text_tokenizer_for(
-        cfg, lambda: dataset_texts(labelled(False)) + list(d.extra_texts) + plan_words)
+        cfg, lambda: dataset_texts(labelled(False)) + list(d.extra_texts) + plan_words + perception_words)
     layout = compact(text_tok.vocab_size, vision.num_codes)
-    unknown = sorted({w for t in dataset_texts(labelled(False)) for w in text_tok.unknown_words(t)})
+    unknown = sorted({w for t in dataset_texts(labelled(False)) + perception_words for w in text_tok.unknown_words(t)})
     if unknown:
         raise ValueError(
             f"dataset {d.path}: words not in the vocabulary of init_from {cfg.init_from!r}: {unknown[:10]}"
@@ -89,6 +99,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         mid_samples_per_step=d.mid_samples_per_step,
         seed=cfg.seed,
         plan_sequences=d.plan_sequences,
+        perceptions=perceptions,
     )
     groups = [s.episode_index for s in ds.samples]
     if cache is not None and not reader.report.count:  # a run that skipped bad episodes is not cached
@@ -137,7 +148,8 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
                         for p in root.rglob("*") if p.is_file()),
         "tokenizer": [sha256_file(p) for p in weights],
         "words": list(words),
-        "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed],
+        "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
+        + ([d.answer] if d.answer != "step" else []),  # old caches of the plain format stay valid
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 1,
     }
