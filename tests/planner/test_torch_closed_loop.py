@@ -48,6 +48,8 @@ def test_random_model_is_replanned_not_executed(model_dir, tmp_path):
 
 
 def test_demo_with_the_torch_backend(model_dir, tmp_path, capsys):
+    import json
+
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     args = parser.parse_args(["--backend", "torch", "--model-path", str(model_dir), "--decode", "ar",
@@ -55,15 +57,30 @@ def test_demo_with_the_torch_backend(model_dir, tmp_path, capsys):
     assert demo.main(args) == 1  # an untrained model does not clear the table (--check: exit 1)
     out = capsys.readouterr().out
     assert "backend torch" in out and "FAILED" in out
-    assert (tmp_path / "plan.txt").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    episode = metrics["episodes"][0] if "episodes" in metrics else metrics
+    steps = episode["steps"]
+    # what was printed is what was recorded: one "[n] sentence" line per planning call, in order
+    printed = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
+    assert printed == [s["text"] for s in steps] and len(steps) == episode["planning_calls"]
+    assert episode["success"] is False and episode["decode_mode"] == "ar" and episode["stop_reason"]
+    assert all(s["outcome"] in ("failed", "final_rejected") for s in steps)  # noise is never confirmed
+    plan = (tmp_path / "plan.txt").read_text()
+    assert all(s["text"] in plan for s in steps)
 
 
 def test_bench_runs_dida_and_ar_side_by_side(model_dir, tmp_path):
     from planner import bench
+    from planner.metrics import aggregate
 
-    report = bench.run_bench(["table_clear"], 1, ["torch"], ["dida", "ar"], 1, tmp_path, model_path=str(model_dir),
+    report = bench.run_bench(["table_clear"], 2, ["torch"], ["dida", "ar"], 1, tmp_path, model_path=str(model_dir),
                              time_limit=20.0, progress=False)
     assert [(s["backend"], s["decode"]) for s in report["summaries"]] == [("torch", "dida"), ("torch", "ar")]
-    assert {e["decode_mode"] for e in report["episodes"]} == {"dida", "ar"}
-    assert all(s["success_rate"] == 0.0 and s["latency_ms_p50"] > 0 for s in report["summaries"])
+    by_mode = {m: [e for e in report["episodes"] if e["decode_mode"] == m] for m in ("dida", "ar")}
+    assert sorted(e["seed"] for e in by_mode["dida"]) == sorted(e["seed"] for e in by_mode["ar"]) == list(HELDOUT_SEEDS[:2])
+    for summary in report["summaries"]:
+        mine = aggregate(by_mode[summary["decode"]])  # each summary is aggregate() of its own episodes
+        for key in ("success_rate", "latency_ms_p50", "latency_ms_p95", "replans_per_episode", "episodes"):
+            assert summary[key] == pytest.approx(mine[key], nan_ok=True), key
+        assert summary["success_rate"] == 0.0 and summary["latency_ms_p50"] > 0
     assert (tmp_path / "bench.json").exists() and (tmp_path / "success_at_k.png").exists()
