@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -31,9 +32,11 @@ __all__ = [
     "validate_rgb_image",
 ]
 
-# Verbs an ActionGoal may carry. Sim skill controllers implement all of them; a robot's executor
-# may support a subset and reports the rest as unsupported.
+# The built-in verbs an ActionGoal carries. Our sim skill controllers implement all of them; a
+# robot's executor may support a subset and reports the rest as unsupported. An environment may
+# declare verbs of its own (``skill_verbs()``, emu_guide/env_protocol.py): one lowercase word each.
 VERBS = ("pick", "place", "fold", "stack", "push", "open", "close", "done")
+_VERB_WORD = re.compile(r"[a-z][a-z_]*")
 
 
 def validate_rgb_image(image: object, what: str = "image") -> np.ndarray:
@@ -178,8 +181,9 @@ class ActionGoal:
     reason: str = ""  # why a goal is UNKNOWN / UNGROUNDED, for the monitor's record
 
     def __post_init__(self) -> None:
-        if self.verb not in VERBS:
-            raise ValueError(f"ActionGoal.verb {self.verb!r} is not one of {VERBS}")
+        if self.verb not in VERBS and not (isinstance(self.verb, str) and _VERB_WORD.fullmatch(self.verb)):
+            raise ValueError(f"ActionGoal.verb {self.verb!r} is not one of {VERBS} nor an environment's own verb "
+                             "(one lowercase word)")
         if self.gripper not in (None, "open", "close"):
             raise ValueError(f"ActionGoal.gripper must be 'open', 'close' or None, got {self.gripper!r}")
         if self.target_pose is not None:

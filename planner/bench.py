@@ -89,6 +89,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     d = result.to_dict(with_steps=True)
     d.pop("events", None)
     d["decode_mode"] = job["decode"]
+    d["task"] = job["task"]  # as asked (a short name, a Gymnasium id or module:callable), for grouping
     sheet = job["sheet"] == "all" or (job["sheet"] == "failures" and not result.success) or job["first"]
     if sheet and job["sheet"] != "none":
         path = Path(job["sheet_dir"]) / f"{job['task']}_{job['backend']}_{job['decode']}_seed{job['seed']}.png"

@@ -18,21 +18,63 @@ TASKS: dict[str, str] = {
 
 
 def env_id(task: str) -> str:
-    """Short task name or a registered id -> the registered id."""
+    """Short task name, a registered Gymnasium id, or ``module:callable`` -> what ``make_env`` builds."""
     if task in TASKS:
         return TASKS[task]
-    if task in TASKS.values():
+    if task in TASKS.values() or _is_import_path(task):
         return task
-    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)} (or {', '.join(TASKS.values())})")
-
-
-def make_env(task: str, resolution: int | None = None) -> Any:
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids)
 
+    if task in gym.registry:
+        return task
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}, a registered Gymnasium id, "
+                     "or your own environment as module:callable (docs/environments.md)")
+
+
+def _is_import_path(task: str) -> bool:
+    module, _, attr = task.partition(":")
+    return bool(module and attr) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+
+
+def make_env(task: str, resolution: int | None = None) -> Any:
+    """The environment for ``task``: ours by short name, any registered id through ``gym.make``, or
+    ``module:callable`` (imported in this process: bench workers build their own the same way)."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the ids)
+
+    target = env_id(task)
     kwargs = {} if resolution is None else {"resolution": int(resolution)}
-    return gym.make(env_id(task), **kwargs)
+    if _is_import_path(target):
+        import importlib
+
+        module, _, attr = target.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load the environment {target!r}: {exc}") from None
+        env = factory(**kwargs) if kwargs and _accepts(factory, "resolution") else factory()
+    else:
+        env = gym.make(target, **kwargs) if target in TASKS.values() else gym.make(target)
+    from emu_guide.env_protocol import EnvProtocolError, guidance_env
+
+    try:
+        guidance_env(env)
+    except EnvProtocolError as exc:
+        env.close()
+        raise ValueError(f"{task!r}: {exc}") from None
+    return env
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def has_shipped_model(path: Path | None = None) -> bool:
@@ -92,6 +134,8 @@ def supported_instructions(task: str) -> list[str]:
     import importlib
 
     env_id(task)  # unknown task -> ValueError naming the valid ones
+    if task not in TASKS:
+        return []  # an outside environment: its instructions are its own
     module = importlib.import_module(f"sim_envs.{task}")
     names = [n for n in dir(module) if n.startswith("INSTRUCTIONS") or n.endswith("_TEMPLATES")]
     return [text for n in sorted(names) for text in getattr(module, n)]
@@ -111,7 +155,7 @@ def check_user_instruction(backend: Any, instruction: str, task: str) -> str | N
         check(" ".join(instruction.split()))
     except BackendError as exc:
         examples = "; ".join(repr(s) for s in supported_instructions(task))
-        return f"{exc}. Instructions the model was trained on for {task}: {examples}"
+        return f"{exc}. Instructions the model was trained on for {task}: {examples}" if examples else str(exc)
     return None
 
 

@@ -64,11 +64,13 @@ class SimExecutor:
     name = "sim"
 
     def __init__(self, env: Any, use_checker: bool = True) -> None:
+        from emu_guide.env_protocol import EnvProtocolError, guidance_env
+
         self.env = env
-        self.sim = getattr(env, "unwrapped", env)
-        for member in ("execute_skill", "render", "camera"):
-            if not hasattr(self.sim, member):
-                raise ExecutorError(f"SimExecutor: the environment has no {member!r}; it needs a sim_envs env")
+        try:
+            self.sim = guidance_env(env)  # the env, a wrapper or env.unwrapped: whichever has execute_skill
+        except EnvProtocolError as exc:
+            raise ExecutorError(f"SimExecutor: {exc}") from None
         self.use_checker = use_checker  # False: judge steps by frames only, as on a robot without a checker
         self._errors = _skill_errors()
         self._t0 = time.monotonic()
@@ -100,9 +102,9 @@ class SimExecutor:
         return bool(self.sim.task_success())
 
     def observe(self) -> Frame:
-        cam = self.sim.camera
+        cam = getattr(self.sim, "camera", None)
         stamp = float(getattr(self.sim, "sim_time", time.monotonic() - self._t0))
-        return Frame(self.sim.render(), stamp=stamp, frame_id=cam.frame_id)
+        return Frame(self.sim.render(), stamp=stamp, frame_id=getattr(cam, "frame_id", "camera"))
 
 
 class PlanAheadExecutor:

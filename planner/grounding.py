@@ -147,10 +147,15 @@ class ColorShapeDetector:
 
     @classmethod
     def for_env(cls, env: Any) -> ColorShapeDetector:
-        """Appearances from the simulator's object models: colour, size, kind (never positions)."""
-        sim = getattr(env, "unwrapped", env)
+        """Appearances from the simulator's object models: colour, size, kind (never positions).
+        ValueError when the environment has no object models this detector can use."""
+        from emu_guide.env_protocol import guidance_env
+
+        sim = guidance_env(env)
         if hasattr(sim, "appearances"):
             return cls(sim.appearances(), camera=sim.camera)
+        if not hasattr(sim, "privileged_state") or getattr(sim, "camera", None) is None:
+            raise ValueError(f"{type(sim).__name__} offers no object models (appearances() or privileged_state() and camera)")
         state = sim.privileged_state()
         cam = sim.camera
         eye = cam.world_from_camera[:3, 3]

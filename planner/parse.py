@@ -168,8 +168,15 @@ class Vocabulary:
     # Every object name the task can have (``name_vocabulary()``), a superset of ``objects``:
     # what grounded decoding must know about to ban the absent ones.
     known_objects: tuple[str, ...] = ()
+    # Verb phrases the environment declares beyond the built-in table (``skill_verbs()``):
+    # phrase -> verb, e.g. {"press": "press", "push down": "press", "pull": "pull"}.
+    skills: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.skills = {" ".join(k.lower().split()): v.lower().strip() for k, v in dict(self.skills).items()}
+        for phrase, verb in self.skills.items():
+            if not phrase or not re.fullmatch(r"[a-z][a-z_]*", verb):
+                raise ValueError(f"Vocabulary: skill phrase {phrase!r} -> verb {verb!r}: a verb is one lowercase word")
         self.objects = tuple(o.lower().strip() for o in self.objects)
         self.targets = tuple(t.lower().strip() for t in self.targets)
         self.known_objects = tuple(dict.fromkeys([*(o.lower().strip() for o in self.known_objects), *self.objects]))
@@ -179,9 +186,12 @@ class Vocabulary:
 
     @classmethod
     def from_env(cls, env: object) -> Vocabulary:
-        u = getattr(env, "unwrapped", env)
+        from emu_guide.env_protocol import guidance_env
+
+        u = guidance_env(env)
         known = u.name_vocabulary() if hasattr(u, "name_vocabulary") else ()
-        return cls(tuple(u.object_names()), tuple(u.target_names()), tuple(known))
+        skills = u.skill_verbs() if hasattr(u, "skill_verbs") else {}
+        return cls(tuple(u.object_names()), tuple(u.target_names()), tuple(known), dict(skills))
 
     @property
     def empty(self) -> bool:
@@ -266,11 +276,13 @@ def _unknown(sentence: str, reason: str, verb: str | None = None, obj: ObjectRef
     return ParsedStep(sentence=sentence, verb=verb, obj=obj, status=GoalStatus.UNKNOWN, reason=reason)
 
 
-def _find_verbs(words: list[str]) -> list[tuple[int, int, str]]:
-    """All verb phrases as (start, end, verb), longest match at each position."""
+def _find_verbs(words: list[str], extra: dict[str, str] | None = None) -> list[tuple[int, int, str]]:
+    """All verb phrases as (start, end, verb), longest match at each position; ``extra``: the
+    environment's own verb phrases (they win over a built-in phrase of the same words)."""
+    table = {**VERB_PHRASES, **(extra or {})}
     found = []
     i = 0
-    phrases = sorted(VERB_PHRASES, key=lambda p: -len(p.split()))
+    phrases = sorted(table, key=lambda p: -len(p.split()))
     while i < len(words):
         for p in phrases:
             pw = p.split()
@@ -280,7 +292,7 @@ def _find_verbs(words: list[str]) -> list[tuple[int, int, str]]:
                 if i > 0 and words[i - 1] not in FILLER | {"and", "then"} and p in ("set", "open", "close", "hold",
                                                                                       "get", "return"):
                     continue
-                found.append((i, i + len(pw), VERB_PHRASES[p]))
+                found.append((i, i + len(pw), table[p]))
                 i += len(pw) - 1
                 break
         i += 1
@@ -457,7 +469,7 @@ def parse(sentence: str, vocab: Vocabulary | None = None, context: ParseContext 
     words = text.split()
     if any(w in ("don't", "dont", "not", "never", "avoid", "without") for w in words):
         return _unknown(sentence, "the step is negated; a negative step is not an action")
-    verbs = _find_verbs(words)
+    verbs = _find_verbs(words, vocab.skills)
     if not verbs:
         return _unknown(sentence, f"no action verb recognised in {text!r}")
     if len(verbs) > 1:

@@ -83,16 +83,20 @@ class EpisodeResult:
 
 
 class SimGroundTruth:
-    """The simulator's plan from the reset state: evaluation only (``planner.loop.GroundTruth``)."""
+    """The simulator's plan from the reset state: evaluation only (``planner.loop.GroundTruth``).
 
-    def __init__(self, env: Any) -> None:
-        self.sim = env.unwrapped
-        self.plan: list[PlanStep] = list(self.sim.ground_truth_plan())
-        self.images = list(self.sim.subgoal_images())
-        self.camera = self.sim.camera
+    An environment without a ground-truth plan (the optional members of emu_guide/env_protocol.py)
+    gets no step metrics; its episodes are still scored by ``task_success()`` when it has one."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.has_plan = all(hasattr(sim, m) for m in ("ground_truth_plan", "subgoal_images", "steps_done"))
+        self.plan: list[PlanStep] = list(sim.ground_truth_plan()) if self.has_plan else []
+        self.images = list(sim.subgoal_images()) if self.has_plan else []
+        self.camera = getattr(sim, "camera", None)
 
     def steps_done(self) -> int:
-        return int(self.sim.steps_done())
+        return int(self.sim.steps_done()) if self.has_plan else 0
 
     def step(self, k: int) -> PlanStep | None:
         return self.plan[k] if k < len(self.plan) else None
@@ -102,7 +106,7 @@ class SimGroundTruth:
 
     def grounding_error_m(self, name: str, info: GroundingInfo) -> float | None:
         """Distance (x, y) between the grounded and the true object position."""
-        if info.object_world is None:
+        if info.object_world is None or not hasattr(self.sim, "privileged_state"):
             return None
         obj = self.sim.privileged_state().get("objects", {}).get(name)
         if obj is None or "position" not in obj:
@@ -132,12 +136,15 @@ def run_episode(
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> EpisodeResult:
     """Reset ``env`` with ``seed`` and guide one episode through the loop to success or a limit."""
+    from emu_guide.env_protocol import guidance_env
+
     config = config or RunnerConfig()
     env.reset(seed=seed)
-    sim = env.unwrapped
+    sim = guidance_env(env)  # the env, a wrapper or env.unwrapped (EnvProtocolError names what is missing)
     if hasattr(backend, "reset"):
         backend.reset()  # type: ignore[attr-defined]
-    truth = SimGroundTruth(env)
+    truth = SimGroundTruth(sim)
+    task_name = str(getattr(sim, "task_name", type(sim).__name__))
     executor = executor or SimExecutor(env, use_checker=config.use_checker)
     vocab = Vocabulary.from_env(env)
     grounder, objects, notes = None, None, []
@@ -147,8 +154,13 @@ def run_episode(
         except ValueError as exc:  # a task whose objects this detector cannot see (cloth parts)
             notes.append(f"grounding off: {exc}")
         else:
-            grounder = Grounder(detector, sim.camera, strict=config.strict_grounding, target_names=vocab.targets)
-            objects = DetectorObjects(detector, vocab)
+            if getattr(sim, "camera", None) is None:
+                notes.append("grounding off: the environment has no camera model")
+            else:
+                grounder = Grounder(detector, sim.camera, strict=config.strict_grounding, target_names=vocab.targets)
+                objects = DetectorObjects(detector, vocab)
+    if not truth.has_plan:
+        notes.append("no ground-truth plan: step metrics off (success from task_success())")
     if config.grounded_decoding and objects is None:
         notes.append("grounded decoding off: no detector for this task")
     loop_config = LoopConfig(decode=config.decode, monitor=config.monitor, strict_grounding=config.strict_grounding,
@@ -160,16 +172,17 @@ def run_episode(
     except (BackendError, SessionError) as exc:  # e.g. words the model's vocabulary lacks
         reason = f"session refused the instruction: {exc}"
         return EpisodeResult(
-            task=sim.task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
+            task=task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
             decode_mode=_mode_of(backend, config), instruction=config.instruction or sim.instruction, success=False,
-            num_gt_steps=len(truth.plan), completed_steps=int(sim.steps_done()), all_steps_correct=False,
+            num_gt_steps=len(truth.plan), completed_steps=truth.steps_done(), all_steps_correct=False,
             replans=0, retries=0, planning_calls=0, attempts=0, stop_reason=reason, wall_s=0.0,
             status=PlanStatus.FAILED.value, events=[{"t": 0.0, "kind": "error", "step": 0, "why": reason, "data": {}}],
         )
     for note in notes:
         loop.monitor.record("ground", 0, note)
     result = loop.run()
-    success = bool(sim.task_success())
+    # Scored by the simulator's task check; an env without one: by what the loop concluded.
+    success = bool(sim.task_success()) if hasattr(sim, "task_success") else result.status == PlanStatus.SUCCEEDED
     records = result.records
     first_time = all(r.outcome in ("done", "final") and r.attempts <= 1 for r in records)
     all_correct = bool(success and result.replans == 0 and first_time and all(r.goal_correct for r in records))
@@ -177,9 +190,9 @@ def run_episode(
     if result.status == PlanStatus.SUCCEEDED and not success:  # the model said done; the simulator disagrees
         stop_reason = f"backend said done after {truth.steps_done()}/{len(truth.plan)} steps"
     return EpisodeResult(
-        task=sim.task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
+        task=task_name, seed=seed, backend=backend.name, model_id=backend.model_id,
         decode_mode=_mode_of(backend, config, result.plan.steps), instruction=loop.session.instruction, success=success,
-        num_gt_steps=len(truth.plan), completed_steps=int(sim.steps_done()), all_steps_correct=all_correct,
+        num_gt_steps=len(truth.plan), completed_steps=truth.steps_done(), all_steps_correct=all_correct,
         replans=result.replans, retries=result.retries, planning_calls=result.planning_calls,
         attempts=result.attempts, stop_reason=stop_reason, wall_s=result.wall_s, status=result.status.value,
         steps=records, events=result.events,

@@ -50,11 +50,15 @@ class OracleBackend:
         unknown = sorted(set(unused) - _MODEL_ONLY_KWARGS)
         if unknown:
             raise BackendError(f"oracle backend: unknown option(s) {unknown}; it takes env, replan, final_text")
+        from emu_guide.env_protocol import REQUIRED, EnvProtocolError, guidance_env
+
         self.env = env
-        self.sim = getattr(env, "unwrapped", env)
-        for member in ("steps_done", "ground_truth_plan", "subgoal_images", "execute_skill", "render", "camera"):
-            if not hasattr(self.sim, member):
-                raise BackendError(f"oracle backend: the environment has no {member!r}; it needs a sim_envs env")
+        needs = (*REQUIRED, "steps_done", "ground_truth_plan", "subgoal_images", "camera")
+        try:
+            self.sim = guidance_env(env, required=needs)  # the env, a wrapper or env.unwrapped
+        except EnvProtocolError as exc:
+            raise BackendError(f"oracle backend: {exc}") from None
+        self.copyable = True  # False once a deep copy failed: subgoals then come from the reset plan
         self.replan = replan
         self.final_text = final_text
         self.model_id = f"oracle:{getattr(self.sim, 'task_name', type(self.sim).__name__)}({replan})"
@@ -72,7 +76,7 @@ class OracleBackend:
     # -- plan from the current state ------------------------------------------------------------
     def _simulate(self, steps: list[PlanStep]) -> np.ndarray | None:
         """Run ``steps`` on a deep copy of the env; the copy's image after the last, or None on failure."""
-        shadow = copy.deepcopy(self.sim)
+        shadow = copy.deepcopy(self.sim)  # TypeError etc. for envs that cannot be copied (MuJoCo): see next_step
         for st in steps:
             result = shadow.execute_skill(st.goal)
             if not result.success:
@@ -129,8 +133,17 @@ class OracleBackend:
                 is_final=True,
                 timings_ms={"text": (t_text - t0) * 1e3, "image": 0.0, "total": (time.perf_counter() - t0) * 1e3},
             )
-        if self.replan == "current":
-            gt, image = self._next_from_current(plan, done)
+        if self.replan == "current" and self.copyable:
+            try:
+                gt, image = self._next_from_current(plan, done)
+            except BackendError:  # the episode went off the task: not a copy problem
+                raise
+            except (TypeError, copy.Error, NotImplementedError, AttributeError, RuntimeError) as exc:
+                # An env that cannot be deep-copied (MuJoCo handles, open files): the reset plan's
+                # subgoal images from now on (what replan="plan" does).
+                self.copyable = False
+                self.copy_error = f"{type(exc).__name__}: {exc}"
+                gt, image = plan[done], self.sim.subgoal_images()[done]
         else:
             gt, image = plan[done], self.sim.subgoal_images()[done]
         t_img = time.perf_counter()

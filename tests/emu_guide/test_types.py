@@ -19,8 +19,10 @@ def test_frame_rejects_bad_images():
 def test_action_goal_validation():
     g = ActionGoal("pick", "red cup", target_pose=(1, 2, 3))
     assert g.target_pose == (1.0, 2.0, 3.0)
-    with pytest.raises(ValueError, match="verb"):
-        ActionGoal("teleport", "cup")
+    assert ActionGoal("press", "button").verb == "press"  # an environment's own verb (skill_verbs)
+    for bad in ("Teleport", "pick up", "", "go!", 3):
+        with pytest.raises(ValueError, match="verb"):
+            ActionGoal(bad, "cup")
     with pytest.raises(ValueError, match="gripper"):
         ActionGoal("pick", "cup", gripper="half")
     with pytest.raises(ValueError, match="finite"):
