@@ -194,14 +194,15 @@ def format_perception(objects: list[dict], holding: str | None) -> str:
 
 
 def _perceived(name: str, cell: str | None) -> dict:
-    words = name.split()
-    return {"name": name, "colour": words[0] if len(words) > 1 else None, "kind": words[-1], "cell": cell}
+    words = name.split()  # "[size] colour kind": "big blue block", "red cup"
+    return {"name": name, "colour": words[-2] if len(words) > 1 else None, "kind": words[-1], "cell": cell}
 
 
 def parse_perception(text: str) -> dict:
     """Perception text -> ``{"objects": [{"name", "colour", "kind", "cell"}...], "holding": name | None}``.
 
-    ``colour`` is the first word of a name of two or more words (else None), ``kind`` its last.
+    ``kind`` is the last word of a name, ``colour`` the one before it (None for one-word names;
+    SortBlocks names may start with a size, "big blue block").
     Raises ParseError saying what is wrong."""
     if not isinstance(text, str):
         raise ParseError(f"perception must be text, got {type(text).__name__}")
