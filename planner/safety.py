@@ -25,6 +25,7 @@ Goals that are already not ``ok`` (unparsed, ungrounded by the grounder) pass th
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from emu_guide.types import VERBS, ActionGoal, GoalStatus
 __all__ = ["ApprovalDesk", "GateDecision", "SafetyConfig", "SafetyGate", "parse_names", "parse_workspace"]
 
 ACTION_VERBS = tuple(v for v in VERBS if v != "done")  # "done" is never an action
+RESERVED_VERBS = ("done", "stop")  # the model's end of task; the node's stop signal to the executor
 REJECTION_KINDS = ("verb", "object", "target", "workspace", "approval", "stopped")
 
 
@@ -52,9 +54,11 @@ class SafetyConfig:
 
     def __post_init__(self) -> None:
         self.allowed_verbs = tuple(v.strip().lower() for v in self.allowed_verbs)
-        bad = [v for v in self.allowed_verbs if v not in ACTION_VERBS]
+        # the built-in verbs or an environment's own (one lowercase word); never "done" or "stop"
+        bad = [v for v in self.allowed_verbs if v in RESERVED_VERBS or not re.fullmatch(r"[a-z][a-z_]*", v)]
         if bad:
-            raise ValueError(f"SafetyConfig.allowed_verbs: {bad} are not action verbs {list(ACTION_VERBS)}")
+            raise ValueError(f"SafetyConfig.allowed_verbs: {bad} are not action verbs (e.g. {list(ACTION_VERBS)}; "
+                             f"never {list(RESERVED_VERBS)})")
         self.vocabulary = tuple(n.strip().lower() for n in self.vocabulary if n.strip())
         if (self.workspace_min is None) != (self.workspace_max is None):
             raise ValueError("SafetyConfig: workspace_min and workspace_max go together")

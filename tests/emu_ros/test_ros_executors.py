@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emu_guide.types import Frame, GoalStatus, PlanStatus
-from emu_ros.guidance_node import LatestFrame, PublishingPlanAhead, RobotExecutor, StepResults
+from emu_ros.node_parts import LatestFrame, PublishingPlanAhead, RobotExecutor, StepResults
 from model_runtime.backends.base import DecodeOptions, load_backend
 from planner.executor import ExecutorError
 from planner.grounded import ObjectsInView
@@ -143,7 +143,7 @@ def test_the_loop_validates_its_instruction(env):
 
 
 def test_recent_objects_ground_only_a_frame_with_a_nearby_stamp():
-    from emu_ros.guidance_node import RecentObjects
+    from emu_ros.node_parts import RecentObjects
 
     store = RecentObjects(keep=3)
     for t in (1.0, 2.0, 3.0, 4.0):
@@ -162,7 +162,7 @@ def test_node_loop_with_objects_in_view_clears_the_table_with_the_shipped_model(
     import gymnasium as gym
 
     import sim_envs  # noqa: F401
-    from emu_ros.guidance_node import DetectorTopic, RecentObjects
+    from emu_ros.node_parts import DetectorTopic, RecentObjects
     from planner.grounding import ColorShapeDetector
     from planner.parse import Vocabulary
     from sim_envs.seeds import HELDOUT_SEEDS

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu_ros import guidance_node, sim_bridge_node
+from emu_ros import node_parts
 
 ROOT = Path(__file__).resolve().parents[2]
 DECLARED = {
-    "guidance_node": {n: s.default for n, s in guidance_node.PARAMETERS.items()},
-    "sim_bridge_node": {n: d for n, (d, _) in sim_bridge_node.PARAMETERS.items()},
+    "guidance_node": {n: s.default for n, s in node_parts.PARAMETERS.items()},
+    "sim_bridge_node": {n: s.default for n, s in node_parts.SIM_BRIDGE_PARAMETERS.items()},
 }
+LIFECYCLE = {"guidance_node"}  # managed nodes: launched as LifecycleNode, configured and activated
 NODE_NAMES = {"guidance_node": "emu_guidance", "sim_bridge_node": "emu_sim_bridge"}
 
 
@@ -26,7 +27,12 @@ def _kw(call: ast.Call, name: str):
 
 def _node_calls(path: Path) -> list[ast.Call]:
     tree = ast.parse(path.read_text())
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("Node", "LifecycleNode")]
+
+
+def _transitions(tree: ast.AST) -> list[str]:
+    """Lifecycle transitions the launch file emits (Transition.TRANSITION_* names), in source order."""
+    return [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("TRANSITION_")]
 
 
 def _type_ok(default, value) -> bool:
@@ -56,6 +62,20 @@ def test_launch_file_nodes_set_only_declared_parameters(path):
         assert ast.literal_eval(_kw(call, "package")) == "emu_guidance"
         exe = ast.literal_eval(_kw(call, "executable"))
         assert exe in DECLARED and exe in cmake, exe
+        # a managed node is launched as a LifecycleNode and brought up: configure, then activate once inactive
+        assert (call.func.id == "LifecycleNode") == (exe in LIFECYCLE), f"{path.name}: {exe} launched as {call.func.id}"
+        if exe in LIFECYCLE:
+            assert _kw(call, "namespace") is not None, f"{path.name}: launch_ros LifecycleNode needs namespace="
+            overrides = {ast.literal_eval(k): v for d in _kw(call, "parameters").elts if isinstance(d, ast.Dict)
+                         for k, v in zip(d.keys, d.values)}  # fmt: skip
+            assert "autostart" in overrides and ast.literal_eval(overrides["autostart"]) is False, \
+                f"{path.name}: the launch file drives the lifecycle, so the node must not autostart"
+            assert {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"} <= set(_transitions(tree)), path.name
+            assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "OnStateTransition" and
+                       any(k.arg == "goal_state" and ast.literal_eval(k.value) == "inactive" for k in n.keywords)
+                       for n in ast.walk(tree)), f"{path.name}: activate must wait for the inactive state"
+            assert "configure" in (ast.get_docstring(tree) or "") and "activate" in ast.get_docstring(tree), \
+                f"{path.name}: the docstring must say the node is configured and activated"
         assert ast.literal_eval(_kw(call, "name")) == NODE_NAMES[exe]
         for item in _kw(call, "parameters").elts:
             if isinstance(item, ast.Dict):
@@ -78,15 +98,17 @@ def test_yaml_parameters_are_declared_with_their_types(path):
             assert key in declared, f"{path.name}: {node_name} declares no {key!r}"
             assert _type_ok(declared[key], value), f"{path.name}: {key}={value!r} has the wrong type for default {declared[key]!r}"
             if by_name[node_name] == "guidance_node":
-                assert guidance_node.validate_parameter(key, value) is None, (key, value)
+                assert node_parts.validate_parameter(key, value) is None, (key, value)
+            else:
+                assert node_parts.validate_parameter(key, value, node_parts.SIM_BRIDGE_PARAMETERS) is None, (key, value)
 
 
 def test_guidance_yaml_covers_every_parameter():
     section = yaml.safe_load((ROOT / "config" / "guidance.yaml").read_text())["emu_guidance"]["ros__parameters"]
-    missing = set(guidance_node.PARAMETERS) - set(section) - {"sim_env_id", "sim_seed"}  # sim-only
+    missing = set(node_parts.PARAMETERS) - set(section) - {"sim_env_id", "sim_seed", "autostart"}  # sim-only; launch drives the lifecycle
     assert not missing, missing
     for key, value in section.items():
-        assert value == guidance_node.PARAMETERS[key].default, f"guidance.yaml {key}={value!r} differs from the node default"
+        assert value == node_parts.PARAMETERS[key].default, f"guidance.yaml {key}={value!r} differs from the node default"
 
 
 def test_static_check_catches_an_undeclared_parameter(tmp_path):
@@ -98,7 +120,7 @@ def test_static_check_catches_an_undeclared_parameter(tmp_path):
 
 
 def test_validate_parameter_rules():
-    v = guidance_node.validate_parameter
+    v = node_parts.validate_parameter
     assert v("decode_steps", 8) is None and v("decode_steps", 0) and v("decode_steps", 2.0) and v("decode_steps", True)
     assert v("guidance_scale", 3) is None and v("guidance_scale", "3")
     assert v("backend", "oracle") is None and "must be one of" in v("backend", "tensorrt")
@@ -106,6 +128,20 @@ def test_validate_parameter_rules():
     assert v("decode_mode", "ar") is None and v("decode_mode", "beam")
     assert v("nope", 1) == "unknown parameter 'nope'"
     assert v("wait_for_step_result", 1)
+    assert v("gate_verbs", "pick,place") is None and "comma-separated action verbs" in v("gate_verbs", "pick,stop")
+    assert v("gate_verbs", "pick,press_button") is None and v("gate_verbs", "pick,Tele port")
+    assert v("gate_verbs", "") and v("gate_workspace", "") is None and v("gate_workspace", "-1,-1,0,1,1,0.5") is None
+    assert "min < max" in v("gate_workspace", "1,1,1,0,0,0") and v("gate_workspace", "1,2")
+    assert v("gate_max_goal_rate_hz", 0.0) is None and v("gate_max_goal_rate_hz", -1.0)
+    sb = node_parts.SIM_BRIDGE_PARAMETERS
+    assert v("camera_rate_hz", 10.0, sb) is None and "(0, 1000]" in v("camera_rate_hz", 0.0, sb) and v("seed", -1, sb)
+
+
+def test_wrong_type_start_up_error_names_the_parameter_and_the_type():
+    err = node_parts.type_error("replan_rate_hz", 2, node_parts.PARAMETERS)
+    assert err == "parameter 'replan_rate_hz' must be of type double, got 2 (write 2.0)"
+    assert node_parts.type_error("max_steps", "ten", node_parts.PARAMETERS) == "parameter 'max_steps' must be of type integer, got 'ten'"
+    assert "\n" not in err
 
 
 def _robot_hosts_section() -> str:
@@ -119,11 +155,12 @@ def _robot_hosts_section() -> str:
 def test_docs_parameter_and_topic_tables_match_the_node(where):
     doc = (ROOT / where).read_text() if where != "README.md" else _robot_hosts_section()
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", doc, flags=re.M))
-    for name, spec in guidance_node.PARAMETERS.items():
+    for name, spec in node_parts.PARAMETERS.items():
         assert name in rows, f"{where} has no row for parameter {name}"
         default = spec.default if not isinstance(spec.default, bool) else str(spec.default).lower()
         assert rows[name] == str(default), f"{where} says {name} defaults to {rows[name]!r}, the node {default!r}"
-    topics = re.findall(r"^\| `([\w/~]+)` \| (?:in|out|action) \|", doc, flags=re.M)
-    expected = {guidance_node.PARAMETERS[p].default for p in ("image_topic", "compressed_topic", "plan_topic",
-                "action_goal_topic", "step_result_topic", "objects_topic", "action_name")} | {"~/frame_stats"}  # fmt: skip
+    topics = re.findall(r"^\| `([\w/~]+)` \| (?:in|out|action|service) \|", doc, flags=re.M)
+    expected = {node_parts.PARAMETERS[p].default for p in ("image_topic", "compressed_topic", "plan_topic",
+                "action_goal_topic", "step_result_topic", "objects_topic", "action_name")} | {  # fmt: skip
+        "~/frame_stats", "~/subgoal_image", "~/annotated_image", "~/pending_goal", "~/approve_goal", "/diagnostics"}
     assert expected == set(topics), set(topics) ^ expected

@@ -3,6 +3,8 @@ probe nodes over Fast DDS, in an isolated graph. Every ROS participant is a .ros
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from ros_tier import RosProcess, node_args, random_domain_id, require_ros_venv, ros_env, run_probe
 
@@ -98,6 +100,9 @@ def test_cancel_and_preemption(graph, node):
     assert out["canceled"]["ros_status"] == 5 and out["canceled"]["status"] == "canceled"  # 5 = CANCELED
     assert out["preempted"]["ros_status"] == 6 and "preempted" in out["preempted"]["error"]  # 6 = ABORTED
     assert out["preempting"]["status"] == "succeeded" and len(out["preempting"]["steps"]) == 1
+    # cancel and preemption each told the executor to stop (ActionGoal verb "stop" on action_goal)
+    reasons = [s["reason"] for s in out["stops"]]
+    assert len(reasons) == 2 and reasons[0].startswith("canceled") and reasons[1].startswith("preempted"), out["stops"]
 
 
 def test_backend_error_aborts_the_goal_with_its_message_and_the_node_keeps_serving(graph, node):
@@ -133,6 +138,79 @@ def test_goal_images_are_planned_from_and_bad_ones_abort(graph, node):
     out = run_probe(python, "goal_images", {"instruction": INSTRUCTION}, env)
     assert out["good"]["status"] == "succeeded" and out["good"]["steps"][0]["stamp"] == pytest.approx(42.5)
     assert out["bad"]["status"] == "failed" and "unsupported image encoding '32FC1'" in out["bad"]["error"]
+
+
+def test_diagnostics_image_topics_and_a_latched_plan(graph, node):
+    python, env, _ = graph
+    out = run_probe(python, "observe", {"instruction": INSTRUCTION}, env)
+    assert out["result"]["status"] == "succeeded"
+    diag = out["diagnostics"]
+    assert diag is not None and set(diag) == {"emu_guidance: backend", "emu_guidance: camera frames",
+                                              "emu_guidance: planning", "emu_guidance: safety gate"}  # fmt: skip
+    backend = diag["emu_guidance: backend"]
+    assert backend["level"] == 0 and backend["message"] == "oracle loaded" and backend["values"]["lifecycle_state"] == "active"
+    assert int(diag["emu_guidance: camera frames"]["values"]["received"]) > 0
+    planning = diag["emu_guidance: planning"]["values"]
+    assert int(planning["steps_published"]) >= 1 and float(planning["p50_ms"]) >= 0 and "p95_ms" in planning
+    assert int(diag["emu_guidance: safety gate"]["values"]["passed"]) >= 1
+    # the subgoal image (the oracle renders 96x96) and the annotated camera frame (scaled up to >= 384 wide)
+    assert out["subgoal"] and out["subgoal"][-1][:3] == [96, 96, "rgb8"] and out["subgoal"][-1][3] == 96 * 96 * 3
+    h, w, enc, n, frame_id = out["annotated"][-1]
+    assert enc == "rgb8" and w >= 384 and n == h * w * 3 and frame_id == "probe_cam"
+    # a subscriber that joined after the goal still gets the last plan (transient local)
+    assert out["late_plan"] == {"n": 1, "status": "succeeded", "instruction": INSTRUCTION}
+
+
+def test_safety_gate_rejections_in_feedback_and_diagnostics_and_approval(graph, node):
+    python, env, _ = graph
+    out = run_probe(python, "gate", {"instruction": INSTRUCTION}, env, timeout=180)
+    assert out["set_verbs"][0] and out["reset_verbs"][0] and all(ok for ok, _ in out["set_approval"])
+    fb = out["rejected_feedback"]
+    assert fb and fb[0]["status"] == "unknown" and fb[0]["gate_rejections"] == 1
+    assert fb[0]["reason"].startswith("safety gate: verb 'pick' is not allowed"), fb
+    gate = out["diag_gate"]
+    assert gate["level"] == 1 and int(gate["values"]["rejected: verb"]) >= 1 and "verb 'pick'" in gate["message"]
+    approved, denied = out["decisions"]
+    for d in (approved, denied):
+        assert d["wrong"][0] is False and "no goal 'no-such-goal' is waiting" in d["wrong"][1]
+        assert d["right"][0] is True
+    assert [g[0] for g in approved["sent"]] == [approved["held"]] and approved["sent"][0][1] == "ok"  # published once approved
+    assert approved["feedback"][0][0] == "ok"
+    assert denied["feedback"][0] == ["unknown", "safety gate: denied by the operator: operator says no"]
+    assert all(g[1] != "ok" for g in denied["sent"])  # a denied goal never goes out as ok
+
+
+def test_lifecycle_configure_fails_with_its_reason_then_activate_and_deactivate(graph, tmp_path):
+    """Its own graph: an unconfigured node next to the module's would share the action name."""
+    python = graph[0]
+    env = ros_env(random_domain_id(), tmp_path)
+    params = {**ORACLE, "autostart": False, "sim_env_id": "sim_envs/NoSuchTask-v0"}
+    proc = RosProcess(node_args(python, "emu_ros.guidance_node", params), env, tmp_path / "lifecycle.log")
+    try:
+        time.sleep(1.0)
+        args = {"instruction": INSTRUCTION, "param": "sim_env_id", "good": ENV_ID}
+        out = run_probe(python, "lifecycle", args, env, timeout=180)
+    finally:
+        proc.stop()
+    assert out["initial"] == "unconfigured"
+    assert out["configure_bad"] is False and out["after_bad"] == "unconfigured"
+    assert out["diag_bad"]["level"] == 2 and "backend 'oracle' failed to load" in out["diag_bad"]["message"]
+    assert "NoSuchTask" in out["diag_bad"]["message"] and "configure failed" in proc.log.read_text()
+    assert out["set_good"][0] and out["configure_good"] is True and out["after_configure"] == "inactive"
+    assert out["inactive_goal_accepted"] is False  # configured but not active: goals refused
+    assert out["activate"] and out["after_activate"] == "active" and out["active_result"]["status"] == "succeeded"
+    assert out["deactivate"] and out["after_deactivate"] == "inactive" and out["deactivated_goal_accepted"] is False
+    assert out["diag_last"]["emu_guidance: backend"]["values"]["lifecycle_state"] == "inactive"
+
+
+def test_wrong_type_start_up_parameter_is_one_line(graph):
+    python, env, tmp = graph
+    proc = RosProcess(node_args(python, "emu_ros.guidance_node", {**ORACLE, "replan_rate_hz": 2}), env, tmp / "type.log")
+    assert proc.proc.wait(60) == 2
+    proc.stop()
+    text = proc.log.read_text().strip()
+    assert text.splitlines()[-1] == "emu_guidance node: parameter 'replan_rate_hz' must be of type double, got 2 (write 2.0)"
+    assert "Traceback" not in text
 
 
 def test_bad_initial_parameter_stops_the_node_with_a_clear_error(graph):

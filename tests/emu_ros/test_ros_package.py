@@ -63,8 +63,19 @@ def test_guide_action_parses_with_rosidl_adapter():
     goal = {f.name for f in spec.goal.fields}
     assert {"instruction", "images", "mode", "max_steps", "decode_mode", "decode_steps", "guidance_scale"} <= goal
     assert {f.name for f in spec.result.fields} == {"plan", "status", "error_message"}
-    assert {f.name for f in spec.feedback.fields} == {"step", "steps_done"}
+    assert {f.name for f in spec.feedback.fields} == {"step", "steps_done", "gate_rejections"}
     assert {c.name for c in spec.goal.constants} == {"MODE_ONE_SHOT", "MODE_CONTINUOUS"}
+
+
+def test_approve_goal_service_parses_with_rosidl_adapter():
+    spec = _rosidl_parser().parse_service_string("emu_guidance", "ApproveGoal", (ROOT / "srv" / "ApproveGoal.srv").read_text())
+    assert [f.name for f in spec.request.fields] == ["goal_id", "approve", "reason"]
+    assert [f.name for f in spec.response.fields] == ["accepted", "message"]
+
+
+def test_action_goal_declares_the_stop_verb():
+    spec = _rosidl_parser().parse_message_string("emu_guidance", "ActionGoal", (ROOT / "msg" / "ActionGoal.msg").read_text())
+    assert {c.name: c.value for c in spec.constants}["VERB_STOP"] == "stop"
 
 
 def test_rosidl_adapter_rejects_what_rosbags_accepts():
@@ -81,10 +92,11 @@ def test_rosidl_adapter_rejects_what_rosbags_accepts():
 
 def test_cmakelists_generates_every_interface_file():
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    listed = set(re.findall(r'"((?:msg|action)/\w+\.(?:msg|action))"', cmake))
+    listed = set(re.findall(r'"((?:msg|action|srv)/\w+\.(?:msg|action|srv))"', cmake))
     on_disk = {p.relative_to(ROOT).as_posix() for p in interfaces.interface_files()}
     on_disk |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "msg").glob("*.msg")}
     on_disk |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "action").glob("*.action")}
+    on_disk |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "srv").glob("*.srv")}
     assert listed == on_disk
     assert "project(emu_guidance)" in cmake and "ament_package()" in cmake
     for node in ("guidance_node", "sim_bridge_node"):

@@ -158,7 +158,10 @@ def test_approval_desk_approve_deny_timeout_and_unknown_ids():
 
 def test_config_and_parameter_parsing_errors_name_the_problem():
     with pytest.raises(ValueError, match="not action verbs"):
-        SafetyConfig(allowed_verbs=("pick", "teleport"))
+        SafetyConfig(allowed_verbs=("pick", "stop"))
+    with pytest.raises(ValueError, match="not action verbs"):
+        SafetyConfig(allowed_verbs=("pick", "Tele port"))
+    assert SafetyConfig(allowed_verbs=("press_button",)).allowed_verbs == ("press_button",)  # an environment's own verb
     with pytest.raises(ValueError, match="below workspace_max"):
         SafetyConfig(workspace_min=(0, 0, 0), workspace_max=(1, -1, 1))
     with pytest.raises(ValueError, match="go together"):

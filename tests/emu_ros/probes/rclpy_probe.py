@@ -16,15 +16,19 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from emu_guidance.action import Guide
 from emu_guidance.msg import ActionGoal, ObjectsInView, Plan, StepResult
+from emu_guidance.srv import ApproveGoal
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -286,8 +290,10 @@ def scenario_cancel_preempt(probe: Probe, args: dict) -> dict:
     h3 = probe.send_goal(args["instruction"], mode=0, max_steps=1)
     r2, r3 = result_dict(h2), result_dict(h3)
     stop.set()
+    time.sleep(0.5)
+    stops = [{"reason": m.reason, "status": m.status} for _, m in probe.goals if m.verb == ActionGoal.VERB_STOP]
     return {"cancel_goals": len(cancel.goals_canceling), "canceled": r1, "feedback_before_cancel": len(fb1),
-            "preempted": r2, "preempting": r3}  # fmt: skip
+            "preempted": r2, "preempting": r3, "stops": stops}  # fmt: skip
 
 
 def scenario_budget(probe: Probe, args: dict) -> dict:
@@ -454,6 +460,124 @@ def scenario_serialize(probe: Probe, args: dict) -> dict:
     step = Plan(instruction="from rclpy", model_id="m", status="running")
     step.header = FACTORY.header(9.5, "rclpy_cam")
     out["from_rclpy"] = {"Image": serialize_message(img).hex(), "Plan": serialize_message(step).hex()}
+    return out
+
+
+def _diag(array: Any) -> dict:
+    return {s.name: {"level": s.level[0] if isinstance(s.level, (bytes, bytearray)) else int(s.level), "message": s.message,
+                     "values": {kv.key: kv.value for kv in s.values}} for s in array.status}  # fmt: skip
+
+
+def _call(probe: Probe, client: Any, request: Any, timeout: float = 30.0) -> Any:
+    assert client.wait_for_service(timeout_sec=timeout), client.srv_name
+    return wait(client.call_async(request), timeout)
+
+
+def scenario_lifecycle(probe: Probe, args: dict) -> dict:
+    """A node started unconfigured (autostart false): a configure that fails (bad backend parameter)
+    keeps it unconfigured with the reason on /diagnostics; fixed, configure + activate serve goals;
+    deactivate refuses them."""
+    diags: list = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(_diag(m)), RELIABLE)
+    change = probe.create_client(ChangeState, f"{NODE}/change_state")
+    get = probe.create_client(GetState, f"{NODE}/get_state")
+    state = lambda: _call(probe, get, GetState.Request()).current_state.label  # noqa: E731
+    transition = lambda t: bool(_call(probe, change, ChangeState.Request(transition=Transition(id=t)), 120).success)  # noqa: E731
+    out: dict[str, Any] = {"initial": state()}
+    out["configure_bad"] = transition(Transition.TRANSITION_CONFIGURE)
+    out["after_bad"] = state()
+    deadline = time.monotonic() + 10
+    while not any("failed to load" in d.get("emu_guidance: backend", {}).get("message", "") for d in diags) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["diag_bad"] = next((d["emu_guidance: backend"] for d in reversed(diags) if "emu_guidance: backend" in d), None)
+    out["set_good"] = probe.set_param(args["param"], args["good"])
+    out["configure_good"] = transition(Transition.TRANSITION_CONFIGURE)
+    out["after_configure"] = state()
+    stop = threading.Event()
+    handle = probe.send_goal(args["instruction"], mode=0, max_steps=1)
+    out["inactive_goal_accepted"] = bool(handle.accepted)
+    out["activate"] = transition(Transition.TRANSITION_ACTIVATE)
+    out["after_activate"] = state()
+    stream(probe, stop, 10.0)
+    time.sleep(0.5)
+    out["active_result"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
+    out["deactivate"] = transition(Transition.TRANSITION_DEACTIVATE)
+    out["after_deactivate"] = state()
+    out["deactivated_goal_accepted"] = bool(probe.send_goal(args["instruction"], mode=0, max_steps=1).accepted)
+    stop.set()
+    time.sleep(1.5)
+    out["diag_last"] = diags[-1] if diags else None
+    return out
+
+
+def scenario_observe(probe: Probe, args: dict) -> dict:
+    """/diagnostics, the two image topics, and /plan latched for a subscriber that joins late."""
+    diags: list = []
+    subgoals: list = []
+    annotated: list = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(_diag(m)), RELIABLE)
+    probe.create_subscription(Image, f"{NODE}/subgoal_image", lambda m: subgoals.append(m), RELIABLE)
+    probe.create_subscription(Image, f"{NODE}/annotated_image", lambda m: annotated.append(m), RELIABLE)
+    stop = threading.Event()
+    stream(probe, stop, 10.0)
+    time.sleep(1.0)
+    result = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1))
+    time.sleep(args.get("stats_wait", 2.0))
+    stop.set()
+    late: list = []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    probe.create_subscription(Plan, "plan", lambda m: late.append(m), latched)
+    deadline = time.monotonic() + 10
+    while not late and time.monotonic() < deadline:
+        time.sleep(0.05)
+    img = lambda m: [m.height, m.width, m.encoding, len(m.data), m.header.frame_id]  # noqa: E731
+    return {"result": result, "diagnostics": diags[-1] if diags else None, "subgoal": [img(m) for m in subgoals],
+            "annotated": [img(m) for m in annotated],
+            "late_plan": {"n": len(late[-1].steps), "status": late[-1].status, "instruction": late[-1].instruction} if late else None}  # fmt: skip
+
+
+def scenario_gate(probe: Probe, args: dict) -> dict:
+    """The safety gate seen from outside: a disallowed verb in feedback (status unknown, the reason,
+    gate_rejections), on /diagnostics; approval mode: the held goal on ~/pending_goal, a wrong id
+    refused, approve -> published ok, deny -> rejected with the operator's reason."""
+    diags: list = []
+    pending: list = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.append(_diag(m)), RELIABLE)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    probe.create_subscription(ActionGoal, f"{NODE}/pending_goal", lambda m: pending.append(m), latched)
+    approve = probe.create_client(ApproveGoal, f"{NODE}/approve_goal")
+    stop = threading.Event()
+    stream(probe, stop, 10.0)
+    time.sleep(0.5)
+    out: dict[str, Any] = {"set_verbs": probe.set_param("gate_verbs", "place,stack")}
+    feedback: list = []
+    out["rejected"] = result_dict(probe.send_goal(args["instruction"], mode=0, max_steps=1, feedback=feedback))
+    out["rejected_feedback"] = [{"status": fb.step.action_goal.status, "reason": fb.step.action_goal.reason,
+                                 "gate_rejections": fb.gate_rejections} for _, fb in feedback]  # fmt: skip
+    out["reset_verbs"] = probe.set_param("gate_verbs", "pick,place,fold,stack,push,open,close")
+    time.sleep(args.get("stats_wait", 2.0))
+    out["diag_gate"] = next((d["emu_guidance: safety gate"] for d in reversed(diags) if "emu_guidance: safety gate" in d), None)
+    out["set_approval"] = [probe.set_param("gate_require_approval", True), probe.set_param("gate_approval_timeout_s", 20.0)]
+    decisions = []
+    for decision in (True, False):
+        n_goals, n_pending = len(probe.goals), len(pending)
+        fb: list = []
+        handle = probe.send_goal(args["instruction"], mode=0, max_steps=1, feedback=fb)
+        deadline = time.monotonic() + 20
+        while len(pending) <= n_pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = pending[-1]
+        wrong = _call(probe, approve, ApproveGoal.Request(goal_id="no-such-goal", approve=True))
+        right = _call(probe, approve, ApproveGoal.Request(goal_id=held.goal_id, approve=decision, reason="operator says no"))
+        res = result_dict(handle)
+        time.sleep(0.5)
+        sent = [g for _, g in probe.goals[n_goals:]]
+        decisions.append({"held": held.goal_id, "wrong": [wrong.accepted, wrong.message], "right": [right.accepted, right.message],
+                          "result": res, "feedback": [[f.step.action_goal.status, f.step.action_goal.reason] for _, f in fb],
+                          "sent": [[g.goal_id, g.status, g.reason] for g in sent]})  # fmt: skip
+    out["decisions"] = decisions
+    out["reset_approval"] = probe.set_param("gate_require_approval", False)
+    stop.set()
     return out
 
 
