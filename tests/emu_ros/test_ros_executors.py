@@ -199,3 +199,28 @@ def test_node_loop_with_objects_in_view_clears_the_table_with_the_shipped_model(
     assert result.status == PlanStatus.SUCCEEDED and sim.task_success(), [s.text for s in result.plan.steps]
     assert named <= set(sim.object_names())
     assert loop.naming.put_away == set(sim.object_names()) and loop.naming.held is None
+
+
+def test_annotated_view_diagnostics_and_latency_window():
+    from emu_guide.types import ActionGoal
+    from emu_ros.node_parts import ERROR, OK, WARN, LatencyWindow, annotate, diagnostics
+
+    frame = np.zeros((96, 96, 3), np.uint8)
+    ok = annotate(frame, 0, "pick up the red cup", ActionGoal("pick", "red cup"))
+    bad = annotate(frame, 1, "pick up the arm", ActionGoal("pick", "arm", status=GoalStatus.UNKNOWN, reason="safety gate: no"))
+    assert ok.shape == (384, 384, 3) and ok.dtype == np.uint8 and ok[0, 200].tolist() == [40, 200, 40]  # green border
+    assert bad[0, 200].tolist() == [230, 40, 40] and (bad[40:60] != ok[40:60]).any()  # red, and the reason drawn
+    window = LatencyWindow(keep=10)
+    assert window.percentiles() == {}
+    for ms in range(1, 21):
+        window.add(float(ms))
+    assert window.percentiles() == {"p50_ms": 15.0, "p95_ms": 20.0, "max_ms": 20.0} and window.count == 20  # the last 10
+    gate = {"passed": 3, "rejected": 2, "rejected_by_check": {"object": 2}, "last_rejection": "object 'arm' is not grounded"}
+    statuses = diagnostics("active", {"name": "torch", "loaded": False, "error": "backend 'torch' failed to load: X"},
+                           {"received": 0, "rejected_by_reason": {}}, {}, {}, 0, gate)  # fmt: skip
+    by_name = {s["name"]: s for s in statuses}
+    assert by_name["emu_guidance: backend"]["level"] == ERROR and "failed to load" in by_name["emu_guidance: backend"]["message"]
+    assert by_name["emu_guidance: camera frames"]["level"] == WARN  # active and no frame yet
+    g = by_name["emu_guidance: safety gate"]
+    assert g["level"] == WARN and g["values"]["rejected: object"] == 2 and "last: object 'arm'" in g["message"]
+    assert diagnostics("inactive", {"name": "oracle", "loaded": True, "error": ""}, {}, {}, {}, 0, {})[0]["level"] == OK
