@@ -114,19 +114,32 @@ MODULES: dict[str, dict] = {
         "module": "finetune_embodied.datasets.lerobot_v3",
         "only": None,
         "tests": ["tests/finetune_embodied/datasets/test_lerobot_v3.py",
+                  "tests/finetune_embodied/datasets/test_lerobot_v3_exact.py",
                   "tests/finetune_embodied/datasets/test_bad_data.py"],
     },
     "dataset_v21": {
         "module": "finetune_embodied.datasets.lerobot_v21",
         "only": None,
         "tests": ["tests/finetune_embodied/datasets/test_lerobot_v21.py",
+                  "tests/finetune_embodied/datasets/test_lerobot_v21_exact.py",
                   "tests/finetune_embodied/datasets/test_bad_data.py"],
     },
     "dataset_episode": {
         "module": "finetune_embodied.datasets.episode",
         "only": None,
-        "tests": ["tests/finetune_embodied/datasets/test_lerobot_v3.py",
+        "tests": ["tests/finetune_embodied/datasets/test_episode.py",
+                  "tests/finetune_embodied/datasets/test_lerobot_v3.py",
                   "tests/finetune_embodied/datasets/test_lerobot_v21.py"],
+    },
+    "loop": {
+        "module": "planner.loop",
+        "only": None,
+        "tests": ["tests/planner/test_loop.py"],
+    },
+    "safety": {
+        "module": "planner.safety",
+        "only": None,
+        "tests": ["tests/emu_ros/test_safety_gate.py"],
     },
 }
 
