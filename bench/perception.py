@@ -15,6 +15,7 @@ Metrics (micro-averaged over frames):
 
 - ``object_f1``: objects matched by name, colour and kind both right (a multiset match);
   precision/recall alongside;
+- ``colour_f1``: the same on colours alone (a diagnostic: is the model reading at all?);
 - ``cell_acc``: among matched objects, the fraction whose cell (left/middle/right x back/front)
   is right (duplicates of a name are paired cell-first);
 - ``holding_acc``: the held object (or nothing) right;
@@ -84,21 +85,27 @@ def score_frame(pred: dict | None, truth: dict) -> dict:
     gt = [(o["name"], o["cell"]) for o in truth["objects"]]
     pr = [(o["name"], o["cell"]) for o in (pred or {}).get("objects", [])]
     tp = sum((Counter(n for n, _ in gt) & Counter(n for n, _ in pr)).values())
+    colour = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in gt]
+    colour_pr = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in pr]
+    ctp = sum((Counter(colour) & Counter(colour_pr)).values())
     exact_pairs = sum((Counter(gt) & Counter(pr)).values())  # same name and cell: paired first
     held_ok = pred is not None and pred.get("holding") == truth["holding"]
-    return {"tp": tp, "fp": len(pr) - tp, "fn": len(gt) - tp, "matched": tp, "cell_ok": exact_pairs,
+    return {"tp": tp, "fp": len(pr) - tp, "fn": len(gt) - tp, "ctp": ctp, "cfp": len(pr) - ctp, "cfn": len(gt) - ctp,
+            "matched": tp, "cell_ok": exact_pairs,
             "holding_ok": int(held_ok), "exact": int(held_ok and Counter(gt) == Counter(pr))}
 
 
 def summarise(counts: list[dict]) -> dict:
-    c = {k: sum(x[k] for x in counts) for k in ("tp", "fp", "fn", "matched", "cell_ok", "holding_ok", "exact")}
+    c = {k: sum(x[k] for x in counts) for k in ("tp", "fp", "fn", "ctp", "cfp", "cfn", "matched", "cell_ok",
+                                                 "holding_ok", "exact")}
     n = len(counts)
     p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
     r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 1.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
+    cf1 = 2 * c["ctp"] / (2 * c["ctp"] + c["cfp"] + c["cfn"]) if c["ctp"] else 0.0
     if c["tp"] + c["fp"] + c["fn"] == 0:  # nothing to see (FoldCloth) and nothing said: perfect
-        p = r = f1 = 1.0
-    return {"frames": n, "object_precision": p, "object_recall": r, "object_f1": f1,
+        p = r = f1 = cf1 = 1.0
+    return {"frames": n, "object_precision": p, "object_recall": r, "object_f1": f1, "colour_f1": cf1,
             "cell_acc": c["cell_ok"] / c["matched"] if c["matched"] else 0.0,
             "holding_acc": c["holding_ok"] / n if n else 0.0, "exact": c["exact"] / n if n else 0.0}
 
@@ -157,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print(f"perception on held-out frames: {args.model_path} (answer format {fmt!r}), {args.episodes} episodes per task,"
           f" <= {args.frames_per_episode} boundary frames each, {wall:.0f} s")
-    head = f"{'task':<12}{'frames':>7}{'F1':>7}{'prec':>7}{'recall':>7}{'cell':>7}{'holding':>8}{'exact':>7}{'fail':>6}"
+    head = (f"{'task':<12}{'frames':>7}{'F1':>7}{'prec':>7}{'recall':>7}{'colourF1':>9}{'cell':>7}{'holding':>8}"
+            f"{'exact':>7}{'fail':>6}")
     print(head)
     for task, r in rows.items():
-        print(f"{task:<12}{r['frames']:>7}{r['object_f1']:>7.3f}{r['object_precision']:>7.3f}{r['object_recall']:>7.3f}"
+        print(f"{task:<12}{r['frames']:>7}{r['object_f1']:>7.3f}{r['object_precision']:>7.3f}{r['object_recall']:>7.3f}{r['colour_f1']:>9.3f}"
               f"{r['cell_acc']:>7.3f}{r['holding_acc']:>8.3f}{r['exact']:>7.3f}{r['parse_fail']:>6}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
