@@ -1,0 +1,320 @@
+"""The one step loop's policies (planner/loop.py), each pinned on a scripted model and a small
+executor whose answers the test sets: status semantics, the final "done" against the executor's
+task check, retries vs re-plans, what a confirmed step changes, callback order, plan-ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emu_guide.types import Frame, GoalStatus, PlanStatus, PlanStep, StepResult
+from model_runtime.backends.base import BackendError
+from model_runtime.backends.oracle import OracleBackend
+from planner.envs import make_env
+from planner.executor import ExecutorError, PlanAheadExecutor, SimExecutor
+from planner.grounded import ObjectsInView
+from planner.loop import GuidanceLoop, LoopConfig
+from planner.monitor import MonitorConfig
+from sim_envs.seeds import HELDOUT_SEEDS
+
+DONE = "done"
+
+
+class ScriptBackendForTest:
+    """A model whose answers the test scripts ("done" = the final step); the last answer repeats."""
+
+    name = "script-for-test"
+    model_id = "script"
+    image_size = None
+
+    def __init__(self, answers: list[str], log: list | None = None, fail_at: int | None = None) -> None:
+        self.answers, self.log, self.fail_at = list(answers), log, fail_at
+        self.calls: list[tuple[tuple[str, ...], object]] = []  # (history texts, options) per call
+
+    def next_step(self, frame, instruction, history, options=None) -> PlanStep:
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise BackendError("model crashed (test)")
+        text = self.answers[min(len(self.calls), len(self.answers) - 1)]
+        self.calls.append((tuple(h.text for h in history), options))
+        return PlanStep(index=len(history), text=text, is_final=text == DONE)
+
+    def close(self) -> None:
+        pass
+
+
+class ExecutorForTest:
+    """An executor with scripted results: ``results`` per execute (default success), ``verdicts`` per
+    task_done call (the last repeats). ``check`` says done for a goal whose last execution succeeded."""
+
+    name = "for-test"
+
+    def __init__(self, results=(), verdicts=(None,), log: list | None = None, observe_fails_at: int | None = None,
+                 on_observe=None) -> None:
+        self.results, self.verdicts = list(results), list(verdicts)
+        self.log = log if log is not None else []
+        self.done: set[str] = set()
+        self.stamp = 0.0
+        self.observe_fails_at, self.on_observe = observe_fails_at, on_observe
+        self.executed: list[tuple[str, str, str | None, int]] = []
+        self.task_done_calls = 0
+
+    def execute(self, goal) -> StepResult:
+        ok = self.results.pop(0) if self.results else True
+        self.executed.append((goal.verb, goal.object, goal.target, goal.step_index))
+        self.log.append(f"execute:{goal.verb} {goal.object}")
+        if ok:
+            self.done.add(goal.goal_id)
+        return StepResult(goal.step_index, ok, reason="" if ok else "slipped (test)")
+
+    def check(self, goal) -> bool | None:
+        return goal.goal_id in self.done
+
+    def observe(self) -> Frame:
+        self.stamp += 1.0
+        if self.on_observe is not None:
+            self.on_observe()
+        if self.observe_fails_at is not None and self.stamp >= self.observe_fails_at:
+            raise ExecutorError("no camera frame (test)")
+        return Frame(np.full((8, 8, 3), int(self.stamp) % 255, np.uint8), stamp=self.stamp)
+
+    def task_done(self) -> bool | None:
+        self.log.append("task_done")
+        v = self.verdicts[min(self.task_done_calls, len(self.verdicts) - 1)]
+        self.task_done_calls += 1
+        return v
+
+
+def _run(answers, executor=None, monitor=None, **kw):
+    backend = ScriptBackendForTest(answers)
+    executor = executor or ExecutorForTest()
+    loop = GuidanceLoop(backend, "clear the table", executor,
+                        LoopConfig(monitor=monitor or MonitorConfig(), keep_images=False, **kw.pop("config", {})), **kw)
+    return loop, loop.run(), backend, executor
+
+
+PICK_PLACE = ["pick up the red cup", "place it in the rack", DONE]
+
+
+@pytest.mark.parametrize("verdict, why", [(True, "the model says done and the executor agrees"),
+                                          (None, "the model says done (the executor has no task check)")])
+def test_succeeds_when_the_model_says_done_and_the_executor_does_not_disagree(verdict, why):
+    loop, res, backend, ex = _run(PICK_PLACE, ExecutorForTest(verdicts=[verdict]))
+    assert res.status == PlanStatus.SUCCEEDED and res.stop_reason == "task complete" and res.plan.error == ""
+    assert res.plan.status == PlanStatus.SUCCEEDED
+    assert [r.outcome for r in res.records] == ["done", "done", "final"] and res.records[-1].reason == why
+    assert [r.index for r in res.records] == [0, 1, 2] and [r.call for r in res.records] == [1, 2, 3]
+    assert (res.planning_calls, res.attempts, res.replans, res.retries) == (3, 2, 0, 0)
+    assert [s.text for s in res.plan.steps] == PICK_PLACE and res.plan.steps[-1].goal is None
+    # "it" is the object picked by the confirmed step before
+    assert ex.executed == [("pick", "red cup", None, 0), ("place", "red cup", "rack", 1)]
+    assert backend.calls[2][0] == ("pick up the red cup", "place it in the rack")  # both joined the history
+    assert loop.context.held_object is None and loop.context.last_object == "red cup"
+    assert ex.task_done_calls == 1 and res.final_frame.stamp == 3.0
+    kinds = [e["kind"] for e in res.events]
+    assert kinds[0] == "start" and kinds[-1] == "final" and "replan" not in kinds
+
+
+def test_a_final_done_the_executor_rejects_is_replanned_up_to_max_replans():
+    loop, res, backend, ex = _run([DONE], ExecutorForTest(verdicts=[False]), MonitorConfig(max_replans=2))
+    assert res.status == PlanStatus.FAILED
+    assert res.stop_reason == "gave up: the model says done but the executor's task check disagrees (3 re-plans)"
+    assert res.plan.error == res.stop_reason and res.plan.status == PlanStatus.FAILED
+    assert [r.outcome for r in res.records] == ["final_rejected"] * 3 and res.replans == 3
+    assert res.planning_calls == 3 and res.attempts == 0 and ex.task_done_calls == 3
+    # each later call is asked to avoid the rejected final answer
+    assert [c[1].avoid_final for c in backend.calls] == [False, True, True]
+    # ... and a model that then does the step and says done again succeeds (one re-plan allowed)
+    loop, res, _, ex = _run([DONE, "pick up the red cup", DONE], ExecutorForTest(verdicts=[False, True]),
+                            MonitorConfig(max_replans=1))
+    assert res.status == PlanStatus.SUCCEEDED and [r.outcome for r in res.records] == ["final_rejected", "done", "final"]
+    assert res.replans == 1 and ex.executed == [("pick", "red cup", None, 0)]
+
+
+def test_failed_attempts_are_retried_then_replanned_and_the_count_restarts_per_step():
+    # max_retries=1: two attempts per proposal. Step 0 fails twice (one re-plan), then works; step 1
+    # likewise: with max_replans=1 both steps may each use their one re-plan.
+    ex = ExecutorForTest(results=[False, False, True, False, False, True])
+    loop, res, backend, _ = _run(["pick up the red cup", "pick up the red cup", "place it in the rack",
+                                  "place it in the rack", DONE], ex, MonitorConfig(max_retries=1, max_replans=1))
+    assert res.status == PlanStatus.SUCCEEDED, res.stop_reason
+    assert [(r.outcome, r.attempts, r.index) for r in res.records] == [
+        ("failed", 2, 0), ("done", 1, 0), ("failed", 2, 1), ("done", 1, 1), ("final", 0, 2)]
+    assert (res.replans, res.retries, res.attempts, res.planning_calls) == (2, 2, 6, 5)
+    kinds = [e["kind"] for e in res.events]
+    assert kinds.count("retry") == 2 and kinds.count("replan") == 2
+    assert backend.calls[1][1].avoid_texts == ("pick up the red cup",)  # the re-plan rejects the failed answer
+
+
+def test_a_step_that_keeps_failing_gives_up_after_max_replans():
+    ex = ExecutorForTest(results=[False] * 100)
+    loop, res, _, _ = _run(["pick up the red cup"], ex, MonitorConfig(max_retries=0, max_replans=2))
+    assert res.status == PlanStatus.FAILED and res.replans == 3 and res.attempts == 3 and res.retries == 0
+    assert res.stop_reason.startswith("gave up on step 0: not done after 1 attempt(s)")
+    assert res.stop_reason.endswith("(3 re-plans)")
+    assert res.events[-1]["kind"] == "limit" and res.events[-1]["why"] == res.stop_reason
+    assert loop.context.held_object is None and loop.session.history == []
+
+
+def test_a_pick_that_failed_is_not_confirmed_so_it_has_no_referent():
+    ex = ExecutorForTest(results=[False])
+    _, res, _, ex = _run(["pick up the red cup", "place it in the rack", "pick up the red cup", DONE], ex,
+                         MonitorConfig(max_retries=0, max_replans=3))
+    # the place step's "it" cannot resolve: never executed (0 attempts), re-planned
+    assert [(r.outcome, r.attempts) for r in res.records][:2] == [("failed", 1), ("failed", 0)]
+    assert res.records[1].goal["status"] == GoalStatus.UNKNOWN.value
+    assert ex.executed == [("pick", "red cup", None, 0), ("pick", "red cup", None, 0)]
+    assert res.status == PlanStatus.SUCCEEDED
+
+
+def test_the_word_done_without_the_final_mark_is_never_executed():
+    backend = ScriptBackendForTest(["done"])
+    backend.next_step = lambda frame, instruction, history, options=None: PlanStep(index=len(history), text="done")
+    ex = ExecutorForTest()
+    res = GuidanceLoop(backend, "clear the table", ex, LoopConfig(monitor=MonitorConfig(max_replans=0))).run()
+    assert res.status == PlanStatus.FAILED and ex.executed == [] and ex.task_done_calls == 0
+    assert res.records[0].goal["reason"] == "the sentence says done but the model did not mark the step final"
+
+
+@pytest.mark.parametrize(
+    "monitor, answers, reason, calls, attempts",
+    [
+        (MonitorConfig(max_planning_calls=2), ["pick up the red cup", "place it in the rack", "pick up the bowl"],
+         "planning limit: 2 backend calls (max_planning_calls=2)", 2, 2),
+        (MonitorConfig(max_attempts=2), ["pick up the red cup", "place it in the rack", "pick up the bowl"],
+         "step limit: 2 goals executed (max_attempts=2)", 2, 2),
+        (MonitorConfig(time_limit_s=1e-9), ["pick up the red cup"], "time limit:", 0, 0),
+    ],
+)
+def test_each_budget_fails_the_run_exactly_when_spent(monitor, answers, reason, calls, attempts):
+    _, res, _, _ = _run(answers, ExecutorForTest(), monitor)
+    assert res.status == PlanStatus.FAILED and res.stop_reason.startswith(reason) and res.plan.error == res.stop_reason
+    assert (res.planning_calls, res.attempts) == (calls, attempts)
+    assert res.events[-1]["kind"] == "limit"
+
+
+def test_the_step_limit_inside_a_step_stops_the_run():
+    ex = ExecutorForTest(results=[False, False])
+    _, res, _, _ = _run(["pick up the red cup"], ex, MonitorConfig(max_attempts=1, max_retries=1))
+    assert res.status == PlanStatus.FAILED and res.stop_reason == "step limit: 1 goals executed (max_attempts=1)"
+    assert res.records[-1].outcome == "limit" and res.attempts == 1 and res.replans == 0
+
+
+def test_cancel_and_errors():
+    stop = {"now": False}
+    ex = ExecutorForTest(on_observe=lambda: None)
+    loop = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "place it in the rack"]), "clear the table", ex,
+                        LoopConfig(), on_step=lambda rec: stop.update(now=True), should_stop=lambda: stop["now"])
+    res = loop.run()
+    assert res.status == PlanStatus.CANCELED and res.stop_reason == "stopped (canceled or preempted)"
+    assert res.plan.error == res.stop_reason and res.planning_calls == 1 and len(ex.executed) == 1
+    # the executor fails: FAILED naming it, or CANCELED when a stop was asked meanwhile
+    ex = ExecutorForTest(observe_fails_at=2)
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup"]), "clear the table", ex).run()
+    assert res.status == PlanStatus.FAILED and res.stop_reason == "executor: no camera frame (test)"
+    assert res.events[-1]["kind"] == "error"
+    stop = {"now": False}
+    ex = ExecutorForTest(observe_fails_at=2, on_observe=lambda: stop.update(now=ex.stamp >= 2))
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup"]), "clear the table", ex,
+                       should_stop=lambda: stop["now"]).run()
+    assert res.status == PlanStatus.CANCELED
+    # the model fails
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", DONE], fail_at=1), "clear the table",
+                       ExecutorForTest()).run()
+    assert res.status == PlanStatus.FAILED and res.stop_reason == "BackendError: model crashed (test)"
+    assert res.events[-1]["kind"] == "error" and res.records[0].outcome == "done"
+
+
+def test_on_plan_comes_before_execution_and_on_step_after_the_outcome():
+    log: list[str] = []
+    ex = ExecutorForTest(results=[False], verdicts=[True], log=log)
+    GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "pick up the red cup", DONE]), "clear the table", ex,
+                 LoopConfig(monitor=MonitorConfig(max_retries=0)),
+                 on_plan=lambda step, plan: log.append(f"plan:{step.text}:{len(plan.steps)}"),
+                 on_step=lambda rec: log.append(f"step:{rec.outcome}")).run()
+    assert log == ["plan:pick up the red cup:1", "execute:pick red cup", "step:failed",
+                   "plan:pick up the red cup:2", "execute:pick red cup", "step:done",
+                   "plan:done:3", "task_done", "step:final"]
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_plan_ahead_stops_at_the_horizon(horizon):
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), stamp=5.0)
+    plans: list[int] = []
+    backend = ScriptBackendForTest(["pick up the red cup", "place it in the rack", "pick up the bowl"])
+    res = GuidanceLoop(backend, "clear the table", PlanAheadExecutor(frame), LoopConfig(horizon=horizon),
+                       on_plan=lambda step, plan: plans.append(len(plan.steps))).run(frame)
+    assert res.status == PlanStatus.SUCCEEDED
+    assert res.stop_reason == f"planned {horizon} steps ahead (the horizon)" and res.plan.error == ""
+    assert plans == list(range(1, horizon + 1)) and res.planning_calls == horizon and len(res.plan.steps) == horizon
+    assert [s.goal.step_index for s in res.plan.steps] == list(range(horizon))
+
+
+def test_plan_ahead_ends_early_on_done_and_the_horizon_is_validated():
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), stamp=5.0)
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", DONE]), "clear the table", PlanAheadExecutor(frame),
+                       LoopConfig(horizon=5)).run(frame)
+    assert res.status == PlanStatus.SUCCEEDED and res.stop_reason == "task complete" and len(res.plan.steps) == 2
+    with pytest.raises(ValueError, match="horizon must be >= 1 or None, got 0"):
+        LoopConfig(horizon=0)
+    assert LoopConfig(horizon=1).horizon == 1
+
+
+class ObjectsForTest:
+    """A detector that always sees the same names."""
+
+    def __init__(self, names) -> None:
+        self.names = tuple(names)
+
+    def objects_for(self, frame):
+        return ObjectsInView(frame.stamp, known=("red cup", "blue bowl", "rack"), names=self.names)
+
+
+def test_confirmed_steps_update_name_grounding():
+    backend = ScriptBackendForTest(["pick up the red cup", "place it in the rack", "pick up the blue bowl", DONE])
+    loop = GuidanceLoop(backend, "clear the table", ExecutorForTest(),
+                        LoopConfig(grounded_decoding=True), objects=ObjectsForTest(["red cup", "blue bowl"]))
+    res = loop.run()
+    assert res.status == PlanStatus.SUCCEEDED
+    # put away once placed; held while in the gripper
+    assert [r.allowed_names for r in res.records] == [["red cup", "blue bowl"], ["red cup", "blue bowl"], ["blue bowl"],
+                                                     ["blue bowl"]]
+    assert loop.naming.held == "blue bowl" and loop.naming.put_away == {"red cup"}
+    assert loop.context.held_object == "blue bowl"
+    assert backend.calls[0][1].known_names == ("red cup", "blue bowl", "rack")
+    assert all("detect" in r.latency_ms for r in res.records)
+    # without the switch: free decoding, the detector is not asked
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", DONE]), "clear the table", ExecutorForTest(),
+                       objects=ObjectsForTest(["red cup"])).run()
+    assert [r.allowed_names for r in res.records] == [None, None]
+
+
+def test_with_the_oracle_over_the_sim_a_premature_done_is_rejected_by_the_checker():
+    env = make_env("table_clear")
+    env.reset(seed=HELDOUT_SEEDS[3])
+    oracle = OracleBackend(env)
+
+    class EarlyDoneBackendForTest:
+        """Says done at once, then plans like the oracle."""
+
+        name, model_id = "early-done-for-test", "early"
+        image_size = oracle.image_size
+
+        def __init__(self) -> None:
+            self.first = True
+
+        def next_step(self, frame, instruction, history, options=None):
+            if self.first:
+                self.first = False
+                return PlanStep(index=len(history), text="done", is_final=True)
+            return oracle.next_step(frame, instruction, history, options)
+
+        def close(self) -> None:
+            pass
+
+    steps: list[str] = []
+    res = GuidanceLoop(EarlyDoneBackendForTest(), env.unwrapped.instruction, SimExecutor(env),
+                       LoopConfig(keep_images=False), on_step=lambda rec: steps.append(rec.outcome)).run()
+    env.close()
+    assert res.status == PlanStatus.SUCCEEDED, res.stop_reason
+    assert steps[0] == "final_rejected" and steps[-1] == "final" and set(steps[1:-1]) == {"done"}
+    assert res.replans == 1 and res.attempts == len(steps) - 2
