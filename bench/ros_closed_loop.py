@@ -113,6 +113,15 @@ def latency(python: Path, tmp: Path, node_params: dict, trials: int) -> list[flo
     return out
 
 
+def _fixed_places() -> str:
+    """The fixed places of the sim tasks, as config/sim_guidance.yaml lists them for the gate."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "config" / "sim_guidance.yaml").read_text())
+    node = next(v["ros__parameters"] for v in params.values() if "gate_vocabulary" in v.get("ros__parameters", {}))
+    return str(node["gate_vocabulary"])
+
+
 def main() -> None:
     from emu_guide.paths import artifacts_root
     from sim_envs.seeds import seeds_for
@@ -128,9 +137,11 @@ def main() -> None:
     python = VENV / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{python} missing: run `bash scripts/ros_venv.sh` first")
-    # The bridge's StepResult.task_done is the simulator's task check, as the in-process checker.
+    # The bridge's StepResult.task_done is the simulator's task check, as the in-process checker; the
+    # sim bridge's detector reports objects, so the safety gate is told the fixed places (receptacles,
+    # cloth parts) as a robot's configuration would (config/sim_guidance.yaml does the same).
     node_params = {"backend": "torch", "model_path": a.model_path, "replan_rate_hz": 20.0, "stats_rate_hz": 2.0,
-                   "executor_knows_task_done": True}
+                   "executor_knows_task_done": True, "gate_vocabulary": _fixed_places()}
     seeds = seeds_for("heldout", a.episodes, 0)
     report: dict = {"config": {"tasks": a.tasks, "episodes": a.episodes, "node": node_params, "max_steps": a.max_steps,
                                "seeds": seeds}, "tasks": {}}  # fmt: skip

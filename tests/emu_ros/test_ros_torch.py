@@ -23,7 +23,8 @@ def test_closed_loop_over_ros_with_the_shipped_model(tmp_path):
                         env, tmp_path / "bridge.log")  # fmt: skip
     # Defaults throughout: backend torch, model_path '' (the shipped model), the model's own decode
     # mode; the bridge's ObjectsInView grounds the steps (objects_topic default), as `emu-guide demo`.
-    params = {"replan_rate_hz": 20.0, "stats_rate_hz": 2.0, "executor_knows_task_done": True}  # the bridge's task check
+    # the bridge's task check decides a final "done"; its detector reports objects, the fixed places are configured
+    params = {"replan_rate_hz": 20.0, "stats_rate_hz": 2.0, "executor_knows_task_done": True, "gate_vocabulary": "tray,rack,bin"}
     guide = RosProcess(node_args(python, "emu_ros.guidance_node", params),
                        env, tmp_path / "node.log")  # fmt: skip
     try:
