@@ -219,3 +219,24 @@ def test_video_frame_count_must_match_the_data(v21):
     with pytest.raises(DatasetError, match="video has 5 frames, data has 8") as exc:
         reader.episode(0)
     assert exc.value.path == str(video)
+
+
+def test_png_frames_in_the_parquet_read_back_exactly(v21):
+    # A v2.1 "image" feature (use_videos=False): PNG bytes per frame in the data parquet, lossless.
+    import cv2
+
+    root, eps = v21
+    src = eps[0].images[CAM][:, ::2, ::2].copy()  # 32x32, different from the video's frames
+    cells = [{"bytes": cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes(), "path": f"f{k}.png"}
+             for k, f in enumerate(src)]
+    col = pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    _rewrite(root, 0, 0, lambda t: t.append_column("observation.image", col))
+    info = _info(root)
+    info["features"]["observation.image"] = {"dtype": "image", "shape": [32, 32, 3], "names": None}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    reader = LeRobotV21Reader(root)
+    assert reader.camera_keys == [CAM, "observation.image"] and reader.image_keys == ["observation.image"]
+    got = reader.episode(0)
+    np.testing.assert_array_equal(got.images["observation.image"], src)
+    assert got.images[CAM].shape == (8, 64, 64, 3)
+    assert reader.episode(0, load_images=False).images == {}
