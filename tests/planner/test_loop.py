@@ -318,3 +318,134 @@ def test_with_the_oracle_over_the_sim_a_premature_done_is_rejected_by_the_checke
     assert res.status == PlanStatus.SUCCEEDED, res.stop_reason
     assert steps[0] == "final_rejected" and steps[-1] == "final" and set(steps[1:-1]) == {"done"}
     assert res.replans == 1 and res.attempts == len(steps) - 2
+
+
+def test_resize_frame_and_the_model_input_size():
+    from planner.loop import resize_frame
+
+    frame = Frame(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3), stamp=2.5, frame_id="cam")
+    assert resize_frame(frame, (8, 8)) is frame
+    small = resize_frame(frame, (4, 6))
+    assert small.image.shape == (4, 6, 3) and small.stamp == 2.5 and small.frame_id == "cam"
+    assert resize_frame(frame, (1, 1)).image.shape == (1, 1, 3)
+    for size in [(0, 4), (4, 0), (-1, 4)]:
+        with pytest.raises(ValueError, match=rf"image size must be positive, got {size[0]}x{size[1]}"):
+            resize_frame(frame, size)
+    # the backend gets frames at its image_size (h, w); LoopConfig.frame_size overrides it
+    shapes: list[tuple] = []
+
+    class SizedBackendForTest(ScriptBackendForTest):
+        image_size = (4, 6)
+
+        def next_step(self, frame, instruction, history, options=None):
+            shapes.append(frame.image.shape)
+            return super().next_step(frame, instruction, history, options)
+
+    GuidanceLoop(SizedBackendForTest(["pick up the red cup", DONE]), "clear the table", ExecutorForTest()).run()
+    GuidanceLoop(SizedBackendForTest([DONE]), "clear the table", ExecutorForTest(), LoopConfig(frame_size=(2, 3))).run()
+    assert shapes == [(4, 6, 3), (4, 6, 3), (2, 3, 3)]
+
+
+def test_goals_carry_their_step_index_frame_stamp_and_an_id():
+    _, res, _, _ = _run(PICK_PLACE)
+    goals = [s.goal for s in res.plan.steps[:2]]
+    assert [(g.step_index, g.stamp) for g in goals] == [(0, 1.0), (1, 2.0)]
+    assert all(len(g.goal_id) == 32 for g in goals) and goals[0].goal_id != goals[1].goal_id
+    assert res.records[-1].latency_ms["planner"] == 0.0  # a final step is not parsed
+    assert all(0.0 <= r.latency_ms["planner"] < 60_000 for r in res.records[:2])
+    # the sentence "done" without the final mark: an UNKNOWN goal stamped like any other
+    backend = ScriptBackendForTest(["x"])
+    backend.next_step = lambda frame, instruction, history, options=None: PlanStep(index=len(history), text="done")
+    res = GuidanceLoop(backend, "clear the table", ExecutorForTest(), LoopConfig(monitor=MonitorConfig(max_replans=0))).run()
+    g = res.plan.steps[0].goal
+    assert (g.verb, g.status, g.step_index, g.stamp) == ("done", GoalStatus.UNKNOWN, 0, 1.0) and g.goal_id
+
+
+class GroundTruthForTest:
+    """The simulator's plan for evaluation: step k done after k confirmed executions."""
+
+    camera = None
+
+    def __init__(self, texts: list[str], images: list[np.ndarray], executor: ExecutorForTest) -> None:
+        from planner.parse import parse
+
+        self.texts, self.images, self.executor = texts, images, executor
+        self.goals = [parse(t).to_goal() for t in texts]
+
+    def steps_done(self) -> int:
+        return len(self.executor.done)
+
+    def step(self, k: int):
+        if k >= len(self.texts):
+            return None
+        return PlanStep(index=k, text=self.texts[k], goal=self.goals[k])
+
+    def image(self, k: int):
+        return self.images[k] if k < len(self.images) else None
+
+    def grounding_error_m(self, name, info):
+        return None
+
+
+def _square(x: int) -> np.ndarray:
+    img = np.full((32, 32, 3), 200, np.uint8)
+    img[10:16, x:x + 6] = (220, 30, 30)
+    return img
+
+
+def test_evaluation_against_the_ground_truth_never_decides():
+    class ImageBackendForTest(ScriptBackendForTest):
+        def next_step(self, frame, instruction, history, options=None):
+            step = super().next_step(frame, instruction, history, options)
+            if not step.is_final:
+                step.subgoal_image = _square(4)
+            return step
+
+    ex = ExecutorForTest()
+    gt = GroundTruthForTest(["pick up the red cup", "place the red cup in the bin"], [_square(4), _square(10)], ex)
+    backend = ImageBackendForTest(["pick up the red cup", "place it in the rack", DONE])
+    res = GuidanceLoop(backend, "clear the table", ex, LoopConfig(keep_images=False), ground_truth=gt).run()
+    assert res.status == PlanStatus.SUCCEEDED
+    r0, r1, r2 = res.records
+    assert [r.gt_index for r in res.records] == [0, 1, 2]
+    assert (r0.text_exact, r0.goal_correct, r0.gt_text) == (True, True, "pick up the red cup")
+    assert r0.gt_goal["verb"] == "pick" and r0.subgoal_psnr == 100.0 and r0.subgoal_pos_error_px == 0.0
+    assert (r1.text_exact, r1.goal_correct) == (False, False)  # rack, not the bin: wrong, and still executed
+    assert r1.subgoal_psnr < 100.0 and r1.subgoal_pos_error_px == pytest.approx(6.0, abs=0.5)
+    assert r1.subgoal_pos_error_m is None  # no camera model
+    assert (r2.text_exact, r2.goal_correct, r2.gt_text) == (True, True, None)  # done when the plan is over
+    # a final step before the plan is over is a wrong final; without ground truth nothing is judged
+    ex = ExecutorForTest()
+    gt = GroundTruthForTest(["pick up the red cup"], [], ex)
+    res = GuidanceLoop(ScriptBackendForTest([DONE]), "clear the table", ex, ground_truth=gt).run()
+    assert (res.records[0].text_exact, res.records[0].goal_correct) == (False, False)
+    _, res, _, _ = _run(PICK_PLACE)
+    assert all(r.text_exact is None and r.goal_correct is None and r.gt_index is None for r in res.records)
+
+
+class CountingObjectsForTest:
+    """A detector whose class list grows after the first frame; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def objects_for(self, frame):
+        self.calls += 1
+        known = ("red cup", "blue bowl", "rack") if self.calls == 1 else ("red cup", "blue bowl", "rack", "green block")
+        return ObjectsInView(frame.stamp, known=known, names=("red cup", "blue bowl"))
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_the_gate_reuses_the_detection_of_the_planned_frame(grounded):
+    from planner.safety import SafetyConfig, SafetyGate
+
+    objects = CountingObjectsForTest()
+    backend = ScriptBackendForTest(["pick up the red cup", "place it in the rack", DONE])
+    res = GuidanceLoop(backend, "clear the table", ExecutorForTest(),
+                       LoopConfig(grounded_decoding=grounded), objects=objects,
+                       gate=SafetyGate(SafetyConfig(vocabulary=("rack",)))).run()
+    assert res.status == PlanStatus.SUCCEEDED
+    assert objects.calls == (3 if grounded else 2)  # once per planned frame (the final step is not gated)
+    if grounded:  # a detector whose class list changes: the new names become known
+        assert backend.calls[0][1].known_names == ("red cup", "blue bowl", "rack")
+        assert backend.calls[1][1].known_names == ("red cup", "blue bowl", "rack", "green block")
