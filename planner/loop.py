@@ -381,6 +381,9 @@ class GuidanceLoop:
             self._seen = (frame.stamp, seen)
         info = rec.grounding  # the planner's own perception: what the grounder located in this frame
         perceived = [n for n, key in ((goal.object, "object_pixel"), (goal.target or "", "target_pixel")) if n and info.get(key)]
+        held = self.context.held_object
+        if held and goal.object.lower().strip() == held.lower().strip():
+            perceived.append(goal.object)  # in the gripper since a confirmed pick (the gripper often hides it)
         scene = (*self.vocabulary.objects, *self.vocabulary.targets) if self.vocabulary is not None else ()
         t0 = time.perf_counter()
         decision = self.gate.check(goal, seen.names if seen is not None else None, perceived, scene, self.should_stop)
