@@ -368,8 +368,11 @@ class GuidanceLoop:
         gt_image = self.ground_truth.image(gt_k)
         if step.subgoal_image is not None and gt_image is not None:
             rec.subgoal_psnr = capped_psnr(step.subgoal_image, gt_image)
-            rec.subgoal_pos_error_px, rec.subgoal_pos_error_m = subgoal_position_error(
-                step.subgoal_image, gt_image, self.ground_truth.camera)
+            try:
+                rec.subgoal_pos_error_px, rec.subgoal_pos_error_m = subgoal_position_error(
+                    step.subgoal_image, gt_image, self.ground_truth.camera)
+            except ValueError as exc:  # a metric never ends a run (e.g. a blob above the camera's horizon)
+                self.monitor.record("metric", rec.index, f"subgoal position error not computed: {exc}")
 
     def _check_gate(self, goal: ActionGoal, frame: Frame, rec: StepRecord, index: int) -> None:
         """Run the safety gate on ``goal`` (marks it UNKNOWN when rejected) and record the decision."""
