@@ -137,8 +137,9 @@ def test_stats_are_exact(tmp_path):
 
 
 def test_writer_state_machine(tmp_path, eps):
-    # Default: subtask labels are expected
+    # Default: subtask labels are expected; the folder is claimed at once
     w = LeRobotV3Writer(tmp_path / "a", 10, {"front": (64, 64)}, ["s"] * 5, ["a"] * 4)
+    assert (tmp_path / "a").is_dir() and list((tmp_path / "a").iterdir()) == []
     with pytest.raises(ValueError, match="Episode.subtasks must be set"):
         w.add_episode(Episode(task="t", images=eps[0].images, state=eps[0].state, action=eps[0].action))
     w.add_episode(eps[0])
@@ -236,7 +237,7 @@ def test_fixed_list_columns():
 
 
 def test_indexed_names_tables(tmp_path):
-    path = tmp_path / "tasks.parquet"
+    path = tmp_path / "meta" / "deep" / "tasks.parquet"  # parent folders are created
     write_indexed_names(path, ["b task", "a task"], "task", "task_index")
     assert read_indexed_names(path, "task", "task_index") == ["b task", "a task"]
     # row order does not matter, the index column does
