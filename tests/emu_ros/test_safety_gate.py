@@ -263,3 +263,102 @@ def test_sim_episode_with_the_gate_on_still_succeeds():
     assert result.success, result.stop_reason
     gates = [e for e in result.events if e["kind"] == "gate"]
     assert gates and all(e["why"] == "passed the safety gate" for e in gates)
+
+
+# --- exact reasons, kinds and counters (mutation testing, issue 17) --------------------------------
+
+
+def test_every_rejection_has_a_declared_kind_and_an_exact_reason():
+    from planner.safety import REJECTION_KINDS
+
+    assert REJECTION_KINDS == ("verb", "object", "target", "workspace", "approval", "stopped")
+    assert "done" not in ACTION_VERBS and "pick" in ACTION_VERBS
+    gate = _gate()
+    cases = [
+        (ActionGoal("wipe", "red cup"), SEEN, "verb", "verb 'wipe' is not allowed (allowed: pick, place)"),
+        (ActionGoal("pick", " "), SEEN, "object", "a 'pick' goal names no object"),
+        (ActionGoal("pick", "ghost"), None, "object", "object 'ghost' is not grounded (no detection for this frame, "
+                                                      "the planner did not locate it, and it is in no configured vocabulary)"),
+        (ActionGoal("pick", "ghost"), (), "object", "object 'ghost' is not grounded (the detector does not see it, "
+                                                    "the planner did not locate it, and it is in no configured vocabulary)"),
+        (ActionGoal("place", "red cup", "shelf"), SEEN, "target", "target 'shelf' is not grounded (the detector does not "
+                                                                  "see it, the planner did not locate it, and it is in no "
+                                                                  "configured vocabulary)"),
+        (ActionGoal("place", "red cup", "rack", target_pose=(0.0, 0.0, 0.5)), SEEN, "workspace",
+         "target pose outside the workspace: z=0.500 not in [0, 0.4]"),
+        (ActionGoal("place", "red cup", "rack", target_pose=(0.0, 0.0, 0.1), frame_id="camera"), SEEN, "workspace",
+         "target pose is in frame 'camera', the workspace in 'table'"),
+    ]
+    for goal, seen, kind, reason in cases:
+        d = gate.check(goal, seen)
+        assert (d.ok, d.kind, d.reason) == (False, kind, reason)
+        assert goal.status == GoalStatus.UNKNOWN and goal.reason == "safety gate: " + reason
+        assert gate.stats()["last_rejection"] == reason
+    # the box edges are inside
+    for pose in [(-0.5, -0.5, 0.0), (0.5, 0.5, 0.4)]:
+        assert gate.check(ActionGoal("place", "red cup", "rack", target_pose=pose, frame_id="table"), SEEN).ok
+    stats = gate.stats()
+    assert stats["passed"] == 2 and stats["rejected"] == len(cases)
+    assert stats["rejected_by_check"] == {"verb": 1, "object": 3, "target": 1, "workspace": 2}
+    assert 0.0 <= stats["check_ms_max"] < 50.0
+
+
+def test_config_defaults_normalise_and_bounds():
+    c = SafetyConfig(allowed_verbs=(" Pick ",), vocabulary=(" Rack ", "", "  "))
+    assert c.allowed_verbs == ("pick",) and c.vocabulary == ("rack",)
+    d = SafetyConfig()
+    assert d.allowed_verbs == ACTION_VERBS and d.max_goal_rate_hz == 0.0 and d.require_approval is False
+    assert d.workspace_min is None and d.workspace_frame == "" and d.approval_timeout_s == 30.0
+    for bad in ({"max_goal_rate_hz": -1.0}, {"max_goal_rate_hz": float("inf")}, {"approval_timeout_s": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            SafetyConfig(**bad)
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        SafetyConfig(workspace_min=(0, 0, float("nan")), workspace_max=(1, 1, 1))
+    with pytest.raises(ValueError, match="below workspace_max"):
+        SafetyConfig(workspace_min=(0, 0, 1), workspace_max=(1, 1, 1))  # equal on one axis
+    assert parse_workspace("  ") is None
+    assert parse_workspace("0,1,2,3,4,5") == ((0.0, 1.0, 2.0), (3.0, 4.0, 5.0))
+    # no workspace frame: a pose in any frame is checked against the box
+    gate = SafetyGate(SafetyConfig(workspace_min=BOX[0], workspace_max=BOX[1]))
+    assert gate.check(ActionGoal("place", "red cup", "rack", target_pose=(0.0, 0.0, 0.1), frame_id="camera"), SEEN + ("rack",)).ok
+
+
+def test_rate_limit_spaces_goals_by_the_period_and_the_first_goes_at_once():
+    now = [10.0]
+    slept: list[float] = []
+
+    def sleep(dt: float) -> None:
+        slept.append(dt)
+        now[0] += dt
+
+    gate = SafetyGate(SafetyConfig(max_goal_rate_hz=4.0), clock=lambda: now[0], sleep=sleep)
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).held_s == 0.0 and slept == []
+    now[0] += 0.1  # 0.1 s later: held until 0.25 s after the first
+    d = gate.check(ActionGoal("pick", "red cup"), SEEN)
+    assert d.ok and d.held_s == pytest.approx(0.15, abs=1e-9) and now[0] == pytest.approx(10.25)
+    assert all(dt <= 0.02 + 1e-12 for dt in slept)
+    now[0] += 1.0  # long after: not held
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).held_s == 0.0
+    # a rejected goal is not "sent": it does not restart the period
+    gate.check(ActionGoal("wipe", "red cup"), SEEN)
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).held_s == pytest.approx(0.25, abs=1e-9)
+
+
+def test_approval_answers_and_a_stop_while_waiting():
+    answers = iter([None, (True, ""), (False, "")])
+    stopped = {"now": False}
+    gate = SafetyGate(SafetyConfig(require_approval=True, approval_timeout_s=2.0), approver=lambda g, stop: next(answers))
+    d = gate.check(ActionGoal("pick", "red cup"), SEEN)
+    assert (d.ok, d.kind, d.reason) == (False, "approval", "not approved within approval_timeout_s=2 s")
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).ok
+    d = gate.check(ActionGoal("pick", "red cup"), SEEN)
+    assert (d.ok, d.kind, d.reason) == (False, "approval", "denied by the operator: no reason given")
+    gate = SafetyGate(SafetyConfig(require_approval=True), approver=lambda g, stop: None)
+    stopped["now"] = True
+    d = gate.check(ActionGoal("pick", "red cup"), SEEN, stop=lambda: stopped["now"])
+    assert (d.ok, d.kind, d.reason) == (False, "stopped", "stopped while waiting for approval")
+    desk = ApprovalDesk(timeout_s=1.0)
+    assert desk.decide("nobody", True) == (False, "no goal 'nobody' is waiting for approval (waiting: none)")
+    t0 = time.perf_counter()
+    assert desk.request(ActionGoal("pick", "red cup", goal_id="x"), lambda: True) is None  # a stop ends the wait
+    assert time.perf_counter() - t0 < 0.5
