@@ -43,6 +43,10 @@ def over_ros(python: Path, tmp: Path, task: str, seeds: list[int], node_params: 
     import sim_envs  # noqa: F401
 
     env = ros_env(random_domain_id(), tmp)
+    probe_env = gym.make(TASK_IDS[task])  # the names the bridge's executor accepts, as a robot's configuration
+    u = probe_env.unwrapped
+    node_params = {**node_params, "object_names": ",".join(u.name_vocabulary()), "target_names": ",".join(u.target_names())}
+    probe_env.close()
     node = RosProcess(node_args(python, "emu_ros.guidance_node", node_params), env, tmp / f"node_{task}.log")
     episodes = []
     try:

@@ -307,11 +307,16 @@ class GuidanceNode(LifecycleNode):
         return env
 
     def _vocabulary(self) -> Any:
-        if self._sim_env is None:
-            return None
+        """The names sentences are parsed against: the oracle's sim scene, else the configured ones."""
         from planner.parse import Vocabulary
+        from planner.safety import parse_names
 
-        return Vocabulary.from_env(self._sim_env)
+        if self._sim_env is not None:
+            return Vocabulary.from_env(self._sim_env)
+        objects, targets = parse_names(self._p("object_names")), parse_names(self._p("target_names"))
+        if not objects and not targets:
+            return None
+        return Vocabulary(objects, targets, objects_present=False)
 
     # -- action server ------------------------------------------------------------------
     def _on_goal(self, goal: Any) -> Any:

@@ -83,6 +83,8 @@ PARAMETERS: dict[str, ParamSpec] = {
     "plan_images": ParamSpec("last", "subgoal images in Plan messages and results: all, last or none (feedback always has its own)"),
     # safety gate (planner/safety.py): the last check before a goal is published
     "gate_verbs": ParamSpec(",".join(ACTION_VERBS), "safety gate: comma-separated verbs an executor may receive"),
+    "object_names": ParamSpec("", "comma-separated object names your executor accepts: step sentences are parsed against them ('' = free phrases; not evidence an object is present)"),
+    "target_names": ParamSpec("", "comma-separated destinations your executor accepts (receptacles, zones): 'put X in the Y' is parsed against them"),
     "gate_vocabulary": ParamSpec("", "safety gate: comma-separated names grounded by configuration (zones, receptacles, parts), besides what the detector sees"),
     "gate_workspace": ParamSpec("", "safety gate: target positions must lie in this box, 'xmin,ymin,zmin,xmax,ymax,zmax' in metres ('' = no box)"),
     "gate_workspace_frame": ParamSpec("", "safety gate: the frame gate_workspace is given in ('' = the goal's own frame)"),

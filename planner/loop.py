@@ -387,7 +387,8 @@ class GuidanceLoop:
         held = self.context.held_object
         if held and goal.object.lower().strip() == held.lower().strip():
             perceived.append(goal.object)  # in the gripper since a confirmed pick (the gripper often hides it)
-        scene = (*self.vocabulary.objects, *self.vocabulary.targets) if self.vocabulary is not None else ()
+        v = self.vocabulary  # a configured object list is no evidence of presence: only a scene's counts
+        scene = (*(v.objects if v.objects_present else ()), *v.targets) if v is not None else ()
         t0 = time.perf_counter()
         decision = self.gate.check(goal, seen.names if seen is not None else None, perceived, scene, self.should_stop)
         rec.latency_ms["gate"] = (time.perf_counter() - t0) * 1e3

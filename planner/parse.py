@@ -171,6 +171,9 @@ class Vocabulary:
     # Verb phrases the environment declares beyond the built-in table (``skill_verbs()``):
     # phrase -> verb, e.g. {"press": "press", "push down": "press", "pull": "pull"}.
     skills: dict[str, str] = field(default_factory=dict)
+    # True: ``objects`` are the current scene's (an env's object_names()); False: a configured list
+    # of names the executor accepts (a robot's), which says nothing about what is present now.
+    objects_present: bool = True
 
     def __post_init__(self) -> None:
         self.skills = {" ".join(k.lower().split()): v.lower().strip() for k, v in dict(self.skills).items()}
