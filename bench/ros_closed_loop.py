@@ -44,6 +44,7 @@ def over_ros(python: Path, tmp: Path, task: str, seeds: list[int], node_params: 
 
     env = ros_env(random_domain_id(), tmp)
     probe_env = gym.make(TASK_IDS[task])  # the names the bridge's executor accepts, as a robot's configuration
+    probe_env.reset(seed=seeds[0])
     u = probe_env.unwrapped
     node_params = {**node_params, "object_names": ",".join(u.name_vocabulary()), "target_names": ",".join(u.target_names())}
     probe_env.close()
