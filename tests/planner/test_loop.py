@@ -449,3 +449,93 @@ def test_the_gate_reuses_the_detection_of_the_planned_frame(grounded):
     if grounded:  # a detector whose class list changes: the new names become known
         assert backend.calls[0][1].known_names == ("red cup", "blue bowl", "rack")
         assert backend.calls[1][1].known_names == ("red cup", "blue bowl", "rack", "green block")
+
+
+def test_events_name_each_decision():
+    _, res, _, _ = _run([DONE, "pick up the red cup", DONE], ExecutorForTest(verdicts=[False, True]),
+                        MonitorConfig(max_replans=1))
+    ev = [(e["kind"], e["why"]) for e in res.events]
+    assert ("replan", "the model says done but the executor's task check disagrees") in ev
+    assert ("parse", "parsed") in ev
+    assert ev[-1] == ("final", "the model says done and the executor agrees")
+    assert [k for k, _ in ev if k in ("plan", "final", "replan")] == ["plan", "replan", "plan", "plan", "final"]
+
+
+class SlowObjectsForTest:
+    """A detector that takes 0.2 s on its first frame."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def objects_for(self, frame):
+        import time
+
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.2)
+        return ObjectsInView(frame.stamp, known=("red cup", "rack"), names=("red cup",))
+
+
+def test_detection_time_is_part_of_the_planning_latency():
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", DONE]), "clear the table", ExecutorForTest(),
+                       LoopConfig(grounded_decoding=True), objects=SlowObjectsForTest()).run()
+    first = res.records[0].latency_ms
+    assert 200.0 <= first["detect"] < 400.0  # milliseconds
+    assert first["total"] == first["detect"]  # the scripted model reports no time of its own
+    assert all(r.latency_ms["total"] >= r.latency_ms["detect"] for r in res.records)
+
+
+class GrounderForTest:
+    """Locates every object at one pixel and leaves the goal as parsed."""
+
+    class InfoForTest:
+        def to_dict(self):
+            return {"object_pixel": [3.0, 4.0]}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ground(self, parsed, goal, frame, subgoal_image):
+        self.calls += 1
+        return goal, self.InfoForTest()
+
+
+def test_grounding_is_recorded_and_counts_as_perception_for_the_gate():
+    from planner.safety import SafetyConfig, SafetyGate
+
+    grounder = GrounderForTest()
+    # the detector sees nothing; the grounder located the cup; the rack is configured
+    gate = SafetyGate(SafetyConfig(vocabulary=("rack",)))
+    ex = ExecutorForTest()
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "place it in the rack", DONE]), "clear the table",
+                       ex, grounder=grounder, gate=gate).run()
+    assert res.status == PlanStatus.SUCCEEDED, res.stop_reason
+    assert [r.grounding for r in res.records] == [{"object_pixel": [3.0, 4.0]}] * 2 + [{}]
+    assert grounder.calls == 2 and [e[0] for e in ex.executed] == ["pick", "place"]
+    assert gate.stats()["passed"] == 2
+
+
+def test_gate_hold_time_is_the_gate_latency():
+    from planner.safety import SafetyConfig, SafetyGate
+
+    gate = SafetyGate(SafetyConfig(vocabulary=("red cup", "rack"), max_goal_rate_hz=5.0))  # 0.2 s apart
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "place it in the rack", DONE]), "clear the table",
+                       ExecutorForTest(), gate=gate).run()
+    assert res.status == PlanStatus.SUCCEEDED
+    assert res.records[0].latency_ms["gate"] < 100.0
+    assert 100.0 < res.records[1].latency_ms["gate"] < 1000.0  # held for the rate limit, in milliseconds
+
+
+def test_no_subgoal_metric_without_a_ground_truth_image():
+    class ImageBackendForTest(ScriptBackendForTest):
+        def next_step(self, frame, instruction, history, options=None):
+            step = super().next_step(frame, instruction, history, options)
+            if not step.is_final:
+                step.subgoal_image = _square(4)
+            return step
+
+    ex = ExecutorForTest()
+    gt = GroundTruthForTest(["pick up the red cup"], [], ex)
+    res = GuidanceLoop(ImageBackendForTest(["pick up the red cup", DONE]), "clear the table", ex, ground_truth=gt).run()
+    assert res.status == PlanStatus.SUCCEEDED and res.records[0].goal_correct is True
+    assert res.records[0].subgoal_psnr is None and res.records[0].subgoal_pos_error_px is None
