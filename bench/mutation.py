@@ -152,7 +152,8 @@ MODULES: dict[str, dict] = {
             "test_every_rejection_has_a_declared_kind_and_an_exact_reason",
             "test_config_defaults_normalise_and_bounds",
             "test_rate_limit_spaces_goals_by_the_period_and_the_first_goes_at_once",
-            "test_approval_answers_and_a_stop_while_waiting")],
+            "test_approval_answers_and_a_stop_while_waiting",
+            "test_a_rate_below_one_goal_per_second_is_still_a_limit")],
     },
 }
 

@@ -362,3 +362,11 @@ def test_approval_answers_and_a_stop_while_waiting():
     t0 = time.perf_counter()
     assert desk.request(ActionGoal("pick", "red cup", goal_id="x"), lambda: True) is None  # a stop ends the wait
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_a_rate_below_one_goal_per_second_is_still_a_limit():
+    now = [0.0]
+    gate = SafetyGate(SafetyConfig(max_goal_rate_hz=0.5), clock=lambda: now[0],
+                      sleep=lambda dt: now.__setitem__(0, now[0] + dt))  # fmt: skip
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).held_s == 0.0
+    assert gate.check(ActionGoal("pick", "red cup"), SEEN).held_s == pytest.approx(2.0, abs=1e-9)  # one per 2 s
