@@ -112,6 +112,10 @@ class SimBridgeNode(Node):
                 try:
                     outcome = self.sim.execute_skill(goal)
                     result.success, result.reason = bool(outcome.success), outcome.reason
+                    # The simulator's step checker has the last word, as in process (planner.executor.SimExecutor):
+                    # a skill that ran but left the step's effect unmet is a failure.
+                    if result.success and hasattr(self.sim, "check_step") and not self.sim.check_step(goal):
+                        result.success, result.reason = False, "the skill ran but the simulator's checker says the step is not done"
                 except ValueError as exc:  # SkillError (invalid verb/object/target) names the valid choices
                     result.success, result.reason = False, f"{type(exc).__name__}: {exc}"
             result.task_done = bool(self.sim.task_success())
