@@ -235,6 +235,7 @@ class GuidanceLoop:
                     if replans_this_step > self.config.monitor.max_replans:
                         reason = f"gave up: {rec.reason} ({replans_this_step} re-plans)"
                         break
+                    frame = self.executor.observe()  # plan again from the newest frame
                     continue
 
                 outcome = self.monitor.run_step(step, step.goal, frame)
@@ -258,6 +259,8 @@ class GuidanceLoop:
                         reason = f"gave up on step {rec.index}: {outcome.reason} ({replans_this_step} re-plans)"
                         self.monitor.record("limit", rec.index, reason)
                         break
+                    if outcome.attempts == 0:  # nothing ran: plan again from the newest frame (the world moves on)
+                        frame = self.executor.observe()
         except (BackendError, SessionError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.monitor.record("error", len(self.session.history), reason)
