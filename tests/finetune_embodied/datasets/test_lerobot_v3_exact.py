@@ -116,6 +116,18 @@ def test_data_file_size_is_in_mebibytes(tmp_path, eps):
     assert info["features"][CAM]["info"]["video.codec"] == "h264" and info["features"][CAM]["info"]["video.fps"] == 10
 
 
+def test_video_file_size_rolls_files_over_too(tmp_path, eps):
+    # any video past video_files_size_in_mb on disk starts a new data file and video for the next
+    # episode (8+ frames each: a one-frame episode may still sit in the encoder's buffer)
+    three = [eps[0], eps[2], make_episode(10, seed=5)]
+    root = write_dataset(tmp_path / "v", three, fps=10, video_files_size_in_mb=1e-6)
+    meta = _episodes_meta(root)
+    assert [m["data/file_index"] for m in meta] == [0, 1, 2]
+    assert [m[f"videos/{CAM}/file_index"] for m in meta] == [0, 1, 2]
+    assert [e.length for e in open_dataset(root).iter_episodes()] == [8, 9, 10]
+    assert [m["data/file_index"] for m in _episodes_meta(write_dataset(tmp_path / "w", three, fps=10))] == [0, 0, 0]
+
+
 def test_stats_are_exact(tmp_path):
     ep = make_episode(20, seed=3)
     root = write_dataset(tmp_path / "ds", [ep, make_episode(5, seed=4)], fps=10)
