@@ -542,3 +542,33 @@ def test_no_subgoal_metric_without_a_ground_truth_image():
     res = GuidanceLoop(ImageBackendForTest(["pick up the red cup", DONE]), "clear the table", ex, ground_truth=gt).run()
     assert res.status == PlanStatus.SUCCEEDED and res.records[0].goal_correct is True
     assert res.records[0].subgoal_psnr is None and res.records[0].subgoal_pos_error_px is None
+
+
+class GripperHidesItObjectsForTest:
+    """Sees the red cup on the first frame only: once picked, the gripper hides it."""
+
+    def objects_for(self, frame):
+        names = ("red cup",) if frame.stamp <= 1.0 else ()
+        return ObjectsInView(frame.stamp, known=("red cup", "blue bowl"), names=names)
+
+
+def test_the_gate_counts_the_held_object_as_perceived():
+    from planner.safety import SafetyConfig, SafetyGate
+
+    gate = SafetyGate(SafetyConfig(vocabulary=("rack",)))
+    ex = ExecutorForTest()
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "place it in the rack", DONE]), "clear the table",
+                       ex, LoopConfig(monitor=MonitorConfig(max_replans=0)), objects=GripperHidesItObjectsForTest(),
+                       gate=gate).run()
+    assert res.status == PlanStatus.SUCCEEDED, res.stop_reason
+    assert ex.executed == [("pick", "red cup", None, 0), ("place", "red cup", "rack", 1)]
+    assert gate.stats()["passed"] == 2 and gate.stats()["rejected"] == 0
+    # a name neither seen, located, configured nor held is still rejected
+    ex = ExecutorForTest()
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "pick up the blue bowl"]), "clear the table",
+                       ex, LoopConfig(monitor=MonitorConfig(max_replans=0)), objects=GripperHidesItObjectsForTest(),
+                       gate=SafetyGate(SafetyConfig(vocabulary=("rack",)))).run()
+    assert res.status == PlanStatus.FAILED and [e[1] for e in ex.executed] == ["red cup"]
+    assert res.records[1].reason.startswith("goal unknown: safety gate: object 'blue bowl' is not grounded")
+    gates = [e for e in res.events if e["kind"] == "gate"]
+    assert gates[-1]["data"]["check"] == "object" and "blue bowl" in gates[-1]["why"]
