@@ -51,7 +51,6 @@ __all__ = ["GroundTruth", "GuidanceLoop", "LoopConfig", "LoopResult", "ObjectsSo
 class LoopConfig:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    strict_grounding: bool = False  # an object the detector cannot find -> UNGROUNDED (robots); the sim acts by name
     # Grounded decoding: the model may name only the objects the ObjectsSource sees, minus those put
     # away by confirmed steps, plus the held object (planner/grounded.py). Off without a source.
     grounded_decoding: bool = False

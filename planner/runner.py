@@ -163,7 +163,7 @@ def run_episode(
         notes.append("no ground-truth plan: step metrics off (success from task_success())")
     if config.grounded_decoding and objects is None:
         notes.append("grounded decoding off: no detector for this task")
-    loop_config = LoopConfig(decode=config.decode, monitor=config.monitor, strict_grounding=config.strict_grounding,
+    loop_config = LoopConfig(decode=config.decode, monitor=config.monitor,
                              grounded_decoding=config.grounded_decoding, keep_images=config.keep_images)
     try:
         loop = GuidanceLoop(backend, config.instruction or sim.instruction, executor, loop_config, vocabulary=vocab, grounder=grounder,
