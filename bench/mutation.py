@@ -134,7 +134,7 @@ MODULES: dict[str, dict] = {
     "loop": {
         "module": "planner.loop",
         "only": None,
-        "tests": ["tests/planner/test_loop.py"],
+        "tests": ["tests/planner/test_guidance_loop.py"],
     },
     "safety": {
         "module": "planner.safety",
