@@ -75,8 +75,8 @@ def test_bad_inputs_raise_backend_error(env):
         load_backend("oracle")
     with pytest.raises(BackendError, match="replan"):
         OracleBackend(env, replan="sometimes")
-    with pytest.raises(BackendError, match="sim_envs env"):
-        OracleBackend(object())
+    with pytest.raises(BackendError, match="has execute_skill: a guidance environment needs .*ground_truth_plan"):
+        OracleBackend(object())  # names what the oracle needs (emu_guide/env_protocol.py)
     with pytest.raises(BackendError, match="replan_mode"):
         OracleBackend(env, replan_mode="current")  # a typo is named, not ignored
     assert OracleBackend(env, model_path="unused", device="cpu").name == "oracle"
