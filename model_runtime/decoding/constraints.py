@@ -169,6 +169,8 @@ class DecodeConstraint:
                     mask[[lay.eos, lay.boi]] = False
                     if run_start:
                         mask[self.step_marker] = False
+                elif self.step_marker is not None:  # one perception per answer: no marker in the step
+                    mask[self.step_marker] = False
             self._masks[key] = mask
         mention_banned, mention_only, _ = self._mention_rule()
         banned = self._banned_next() | mention_banned
@@ -263,6 +265,8 @@ class DecodeConstraint:
         if self.in_perception and (token in (lay.eos, lay.boi) or token in self.final_ids
                                    or (token == self.step_marker and self.text_run == 0)):
             return False
+        if not self.in_perception and self.step_marker is not None and token == self.step_marker:
+            return False  # one perception per answer: the step text has no marker
         if token in self.final_ids and len(self.tokens) != self.step_start:
             return False
         if token in self._banned_next():

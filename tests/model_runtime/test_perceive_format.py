@@ -160,6 +160,7 @@ def test_grammar_keeps_the_perception_before_the_step(pair):
     cons.advance(marker)
     assert not cons.in_perception
     assert cons.is_allowed(done) and not cons.is_allowed(layout.boi)  # the step opens: <done> or words
+    assert not cons.is_allowed(marker) and not cons.allowed_mask(layout.vocab_size)[marker]  # one perception
     assert cons.allowed_mask(layout.vocab_size)[done]
     cons.advance_all(tok.encode("pick up"))
     assert not cons.is_allowed(done)
