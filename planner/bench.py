@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task and configuration")
     parser.add_argument("--backend", nargs="+", default=["auto"],
                         help="backends to compare (auto = shipped model if present, else oracle)")
-    parser.add_argument("--decode", nargs="+", default=["dida"], choices=("dida", "ar"),
-                        help="decode modes for model backends; 'dida ar' runs both side by side")
+    parser.add_argument("--decode", nargs="+", default=["auto"], choices=("auto", "dida", "ar"),
+                        help="decode modes for model backends; 'dida ar' runs both side by side; auto (default): "
+                             "the model's own (DiDA when it was DiDA-adapted, else AR)")
     parser.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                         help="worker processes")
     parser.add_argument("--seed-offset", type=int, default=0, help="first held-out seed = HELDOUT_SEEDS[offset]")
@@ -81,7 +82,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     env, backend = _env_and_backend(job["task"], job["backend"], job["model_path"], job["threads"],
                                     job.get("trust_remote_code", False))
-    mode = "dida" if job["decode"] == "oracle" else job["decode"]
+    mode = None if job["decode"] in ("auto", "oracle") else job["decode"]  # None: the model's own default
     config = RunnerConfig(decode=DecodeOptions(mode=mode), monitor=MonitorConfig(time_limit_s=job["time_limit"]),
                           instruction=job.get("instruction"),
                           use_checker=job["use_checker"], grounded_decoding=job["grounded_decoding"])
