@@ -461,6 +461,7 @@ class GuidanceNode(LifecycleNode):
         step_msg = convert.plan_step_msg(self.factory, step, plan.stamp, plan.frame_id)
         feedback = Guide.Feedback(step=step_msg, steps_done=len(plan.steps),
                                   gate_rejections=self.gate.stats()["rejected"] - self._rejected_at_start)
+        goal_handle.publish_feedback(feedback)  # first: the latency-critical output; the views follow
         if "total" in step.timings_ms:
             self.latency.add(step.timings_ms["total"])
         stamp, frame_id = plan.stamp, plan.frame_id
@@ -470,7 +471,6 @@ class GuidanceNode(LifecycleNode):
         if frame is not None:
             view = annotate(frame.image, step.index, step.text, step.goal)
             self.annotated_pub.publish(convert.image_msg(self.factory, view, stamp, frame_id))
-        goal_handle.publish_feedback(feedback)
         if step.goal is not None and step.goal.status != GoalStatus.OK:
             self._publish_goal(step.goal)
         self.plan_pub.publish(self._plan_msg(plan))
