@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from emu_guide.optional import available
+from emu_guide.paths import read_json_object
 
 if TYPE_CHECKING:
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -233,13 +234,7 @@ def _read_config(path: Path) -> dict:
         raise LMLoadError(f"{path}: model directory does not exist")
     if not cfg_file.exists():
         raise LMLoadError(f"{cfg_file}: missing (not a transformers checkpoint directory)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise LMLoadError(f"{cfg_file}: invalid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise LMLoadError(f"{cfg_file}: not a JSON object")
-    return raw
+    return read_json_object(cfg_file, LMLoadError)
 
 
 def lm_qwen3_config(path: str | Path) -> tuple[Qwen3Config, str]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from emu_guide.paths import read_json_object
 from model_runtime.layout import COMPACT_NUM_SPECIALS, COMPACT_SPECIALS
 
 __all__ = [
@@ -318,13 +319,7 @@ def _read_tokenizer_json(directory: str | Path) -> dict:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise TextTokenizerError(f"no {TOKENIZER_FILE} in {directory}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TextTokenizerError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise TextTokenizerError(f"{path} must hold a JSON object")
-    return doc
+    return read_json_object(path, TextTokenizerError)
 
 
 def load_text_tokenizer(directory: str | Path, trust_remote_code: bool = False) -> WordTokenizer | HFTextTokenizer:

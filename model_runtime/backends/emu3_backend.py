@@ -17,12 +17,12 @@ are refused with the name of their ``-hf`` conversions, which transformers loads
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emu_guide.paths import read_json_object
 from model_runtime.backends.base import BackendError
 from model_runtime.backends.torch_backend import LocalModelBackend
 from model_runtime.layout import emu3
@@ -65,10 +65,7 @@ class Emu3Backend(LocalModelBackend):
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise BackendError(f"emu3 backend: {cfg_file} missing (not a transformers checkpoint directory)")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"emu3 backend: {cfg_file}: invalid JSON ({exc})") from None
+        raw = read_json_object(cfg_file, BackendError, "emu3 backend: ")
         if raw.get("model_type") == "Emu3":
             raise BackendError(
                 f"emu3 backend: {cfg_file} is an original BAAI Emu3 checkpoint (model_type 'Emu3', remote code,"

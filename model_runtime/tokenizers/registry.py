@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from emu_guide.paths import read_json_object
 from model_runtime.tokenizers.base import VisionTokenizer, VisionTokenizerError
 
 __all__ = ["load_vision_tokenizer"]
@@ -28,10 +28,7 @@ def load_vision_tokenizer(directory: str | Path, device: str = "cpu", **kwargs: 
     cfg = path / "config.json"
     if not cfg.is_file():
         raise VisionTokenizerError(f"{path} holds no vision tokenizer (no config.json, no config.yaml + model.ckpt)")
-    try:
-        doc = json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise VisionTokenizerError(f"{cfg} is not valid JSON: {exc}") from exc
+    doc = read_json_object(cfg, VisionTokenizerError)
     if doc.get("kind") == "fsq":
         from model_runtime.tokenizers.fsq import FSQTokenizer
 
