@@ -393,9 +393,8 @@ class GuidanceNode(LifecycleNode):
             # sets no wall-clock limit. One-shot: max_steps is the horizon of the plan asked for.
             # A retry re-sends a goal the robot reported failed; without StepResults there is nothing
             # to retry on: a step the new frame does not confirm is planned again from that frame.
-            monitor=MonitorConfig(max_planning_calls=max_steps + (0 if continuous else 1),
-                                  max_retries=1 if self._p("wait_for_step_result") else 0,
-                                  max_attempts=2 * max_steps + 1, time_limit_s=float("inf"), max_replans=max_steps),
+            monitor=MonitorConfig.for_request(max_steps + (0 if continuous else 1),
+                                              max_retries=1 if self._p("wait_for_step_result") else 0),
             grounded_decoding=bool(self._p("objects_topic")),
             frame_size=(h, w) if h > 0 and w > 0 else None,
             keep_images=False,

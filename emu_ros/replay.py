@@ -222,11 +222,8 @@ class ReplaySummary:
 
 def _loop_config(options: DecodeOptions | None, max_steps: int, frame_size: tuple[int, int] | None = None) -> LoopConfig:
     """A guidance request's budget is its planning calls (``max_steps``), as on the ROS node."""
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    monitor = MonitorConfig(max_planning_calls=max_steps, max_attempts=2 * max_steps, time_limit_s=float("inf"),
-                            max_replans=max_steps)
-    return LoopConfig(decode=options or DecodeOptions(), monitor=monitor, frame_size=frame_size, keep_images=False)
+    return LoopConfig(decode=options or DecodeOptions(), monitor=MonitorConfig.for_request(max_steps),
+                      frame_size=frame_size, keep_images=False)
 
 
 class BagFramesExecutor:

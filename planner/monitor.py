@@ -42,6 +42,16 @@ class MonitorConfig:
     # counting it, or a model that repeats a finished step loops until the step limit.
     reject_already_done: bool = True
 
+    @classmethod
+    def for_request(cls, max_steps: int, max_retries: int = 1) -> MonitorConfig:
+        """A guidance request's budget (a ROS Guide goal, a bag replay): ``max_steps`` planning calls,
+        re-plans bounded by the same number, every planned step executable with its retries, and no
+        wall-clock limit (the caller cancels)."""
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        return cls(max_planning_calls=max_steps, max_replans=max_steps, max_retries=max_retries,
+                   max_attempts=max_steps * (1 + max_retries) + 1, time_limit_s=float("inf"))
+
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.max_replans < 0:
             raise ValueError(f"max_retries/max_replans must be >= 0, got {self.max_retries}, {self.max_replans}")

@@ -79,9 +79,7 @@ class _ResultMsg:
 
 
 def _node_config(max_steps: int) -> LoopConfig:
-    return LoopConfig(decode=DecodeOptions(mode="oracle"), keep_images=False,
-                      monitor=MonitorConfig(max_planning_calls=max_steps, max_attempts=2 * max_steps,
-                                            time_limit_s=float("inf"), max_replans=max_steps))
+    return LoopConfig(decode=DecodeOptions(mode="oracle"), keep_images=False, monitor=MonitorConfig.for_request(max_steps))
 
 
 def test_robot_executor_runs_the_loop_on_step_results(env):
