@@ -54,23 +54,14 @@ def _merge_quick(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def sim_instruction_texts() -> list[str]:
-    """Every instruction paraphrase the sim tasks define (module constants ``INSTRUCTIONS*``).
+    """Every instruction paraphrase the sim tasks define (their templates with placeholders left out).
 
     Added to the word vocabulary so that a held-out episode's paraphrase never has unknown words
     even if no recorded TRAIN episode drew it.
     """
-    import importlib
-
     import sim_envs
 
-    texts: list[str] = []
-    for env_id in sim_envs.ENV_IDS:
-        spec_entry = __import__("gymnasium").spec(env_id).entry_point
-        module = importlib.import_module(str(spec_entry).split(":")[0])
-        for name in dir(module):
-            value = getattr(module, name)
-            if name.startswith("INSTRUCTIONS") and isinstance(value, (tuple, list)):
-                texts += [t for t in value if isinstance(t, str) and "{" not in t]
+    texts = [t for env_id in sim_envs.ENV_IDS for t in sim_envs.instruction_phrasings(env_id) if "{" not in t]
     return sorted(set(texts))
 
 

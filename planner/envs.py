@@ -131,14 +131,12 @@ def add_model_arguments(parser: Any) -> None:
 
 def supported_instructions(task: str) -> list[str]:
     """The instruction phrasings the task's simulator writes (templates with {placeholders} for SortBlocks)."""
-    import importlib
+    import sim_envs
 
-    env_id(task)  # unknown task -> ValueError naming the valid ones
-    if task not in TASKS:
+    target = env_id(task)  # unknown task -> ValueError naming the valid ones
+    if target not in sim_envs.ENV_IDS:
         return []  # an outside environment: its instructions are its own
-    module = importlib.import_module(f"sim_envs.{task}")
-    names = [n for n in dir(module) if n.startswith("INSTRUCTIONS") or n.endswith("_TEMPLATES")]
-    return [text for n in sorted(names) for text in getattr(module, n)]
+    return sim_envs.instruction_phrasings(target)
 
 
 def check_user_instruction(backend: Any, instruction: str, task: str) -> str | None:
