@@ -30,6 +30,7 @@ a dataset that has labels, precision/recall of the detected step ends against th
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from finetune_embodied.datasets.episode import Episode
-from finetune_embodied.keyframes import KeyframeConfig, detect_keyframes, match_keyframes, motion_pauses
+from finetune_embodied.keyframes import (
+    KeyframeConfig,
+    detect_keyframes,
+    gripper_changes,
+    match_keyframes,
+    motion_pauses,
+)
 
 __all__ = ["EpisodeLabels", "LabelError", "Labeller", "StateColumns", "add_arguments", "label_dataset", "main",
            "map_state_columns"]
@@ -206,13 +213,13 @@ class Labeller:
                 g = (state[:, self.cols.gripper].mean(axis=1) - lo) / (hi - lo)
                 if self.cfg.gripper_closed == "low":
                     g = 1.0 - g
-                closed = g > 0.5
-                changes = [(t, "close" if closed[t] else "open") for t in range(1, n)
-                           if closed[t] != closed[t - 1] and ("close" if closed[t] else "open") in self.kcfg.events]
+                mot = motion if motion is not None else np.zeros((n, 1))
+                speed = np.r_[0.0, np.linalg.norm(np.diff(mot, axis=0), axis=1)]
+                changes = [c for c in gripper_changes(g > 0.5, speed, self.kcfg.still_frac) if c[1] in self.kcfg.events]
                 if not changes:
                     continue
-                mot = motion if motion is not None else np.zeros((n, 1))
-                keys = detect_keyframes(g, mot, self.kcfg)
+                kcfg = self.kcfg if self.cols.position else dataclasses.replace(self.kcfg, up_axis=None)
+                keys = detect_keyframes(g, mot, kcfg)
                 signal = np.c_[mot, g]
                 events = {}
                 for k in keys:  # the gripper change each keyframe follows
