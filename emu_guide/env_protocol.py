@@ -27,6 +27,7 @@ Optional (features switch off, and say so, without them):
 | ``name_vocabulary() -> list[str]`` | grounded decoding: every object name the task can produce |
 | ``skill_verbs() -> dict[str, str]`` | extra verb phrases the planner parses, phrase -> verb ("press": "press", "push down": "press") |
 | ``privileged_state() -> dict`` | evaluation of grounding errors |
+| ``state_names() -> list[str]`` | ``emu-guide record --env``: names of the low-level observation vector, written as ``observation.state``'s names (the labeller finds gripper and end-effector columns by name) |
 
 This module imports nothing heavy: the planner and the model runtime (the oracle backend) both use it.
 """
@@ -35,11 +36,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OPTIONAL", "REQUIRED", "EnvProtocolError", "guidance_env", "missing_members"]
+__all__ = ["OPTIONAL", "REQUIRED", "EnvProtocolError", "guidance_env", "is_import_path", "load_env_factory",
+           "missing_members"]
 
 REQUIRED = ("instruction", "render", "execute_skill", "object_names", "target_names")
 OPTIONAL = ("task_name", "check_step", "task_success", "steps_done", "ground_truth_plan", "subgoal_images",
-            "camera", "name_vocabulary", "skill_verbs", "privileged_state")  # fmt: skip
+            "camera", "name_vocabulary", "skill_verbs", "privileged_state", "state_names")  # fmt: skip
 
 
 class EnvProtocolError(ValueError):
@@ -79,3 +81,27 @@ def guidance_env(env: Any, required: tuple[str, ...] = REQUIRED) -> Any:
     raise EnvProtocolError(
         f"no object in the wrapper chain ({names}) has execute_skill: a guidance environment needs "
         f"{list(required)} (docs/environments.md)")
+
+
+def is_import_path(task: str) -> bool:
+    """Whether ``task`` reads as ``module.path:callable``."""
+    module, _, attr = task.partition(":")
+    return bool(module and attr) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+
+
+def load_env_factory(target: str, resolution: int | None = None) -> Any:
+    """Import ``module:callable`` and call it (with ``resolution=`` when given and accepted): what
+    ``emu-guide bench/demo --tasks`` and ``emu-guide record --env`` build. ValueError when it cannot load."""
+    import importlib
+    import inspect
+
+    module, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load the environment {target!r}: {exc}") from None
+    try:
+        takes_resolution = "resolution" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_resolution = False
+    return factory(resolution=int(resolution)) if resolution is not None and takes_resolution else factory()

@@ -380,6 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", default=None, help="dataset folder (default: <runs>/datasets/sim)")
     parser.add_argument("--tasks", nargs="+", default=["table_clear"], help="task names (table_clear, ...)")
+    parser.add_argument("--env", nargs="+", default=None, metavar="MODULE:CALLABLE",
+                        help="record guidance-protocol envs instead (each one's ground_truth_plan through execute_skill, "
+                             "finetune_embodied/record_env.py); --tasks and --mistake-rate do not apply")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (consecutive TRAIN seeds)")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed = TRAIN_SEEDS[offset]")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="explicit TRAIN seeds (overrides --episodes)")
@@ -397,6 +400,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "env", None):
+        from finetune_embodied.record_env import main_env
+
+        return main_env(args)
     out = args.out or str(artifacts_root() / "datasets" / "sim")
     try:
         cfg = RecordConfig(out=out, tasks=tuple(args.tasks), seeds=tuple(args.seeds or ()), episodes_per_task=args.episodes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from emu_guide.env_protocol import is_import_path, load_env_factory
 from emu_guide.paths import shipped_model_dir
 
 __all__ = ["TASKS", "add_text_argument", "env_id", "has_shipped_model", "make_backend", "make_env", "resolve_backend"]
@@ -21,7 +22,7 @@ def env_id(task: str) -> str:
     """Short task name, a registered Gymnasium id, or ``module:callable`` -> what ``make_env`` builds."""
     if task in TASKS:
         return TASKS[task]
-    if task in TASKS.values() or _is_import_path(task):
+    if task in TASKS.values() or is_import_path(task):
         return task
     import gymnasium as gym
 
@@ -33,11 +34,6 @@ def env_id(task: str) -> str:
                      "or your own environment as module:callable (docs/environments.md)")
 
 
-def _is_import_path(task: str) -> bool:
-    module, _, attr = task.partition(":")
-    return bool(module and attr) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
-
-
 def make_env(task: str, resolution: int | None = None) -> Any:
     """The environment for ``task``: ours by short name, any registered id through ``gym.make``, or
     ``module:callable`` (imported in this process: bench workers build their own the same way)."""
@@ -47,15 +43,8 @@ def make_env(task: str, resolution: int | None = None) -> Any:
 
     target = env_id(task)
     kwargs = {} if resolution is None else {"resolution": int(resolution)}
-    if _is_import_path(target):
-        import importlib
-
-        module, _, attr = target.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load the environment {target!r}: {exc}") from None
-        env = factory(**kwargs) if kwargs and _accepts(factory, "resolution") else factory()
+    if is_import_path(target):
+        env = load_env_factory(target, resolution)
     else:
         env = gym.make(target, **kwargs) if target in TASKS.values() else gym.make(target)
     from emu_guide.env_protocol import EnvProtocolError, guidance_env
@@ -66,15 +55,6 @@ def make_env(task: str, resolution: int | None = None) -> Any:
         env.close()
         raise ValueError(f"{task!r}: {exc}") from None
     return env
-
-
-def _accepts(factory: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def has_shipped_model(path: Path | None = None) -> bool:

@@ -43,6 +43,12 @@ SKILL_STEPS = 250  # env steps one skill may take (the experts need 40-100 per p
 EPISODE_STEPS = 5000  # Meta-World's own limit is 500; guidance may retry a skill several times
 GRIPPER_CLOSED = 0.73  # finger separation below which the pick-place expert treats the grip as closed
 
+# Meta-World's 39-number observation: this frame's hand, finger gap and two objects, the same 18
+# numbers of the previous frame, then the goal (what ``emu-guide record --env`` writes as the state).
+_FRAME = ["hand_x", "hand_y", "hand_z", "gripper_gap", "obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy",
+          "obj_qz", "obj2_x", "obj2_y", "obj2_z", "obj2_qw", "obj2_qx", "obj2_qy", "obj2_qz"]
+STATE_NAMES = _FRAME + [f"prev_{n}" for n in _FRAME] + ["goal_x", "goal_y", "goal_z"]
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -277,6 +283,10 @@ class MetaWorldGuidance(gym.Wrapper):
 
     def skill_verbs(self) -> dict[str, str]:
         return dict(self.task_spec.verbs)
+
+    def state_names(self) -> list[str]:
+        """Names of the observation vector (``emu-guide record --env`` writes them; 1 = fingers open)."""
+        return list(STATE_NAMES)
 
     def _phase_of(self, goal: ActionGoal) -> str | None:
         """The plan verb a goal names in this task, or None."""
