@@ -22,6 +22,7 @@ STAGES = ("tokenizer", "next_token", "dida")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 DATA_SOURCES = ("dataset", "synthetic")
+LAYOUTS = ("compact", "emu35")
 
 
 class ConfigError(ValueError):
@@ -231,6 +232,13 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's model config (width, layers...)
     init_from: str = ""  # checkpoint (directory) of a previous stage to start from
     tokenizer: str = ""  # LM stages: vision tokenizer checkpoint (directory) used to encode frames
+    # LM stages: the token layout. "compact": our word vocabulary + FSQ codes. "emu35": init_from is
+    # an Emu3.5 release-format checkpoint (config.json model_type "Emu3"); text is encoded by its own
+    # tokenizer (text_tokenizer), frames by its IBQ vision tokenizer (tokenizer; "" = found beside
+    # init_from, as released: weights/Emu3.5-VisionTokenizer) at data.image_size (finetune_embodied/train/stages/release.py).
+    layout: str = "compact"
+    text_tokenizer: str = ""  # layout emu35: the release's text tokenizer directory (src/tokenizer_emu3_ibq); "" = init_from
+    trust_remote_code: bool = False  # layout emu35: let that tokenizer's own code (tokenization_emu3.py) run in this process
     visual_embedding_init: str = "random"  # LM stages from scratch: "random" or "tokenizer" (rows start from what each code looks like)
     # LM stages from scratch: std of the input embedding at init (0 = the model's initializer_range,
     # 0.02). On the reading probe the default LM learned to name objects in the frame at 1.0
@@ -274,6 +282,15 @@ class TrainConfig:
             not (self.lora.enabled and self.stage == "tokenizer"),
             "lora.enabled is for the language-model stages, not stage 'tokenizer'",
         )
+        _check(self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "emu35":
+            _check(self.stage != "tokenizer", "layout 'emu35' is for the LM stages (the release brings its vision tokenizer)")
+            _check(bool(self.init_from), "layout 'emu35' needs init_from=<an Emu3.5 release-format checkpoint directory>")
+            _check(self.visual_codes == "table" and self.visual_embedding_init == "random" and not self.input_embedding_init_std,
+                   "layout 'emu35' starts from the release's weights: visual_codes, visual_embedding_init and "
+                   "input_embedding_init_std are for LMs trained from scratch (leave them at their defaults)")
+            _check(self.data.answer == "step", f"layout 'emu35' answers in the plain step format, got data.answer {self.data.answer!r}")
+            _check(self.data.source == "dataset", f"layout 'emu35' trains on a dataset, got data.source {self.data.source!r}")
 
     @property
     def run_dir(self) -> Path:

@@ -69,17 +69,46 @@ def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     if info.strategy == "fsdp":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        return FSDP(model, device_id=info.device, use_orig_params=True)
+        # One FSDP unit per decoder block (the model's own no-split classes, e.g. Qwen3DecoderLayer): only
+        # one block's full weights are gathered at a time. Ranks other than 0 may hold an empty model on
+        # the meta device (a release too large for one copy per GPU in host memory): each unit is
+        # materialised on this GPU, then rank 0's weights are broadcast into it (sync_module_states).
+        # use_orig_params: LoRA's frozen and trainable weights share units.
+        meta = any(p.is_meta for p in model.parameters())
+        return FSDP(model, device_id=info.device, use_orig_params=True, auto_wrap_policy=block_wrap_policy(model),
+                    sync_module_states=True,
+                    param_init_fn=(lambda m: m.to_empty(device=info.device, recurse=False)) if meta else None)  # fmt: skip
     return model
+
+
+def block_wrap_policy(model: torch.nn.Module):
+    """FSDP auto-wrap policy: every module whose class is one of the model's ``_no_split_modules``
+    (transformers names its decoder block there; peft's wrapper is looked through); None if none."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    names = set()
+    for m in model.modules():
+        names |= set(getattr(m, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    return functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=classes) if classes else None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
-    """The whole model's weights on CPU (gathered from all ranks under FSDP)."""
-    if info.strategy == "fsdp":
+def full_state_dict(model: torch.nn.Module, info: DistInfo, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU (gathered from all ranks under FSDP); ``trainable_only``: just
+    the weights that train (LoRA adapters), which FSDP then gathers alone."""
+    if info.strategy == "fsdp" and trainable_only:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Full (unsharded) tensors offloaded to CPU on rank 0 only; the frozen base is never gathered.
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        sd = get_model_state_dict(model, options=opts)
+    elif info.strategy == "fsdp":
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -87,7 +116,11 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.T
         with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, cfg):
             sd = model.state_dict()
     else:
-        sd = unwrap(model).state_dict()
+        module = unwrap(model)
+        sd = module.state_dict()
+        if trainable_only:
+            keep = {n for n, p in module.named_parameters() if p.requires_grad}
+            sd = {k: v for k, v in sd.items() if k in keep}
     return {k: v.detach().to("cpu") for k, v in sd.items()}
 
 

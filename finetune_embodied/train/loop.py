@@ -147,13 +147,14 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
                 f"checkpoint {str(resume_path)!r} is from stage {loaded['config'].get('stage')!r}, not {cfg.stage!r}"
             )
         model = stage.prepare_model(model)  # LoRA wrapping first: the checkpoint holds wrapped names
-        _load_state(model, loaded["weights"], resume_path)
+        _load_state(model, loaded["weights"], resume_path, trainable_only=stage.trainable_checkpoint)
         state = loaded["trainer_state"]
     else:
         if cfg.init_from:
             stage.load_init(model, cfg.init_from)
         model = stage.prepare_model(model)
-    model.to(info.device)
+    if info.strategy != "fsdp":  # FSDP moves the model to its GPU unit by unit (it may not fit one GPU whole)
+        model.to(info.device)
     model.train()
     wrapped = D.wrap_model(model, info)
     opt = make_optimizer(wrapped, cfg)
@@ -172,7 +173,7 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     end_step = cfg.optim.max_steps if stop_after_step is None else min(cfg.optim.max_steps, stop_after_step)
 
     def save(at_step: int) -> Path | None:
-        weights = D.full_state_dict(wrapped, info)  # all ranks join (FSDP gathers)
+        weights = D.full_state_dict(wrapped, info, trainable_only=stage.trainable_checkpoint)  # all ranks join (FSDP gathers)
         path = None
         if info.is_main:
             trainer_state = {
@@ -283,10 +284,15 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     return result
 
 
-def _load_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, trainable_only: bool = False) -> None:
+    """Checkpoint weights into ``model``; ``trainable_only``: the checkpoint holds just the trainable
+    ones (LoRA adapters over frozen init_from weights), every one of which must be there."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {"lm_head.weight", "base_model.model.lm_head.weight", "base_model.model.lm_head.base_layer.weight"}
     missing = [k for k in missing if k not in tied]
+    if trainable_only:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = [k for k in missing if k in trainable]
     if missing or unexpected:
         raise ckpt.CheckpointError(
             f"checkpoint {str(path)!r} does not fit this model: missing {missing[:3]}, unexpected {list(unexpected)[:3]}"

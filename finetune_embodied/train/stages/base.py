@@ -17,6 +17,9 @@ class Stage:
     """Base class: subclasses fill ``train_set`` / ``eval_set`` and implement the hooks."""
 
     name = ""
+    # True: checkpoints hold only the trainable weights (LoRA adapters); the frozen rest comes from
+    # init_from again when the run resumes or is exported (layout-emu35 stages with LoRA).
+    trainable_checkpoint = False
 
     def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
         self.cfg = cfg
