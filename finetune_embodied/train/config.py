@@ -84,6 +84,9 @@ class DataConfig:
     answer: str = "step"
     extra_texts: list[str] = field(default_factory=list)  # more texts for the word vocabulary (e.g. all instruction paraphrases)
     on_error: str = "raise"  # bad episodes: "raise" (error naming file + episode) or "skip" (counted, reported)
+    # LM stages with init_from: words of the data the trained vocabulary lacks are an "error" (named),
+    # or "extend" it (appended; their rows start at the mean word row, finetune_embodied/train/vocabulary.py)
+    new_words: str = "error"
     synthetic_grid: int = 4  # synthetic LM data: subgoal images are grid x grid codes
     synthetic_codes: int = 64  # synthetic LM data: visual codebook size
 
@@ -108,6 +111,7 @@ class DataConfig:
                f"data.train_kinds {self.train_kinds!r} trains plan sequences only; set data.plan_sequences: true")
         _check(self.answer in ("step", "perceive"), f"data.answer must be 'step' or 'perceive', got {self.answer!r}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        _check(self.new_words in ("error", "extend"), f"data.new_words must be 'error' or 'extend', got {self.new_words!r}")
         _check(self.synthetic_grid >= 1, f"data.synthetic_grid must be >= 1, got {self.synthetic_grid!r}")
         _check(self.synthetic_codes >= 2, f"data.synthetic_codes must be >= 2, got {self.synthetic_codes!r}")
 

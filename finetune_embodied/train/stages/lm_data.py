@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from model_runtime.layout import TokenLayout, compact
-from model_runtime.text_tokenizer import TOKENIZER_FILE, WordTokenizer
+from model_runtime.text_tokenizer import WordTokenizer
 
 
 def text_tokenizer_for(cfg, texts_fn) -> WordTokenizer:
-    """The init_from checkpoint's vocabulary when there is one, else built from the data's texts."""
-    if cfg.init_from and (Path(cfg.init_from) / TOKENIZER_FILE).is_file():
-        return WordTokenizer.load(cfg.init_from)
-    return WordTokenizer.build(texts_fn())
+    """The init_from checkpoint's (or model directory's) vocabulary when there is one, extended by the
+    data's new words with ``data.new_words: extend``; else built from the data's texts."""
+    from finetune_embodied.train.vocabulary import extend_vocabulary, init_vocabulary
+
+    trained = init_vocabulary(cfg.init_from)
+    if trained is None:
+        return WordTokenizer.build(texts_fn())
+    return extend_vocabulary(trained, texts_fn()) if cfg.data.new_words == "extend" else trained
 
 
 def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any], list[int], str]:
@@ -67,7 +71,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     if unknown:
         raise ValueError(
             f"dataset {d.path}: words not in the vocabulary of init_from {cfg.init_from!r}: {unknown[:10]}"
-            " (train next_token from scratch on this data, or record with the same phrasing)"
+            " (data.new_words=extend adds them to the vocabulary; or train next_token from scratch on this data)"
         )
     cache = _cache_path(cfg, vision_path=cfg.tokenizer, words=text_tok.words if hasattr(text_tok, "words") else None)
 

@@ -245,11 +245,14 @@ class LMStage(Stage):
 
     def load_init(self, model: torch.nn.Module, path: str | Path) -> None:
         """Weights of a previous LM stage (our checkpoint dir or an exported Qwen3 dir)."""
+        from finetune_embodied.train.vocabulary import fit_init_weights, init_files
+
         path = Path(path)
-        wfile = path / "model.safetensors"
+        wfile = init_files(path)[0]  # an LM checkpoint, or a model directory (the shipped default model)
         if not wfile.is_file():
-            raise CheckpointError(f"init_from {str(path)!r}: no model.safetensors (not an LM checkpoint)")
-        weights = load_weights(wfile)
+            raise CheckpointError(f"init_from {str(path)!r}: no model.safetensors (not an LM checkpoint or model directory)")
+        # rows moved to this run's ids when data.new_words=extend added words (train/vocabulary.py)
+        weights = fit_init_weights(load_weights(wfile), path, self.text_tok, self.layout.num_visual_codes)
         weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
         if any(".lora_" in k for k in weights):
             raise CheckpointError(f"init_from {str(path)!r} holds LoRA adapters; export (merge) it first")
