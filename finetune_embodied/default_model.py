@@ -113,7 +113,8 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     text = WordTokenizer.load(lm_ckpt)
     vision = load_tokenizer_or_checkpoint(tokenizer_ckpt)
     layout = compact(text.vocab_size, vision.num_codes)
-    weights = ck["weights"]
+    # the perception_aux probe's heads are training-only: the exported model is a plain Qwen3
+    weights = {k: v for k, v in ck["weights"].items() if not k.startswith("perception_probe.")}
     if meta.get("visual_codes"):  # trained with factorised code rows: write the summed plain table
         from finetune_embodied.train.factorized_codes import materialize
 

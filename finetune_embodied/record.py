@@ -18,8 +18,10 @@ gets a hold action (no motion, gripper unchanged).
 Perception targets: every frame's ground truth (the objects on the table with their coarse cell,
 and the held object, from ``privileged_state()``) is stored as ``model_runtime.prompt.format_perception``
 text in the shard and, at consolidation, in ``meta/emu_perception.jsonl`` next to the LeRobot files
-(one line per episode: ``{"episode_index", "task", "seed", "frames": [text per frame]}``). The
-"perceive" answer format trains on it (``data.answer: perceive``); LeRobot readers ignore the file.
+(one line per episode: ``{"episode_index", "task", "seed", "frames": [text per frame], "pixels": [per
+frame, the [u, v] pixel of each listed object]}``). The "perceive" answer format trains on it
+(``data.answer: perceive``; the pixels give the per-cell targets of ``perception_aux``); LeRobot
+readers ignore the file.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 from emu_guide.paths import artifacts_root
 
 __all__ = ["PERCEPTION_FILE", "RecordConfig", "add_arguments", "load_perceptions", "main", "record", "record_episode",
-           "scene_perception", "task_env_ids"]
+           "frame_perception", "scene_perception", "task_env_ids"]
 
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper", "holding"]  # sim_envs TabletopEnv state layout
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
@@ -47,43 +49,22 @@ PERCEPTION_FILE = "meta/emu_perception.jsonl"
 
 
 def scene_perception(env, width: int, height: int) -> dict:
-    """Ground-truth perception of a TabletopEnv now: ``{"objects": [{"name", "cell", "pixel"}], "holding"}``.
+    """Ground-truth perception of a TabletopEnv now, as the "perceive" format lists it:
+    ``{"objects": [{"name", "cell", "pixel"}] in reading order, "holding"}``
+    (``sim_envs.perception.visible_objects`` put in ``model_runtime.prompt``'s reading order)."""
+    from model_runtime.prompt import perception_in_reading_order
+    from sim_envs.perception import visible_objects
 
-    Objects: those with a colour and a kind (TableClear items, SortBlocks blocks; FoldCloth's cloth
-    parts are not objects) that lie on the table or on another object (a stack), in reading order
-    of their cell (back row first, left to right, then by pixel column). Put-away items (in the
-    rack, tray or bin) are not on the table; the held one is ``holding``.
-    """
-    from model_runtime.prompt import COLUMNS, ROWS, position_cell
-
-    state = env.privileged_state()
-    objects = state.get("objects", {})
-    names = set(objects)
-    seen, holding = [], None
-    for name, o in objects.items():
-        if not isinstance(o, dict) or "colour" not in o or "kind" not in o:
-            continue
-        loc = o.get("location")
-        if loc == "gripper":
-            holding = name
-        elif loc == "table" or loc in names:
-            u, v = o["pixel"]
-            seen.append({"name": name, "cell": position_cell(u, v, width, height), "pixel": [float(u), float(v)]})
-    if holding is None and state.get("held"):
-        holding = str(state["held"])
-
-    def order(o):
-        col, row = o["cell"].split()
-        return ROWS.index(row), COLUMNS.index(col), o["pixel"][0]
-
-    return {"objects": sorted(seen, key=order), "holding": holding}
+    seen = visible_objects(env)
+    return perception_in_reading_order(seen["objects"], seen["holding"], width, height)
 
 
-def perception_text(env, width: int, height: int) -> str:
+def frame_perception(env, width: int, height: int) -> tuple[str, list[list[float]]]:
+    """(perception text, pixel [u, v] of each listed object in the text's order) of the frame now."""
     from model_runtime.prompt import format_perception
 
     p = scene_perception(env, width, height)
-    return format_perception(p["objects"], p["holding"])
+    return format_perception(p["objects"], p["holding"]), [[round(c, 2) for c in o["pixel"]] for o in p["objects"]]
 
 
 def task_env_ids() -> dict[str, str]:
@@ -172,7 +153,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
     expert = ScriptedExpert(env, mistake_rate=cfg.mistake_rate, seed=seed)
     images, states, actions, labels = [obs["image"]], [obs["state"]], [], []
     res = obs["image"].shape
-    perceptions = [perception_text(u, res[1], res[0])]
+    perceptions = [frame_perception(u, res[1], res[0])]
     error = ""
     try:
         while not expert.done:
@@ -182,7 +163,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             labels.append(text)
             images.append(obs["image"])
             states.append(obs["state"])
-            perceptions.append(perception_text(u, res[1], res[0]))
+            perceptions.append(frame_perception(u, res[1], res[0]))
             if terminated or truncated:
                 break
     except ExpertError as exc:
@@ -207,7 +188,8 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             state=np.stack(states).astype(np.float32),
             action=np.stack(actions).astype(np.float32),
             subtasks=np.array(subtasks),
-            perception=np.array(perceptions),
+            perception=np.array([text for text, _ in perceptions]),
+            perception_pixels=np.array(json.dumps([pixels for _, pixels in perceptions])),
             meta=np.array(json.dumps({"task": task, "seed": seed, "instruction": instruction, "success": success,
                                       "mistakes": expert.mistakes, "error": error, **shard_settings(cfg)})),
         )
@@ -226,8 +208,11 @@ def shard_settings(cfg: RecordConfig) -> dict:
     return {"resolution": cfg.resolution, "mistake_rate": cfg.mistake_rate, "max_steps": cfg.max_steps}
 
 
-def load_perceptions(root: str | Path) -> dict[int, list[str]] | None:
-    """episode_index -> perception text per frame, from a recording's PERCEPTION_FILE (None if absent)."""
+def load_perceptions(root: str | Path, pixels: bool = False) -> dict[int, list] | None:
+    """episode_index -> perception text per frame, from a recording's PERCEPTION_FILE (None if absent).
+
+    ``pixels=True``: per frame ``(text, [[u, v] per listed object])`` instead, or None when the
+    file was recorded before object pixels were stored."""
     path = Path(root) / PERCEPTION_FILE
     if not path.is_file():
         return None
@@ -235,7 +220,13 @@ def load_perceptions(root: str | Path) -> dict[int, list[str]] | None:
     for line in path.read_text().splitlines():
         if line.strip():
             doc = json.loads(line)
-            out[int(doc["episode_index"])] = [str(t) for t in doc["frames"]]
+            texts = [str(t) for t in doc["frames"]]
+            if pixels:
+                if "pixels" not in doc or len(doc["pixels"]) != len(texts):
+                    return None
+                out[int(doc["episode_index"])] = list(zip(texts, doc["pixels"]))
+            else:
+                out[int(doc["episode_index"])] = texts
     return out
 
 
@@ -247,6 +238,7 @@ def load_shard(path: Path, cfg: RecordConfig | None = None):
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         meta["perception"] = [str(t) for t in z["perception"]] if "perception" in z.files else None
+        meta["perception_pixels"] = json.loads(str(z["perception_pixels"])) if "perception_pixels" in z.files else None
         if cfg is not None:
             want = shard_settings(cfg)
             got = {k: meta.get(k) for k in want}
@@ -280,8 +272,10 @@ def consolidate(cfg: RecordConfig) -> dict:
                 continue
             idx = writer.add_episode(ep)
             if meta["perception"] is not None:
-                perception_lines.append(json.dumps({"episode_index": idx, "task": task, "seed": seed,
-                                                    "frames": meta["perception"]}))
+                line = {"episode_index": idx, "task": task, "seed": seed, "frames": meta["perception"]}
+                if meta["perception_pixels"] is not None:
+                    line["pixels"] = meta["perception_pixels"]
+                perception_lines.append(json.dumps(line))
             included.append({"episode_index": idx, "task": task, "seed": seed, "mistakes": meta["mistakes"],
                              "length": ep.length})
         if not included:

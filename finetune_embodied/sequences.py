@@ -27,6 +27,8 @@ __all__ = [
     "collate_sequences",
     "dataset_texts",
     "episode_segments",
+    "frame_cell_targets",
+    "perception_object_classes",
     "plan_episode",
 ]
 
@@ -123,11 +125,47 @@ def dataset_texts(episodes: Iterable[Episode]) -> list[str]:
     return texts
 
 
+def perception_object_classes(texts: Iterable[str]) -> list[str]:
+    """The sorted object names of perception texts: class k + 1 of :func:`frame_cell_targets` is names[k]."""
+    from model_runtime.prompt import parse_perception
+
+    return sorted({o["name"] for t in texts for o in parse_perception(t)["objects"]})
+
+
+def frame_cell_targets(text: str, pixels: Sequence[Sequence[float]], classes: Sequence[str],
+                       grid: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
+    """(grid_h * grid_w,) int64 per image token of a frame: 1 + the class of the listed object whose
+    centre pixel lies in that token's cell, 0 where none does (row-major, the image's token order).
+
+    ``text`` is the frame's perception (its objects in order), ``pixels`` their [u, v] centres in a
+    frame of ``frame_size`` (height, width) pixels. Training-only targets of ``perception_aux``.
+    """
+    from model_runtime.prompt import parse_perception
+
+    objects = parse_perception(text)["objects"]
+    if len(objects) != len(pixels):
+        raise ValueError(f"perception lists {len(objects)} objects but has {len(pixels)} pixels: {text!r}")
+    index = {name: i + 1 for i, name in enumerate(classes)}
+    gh, gw = grid
+    fh, fw = frame_size
+    out = np.zeros(gh * gw, dtype=np.int64)
+    for obj, (u, v) in zip(objects, pixels):
+        if obj["name"] not in index:
+            raise ValueError(f"object {obj['name']!r} is not among the {len(classes)} perception classes")
+        r = min(max(int(gh * float(v) / fh), 0), gh - 1)
+        c = min(max(int(gw * float(u) / fw), 0), gw - 1)
+        out[r * gw + c] = index[obj["name"]]
+    return out
+
+
 class SequenceDataset:
     """A map-style torch Dataset of ``TrainingSequence`` built from episodes.
 
     ``perceptions`` (episode_index -> perception text per frame, ``finetune_embodied.record.load_perceptions``)
     selects the "perceive" answer format: each guidance answer starts with its frame's perception.
+    With ``perception_pixels`` (episode_index -> per frame the listed objects' [u, v]) and
+    ``object_classes`` each guidance sequence also carries ``frame_cells`` (:func:`frame_cell_targets`
+    of its prompt frame), the targets of the training-only ``perception_aux`` loss.
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
@@ -148,11 +186,15 @@ class SequenceDataset:
         task: str = "vla",
         plan_sequences: bool = False,
         perceptions: dict[int, list[str]] | None = None,
+        perception_pixels: dict[int, list] | None = None,
+        object_classes: Sequence[str] | None = None,
     ) -> None:
         from model_runtime.prompt import build_plan_sequence, build_training_sequence
 
         if not visual_loss_weight >= 0:
             raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
+        if perception_pixels is not None and (perceptions is None or object_classes is None):
+            raise ValueError("perception_pixels needs perceptions and object_classes (the probe's targets)")
         rng = np.random.default_rng(seed)
         self.layout = layout
         self.samples: list[StepSample] = []
@@ -168,6 +210,12 @@ class SequenceDataset:
                 if seen is None or len(seen) != ep.length:
                     raise ValueError(f"episode {ep.episode_index}: perception targets for "
                                      f"{'no' if seen is None else len(seen)} frames, the episode has {ep.length}")
+            pixels = None
+            if perception_pixels is not None and seen is not None:
+                pixels = perception_pixels.get(ep.episode_index)
+                if pixels is None or len(pixels) != ep.length:
+                    raise ValueError(f"episode {ep.episode_index}: object pixels for "
+                                     f"{'no' if pixels is None else len(pixels)} frames, the episode has {ep.length}")
             needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None})
             codes = dict(zip(needed, self._encode(vision_tok, ep.images[key][needed])))
             for s in plan:
@@ -177,6 +225,10 @@ class SequenceDataset:
                     visual_loss_weight=visual_loss_weight, task=task,
                     perception=None if seen is None else seen[s.frame_index],
                 )
+                if pixels is not None:
+                    grid = codes[s.frame_index].shape
+                    seq.frame_cells = frame_cell_targets(seen[s.frame_index], pixels[s.frame_index], object_classes,
+                                                         grid, ep.images[key].shape[1:3])
                 self.samples.append(s)
                 self.sequences.append(seq)
             if plan_sequences:  # one rest-of-plan answer per step boundary (see build_plan_sequence)

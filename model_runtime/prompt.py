@@ -57,6 +57,7 @@ __all__ = [
     "format_perception",
     "parse_perception",
     "perception_texts",
+    "perception_in_reading_order",
     "position_cell",
     "split_perception_ids",
     "answer_opening_ids",
@@ -121,6 +122,9 @@ class TrainingSequence:
     image_spans: list[ImageSpan] = field(default_factory=list)
     prompt_length: int = 0  # answer starts here
     kind: str = "step"  # "step" (a guidance answer) or "plan" (auxiliary rest-of-plan answer, training only)
+    # Training-only targets of the perception probe: per prompt-frame token, 1 + the class of the object
+    # centred in it, 0 for none (finetune_embodied.sequences.frame_cell_targets); None when not recorded.
+    frame_cells: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -133,16 +137,21 @@ class TrainingSequence:
 #   see red cup left back , teal fork middle front holding nothing . pick up the red cup <image> <eos>
 #   see nothing holding blue block . <done> <eos>
 #
-# ``see`` + the objects on the table (name, then a coarse cell of the 96 px frame: column
-# left/middle/right by thirds of the image width, row back/front split at ROW_SPLIT of its height,
-# the middle of the table as the sims' fixed camera sees it; in reading order), ``holding`` + the held object or ``nothing``, then PERCEPTION_MARKER. The marker is
+# ``see`` + the objects on the table (name, then a coarse cell of the frame: column left/middle/right
+# by thirds of the image width, row back/front by halves of its height; in reading order:
+# top to bottom in bands of 1/READING_BANDS of the height, left to right within a band, which is
+# the order of the image tokens of a 12x12 grid), ``holding`` + the held object or ``nothing``, then
+# PERCEPTION_MARKER. Both the cell borders and the bands fall on image-token borders (12x12 codes at
+# 96 px), so each object's cell and place in the list follow from the one token its centre lies in.
+# The marker is
 # one word token, so the decoding grammar knows where the step begins (model_runtime.decoding:
 # ``answer_grammar(layout, "perceive", text_tok)``). Compact (word) layout only.
 ANSWER_FORMATS = ("step", "perceive")
 PERCEPTION_MARKER = "."  # ends the perception; the step (or <done>) follows
 COLUMNS = ("left", "middle", "right")  # image thirds, left to right
 ROWS = ("back", "front")  # top (far from the camera) and bottom part of the image
-ROW_SPLIT = 0.57  # back above this fraction of the height: the median object row on TRAIN scenes (54.7 / 96 px)
+ROW_SPLIT = 0.5  # back above this fraction of the height (a token-row border of any even grid)
+READING_BANDS = 12  # reading order: bands of 1/12 of the height (the rows of a 12x12 token grid)
 _PERCEPTION_KEYWORDS = ("see", "nothing", "holding", ",", PERCEPTION_MARKER)
 PERCEPTION_WORDS = (*_PERCEPTION_KEYWORDS, *COLUMNS, *ROWS)
 
@@ -165,6 +174,15 @@ def position_cell(u: float, v: float, width: float, height: float) -> str:
     col = COLUMNS[min(max(int(3.0 * float(u) / width), 0), 2)]
     row = ROWS[0 if float(v) < ROW_SPLIT * height else 1]
     return f"{col} {row}"
+
+
+def perception_in_reading_order(objects: list[dict], holding: str | None, width: float, height: float) -> dict:
+    """``objects`` (dicts with ``name`` and ``pixel`` [u, v]) -> ``{"objects": [{"name", "cell", "pixel"}],
+    "holding"}`` with each object's cell, in reading order (band of READING_BANDS, then pixel column)."""
+    out = [{"name": o["name"], "cell": position_cell(*o["pixel"], width, height), "pixel": list(o["pixel"])}
+           for o in objects]
+    out.sort(key=lambda o: (min(int(READING_BANDS * o["pixel"][1] / height), READING_BANDS - 1), o["pixel"][0]))
+    return {"objects": out, "holding": holding}
 
 
 def _check_name(name: object, what: str) -> str:

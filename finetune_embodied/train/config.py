@@ -222,6 +222,30 @@ class LabelConfig:
         _check(self.min_gap >= 0, f"label.min_gap must be >= 0, got {self.min_gap!r}")
 
 
+@dataclass
+class PerceptionAuxConfig:
+    """A training-only probe that teaches the LM's image-token states what the frame shows.
+
+    Per prompt-frame token, two linear heads on the hidden state after ``layer`` blocks predict the
+    object centred in that token (class of its name, or none; the recording's object pixels,
+    ``finetune_embodied.sequences.frame_cell_targets``) and the token's coarse cell (left/middle/
+    right x back/front). 144 labels per frame where the perception text gives a few words: a dense
+    reading signal. The heads are dropped at export (the model stays a plain Qwen3). Needs
+    ``data.answer: perceive`` and a recording with object pixels.
+    """
+
+    weight: float = 0.0  # 0 = off; else added to the loss as weight * (object CE + cell CE)
+    layer: int = 2  # hidden state after this many transformer blocks (1..num_layers)
+    object_weight: float = 10.0  # CE weight of tokens with an object centred in them (none = 1)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.weight, (int, float)) and self.weight >= 0,
+               f"perception_aux.weight must be a number >= 0, got {self.weight!r}")
+        _check(isinstance(self.layer, int) and self.layer >= 1, f"perception_aux.layer must be an int >= 1, got {self.layer!r}")
+        _check(isinstance(self.object_weight, (int, float)) and self.object_weight > 0,
+               f"perception_aux.object_weight must be a number > 0, got {self.object_weight!r}")
+
+
 VISUAL_CODES = ("table", "factorized", "digits")
 
 
@@ -262,6 +286,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     dida: DidaConfig = field(default_factory=DidaConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    perception_aux: PerceptionAuxConfig = field(default_factory=PerceptionAuxConfig)
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -281,6 +306,8 @@ class TrainConfig:
                f"input_embedding_init_std must be a number >= 0, got {self.input_embedding_init_std!r}")
         _check(not (self.input_embedding_init_std and self.visual_embedding_init == "tokenizer"),
                "input_embedding_init_std redraws the rows that visual_embedding_init 'tokenizer' sets (use one or the other)")
+        _check(not self.perception_aux.weight or (self.stage == "next_token" and self.data.answer == "perceive"),
+               "perception_aux is for stage next_token with data.answer: perceive (its targets are the perception's objects)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),
@@ -314,6 +341,7 @@ _SECTIONS = {
     "lora": LoraConfig,
     "dida": DidaConfig,
     "label": LabelConfig,
+    "perception_aux": PerceptionAuxConfig,
 }
 
 

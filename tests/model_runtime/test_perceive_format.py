@@ -194,3 +194,15 @@ def test_answer_grammar_perceive_needs_the_compact_layout_and_a_tokenizer(pair):
     with pytest.raises(ValueError, match="text tokenizer"):
         answer_grammar(layout, "perceive")
     assert "step_marker" not in answer_grammar(layout)
+
+
+def test_reading_order_follows_image_token_rows_and_cells_split_on_token_borders():
+    from model_runtime.prompt import perception_in_reading_order
+
+    objects = [{"name": "red cup", "pixel": [90.0, 20.0]}, {"name": "blue bowl", "pixel": [5.0, 30.0]},
+               {"name": "teal fork", "pixel": [40.0, 17.0]}, {"name": "white can", "pixel": [50.0, 48.0]}]
+    p = perception_in_reading_order(objects, "green spoon", 96, 96)
+    # bands of 8 px (12 token rows at 96 px): rows 2, 2, 3, 6; left to right within a band
+    assert [o["name"] for o in p["objects"]] == ["teal fork", "red cup", "blue bowl", "white can"]
+    assert [o["cell"] for o in p["objects"]] == ["middle back", "right back", "left back", "middle front"]
+    assert p["holding"] == "green spoon"

@@ -54,7 +54,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         return apply_labels(reader.iter_episodes(load_images=load_images), labels)
 
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
-    perceptions, perception_words = None, []
+    perceptions, perception_words, pixels, classes = None, [], None, None
     if d.answer == "perceive":
         from finetune_embodied.record import PERCEPTION_FILE, load_perceptions
         from model_runtime.prompt import perception_texts
@@ -64,6 +64,9 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
             raise ValueError(f"data.answer is 'perceive' but dataset {d.path} has no {PERCEPTION_FILE}"
                              " (record it with this version of emu-guide record)")
         perception_words = perception_texts() + sorted({t for frames in perceptions.values() for t in frames})
+        if cfg.perception_aux.weight:
+            pixels = perception_pixels(cfg)
+            classes = perception_classes(cfg)
     text_tok = text_tokenizer_for(
         cfg, lambda: dataset_texts(labelled(False)) + list(d.extra_texts) + plan_words + perception_words)
     layout = compact(text_tok.vocab_size, vision.num_codes)
@@ -104,11 +107,33 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         seed=cfg.seed,
         plan_sequences=d.plan_sequences,
         perceptions=perceptions,
+        perception_pixels=pixels,
+        object_classes=classes,
     )
     groups = [s.episode_index for s in ds.samples]
     if cache is not None and not reader.report.count:  # a run that skipped bad episodes is not cached
         _write_cache(cache, (list(ds.sequences), groups))
     return text_tok, layout, list(ds.sequences), groups, report()
+
+
+def perception_pixels(cfg) -> dict[int, list]:
+    """episode_index -> per frame the [u, v] of each object its perception lists (``perception_aux``)."""
+    from finetune_embodied.record import PERCEPTION_FILE, load_perceptions
+
+    with_pixels = load_perceptions(cfg.data.path, pixels=True)
+    if with_pixels is None:
+        raise ValueError(f"perception_aux needs object pixels in {cfg.data.path}/{PERCEPTION_FILE}"
+                         " (recorded by this version of emu-guide record)")
+    return {e: [p for _, p in frames] for e, frames in with_pixels.items()}
+
+
+def perception_classes(cfg) -> list[str]:
+    """The object names of the dataset's perception targets, sorted: the probe's classes (1 + index)."""
+    from finetune_embodied.record import load_perceptions
+    from finetune_embodied.sequences import perception_object_classes
+
+    texts = load_perceptions(cfg.data.path) or {}
+    return perception_object_classes(sorted({t for frames in texts.values() for t in frames}))
 
 
 def step_labels(cfg, reader, key: str) -> tuple[dict, str]:
@@ -153,7 +178,8 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
         "tokenizer": [sha256_file(p) for p in weights],
         "words": list(words),
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
-        + ([d.answer] if d.answer != "step" else []),  # old caches of the plain format stay valid
+        + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
+        + (["frame_cells"] if cfg.perception_aux.weight else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 1,
     }

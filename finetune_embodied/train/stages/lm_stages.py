@@ -123,6 +123,62 @@ def init_visual_embeddings(model: torch.nn.Module, layout: TokenLayout, vision, 
     emb[lo : lo + layout.num_visual_codes] = rows.to(emb.device)
 
 
+PROBE_KEY = "perception_probe."  # training-only weights (perception_aux): never exported or carried over
+
+
+class PerceptionProbe(torch.nn.Module):
+    """The training-only heads of ``perception_aux``: per image token, the object centred in it (none
+    or one of ``num_classes``) and the token's coarse cell (model_runtime.prompt COLUMNS x ROWS)."""
+
+    def __init__(self, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        from model_runtime.prompt import COLUMNS, ROWS
+
+        self.objects = torch.nn.Linear(hidden_size, num_classes + 1)
+        self.cells = torch.nn.Linear(hidden_size, len(COLUMNS) * len(ROWS))
+
+
+def token_cells(grid_h: int, grid_w: int) -> torch.Tensor:
+    """(grid_h * grid_w,) the coarse cell index (row * 3 + column) of each image token, row-major."""
+    from model_runtime.prompt import COLUMNS, ROW_SPLIT
+
+    r = torch.arange(grid_h).repeat_interleave(grid_w)
+    c = torch.arange(grid_w).repeat(grid_h)
+    col = ((c.float() + 0.5) * len(COLUMNS) / grid_w).long().clamp(max=len(COLUMNS) - 1)
+    row = ((r.float() + 0.5) / grid_h >= ROW_SPLIT).long()
+    return row * len(COLUMNS) + col
+
+
+def perception_aux_loss(probe: PerceptionProbe, hidden: torch.Tensor, samples, layout: TokenLayout,
+                        object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean CE of the probe's object and cell heads over the prompt-frame tokens of ``samples`` that
+    carry ``frame_cells``; tokens with an object centred in them weigh ``object_weight``."""
+    feats, objects, cells = [], [], []
+    for r, s in enumerate(samples):
+        spans = [sp for sp in s.image_spans if not sp.is_target]
+        if s.frame_cells is None or not spans:
+            continue
+        sp = spans[0]
+        block = layout.image_block(sp.height, sp.width)
+        pos = torch.as_tensor(sp.start + block.cell_offsets, device=hidden.device)
+        feats.append(hidden[r, pos])
+        objects.append(torch.as_tensor(s.frame_cells, device=hidden.device))
+        cells.append(token_cells(sp.height, sp.width).to(hidden.device))
+    if not feats:
+        zero = hidden.sum() * 0.0
+        return zero, {"aux_object_ce": float("nan"), "aux_cell_ce": float("nan"), "aux_object_acc": float("nan")}
+    h = torch.cat(feats).float()
+    obj, cell = torch.cat(objects), torch.cat(cells)
+    obj_logits = probe.objects(h)
+    w = torch.where(obj > 0, float(object_weight), 1.0)
+    obj_ce = (F.cross_entropy(obj_logits, obj, reduction="none") * w).sum() / w.sum()
+    cell_ce = F.cross_entropy(probe.cells(h), cell)
+    with torch.no_grad():
+        hit = obj > 0
+        acc = float((obj_logits[hit].argmax(-1) == obj[hit]).float().mean()) if hit.any() else float("nan")
+    return obj_ce + cell_ce, {"aux_object_ce": float(obj_ce), "aux_cell_ce": float(cell_ce), "aux_object_acc": acc}
+
+
 class LMStage(Stage):
     name = "next_token"
 
@@ -208,7 +264,22 @@ class LMStage(Stage):
                 )
             scale_input_embedding(model, self.cfg.input_embedding_init_std, self.layout.visual_offset,
                                   self.layout.num_visual_codes)
+        if self.cfg.perception_aux.weight:
+            self._attach_probe(model)
         return model.train()
+
+    def _attach_probe(self, model: torch.nn.Module) -> None:
+        from finetune_embodied.train.stages.lm_data import perception_classes
+
+        aux = self.cfg.perception_aux
+        if aux.layer > model.config.num_hidden_layers:
+            raise ValueError(f"perception_aux.layer {aux.layer} > the model's {model.config.num_hidden_layers} layers")
+        if self.info.world_size > 1:
+            raise ValueError("perception_aux runs in one process only (its heads sit outside the DDP forward)")
+        g = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 7)  # the probe's init does not shift the model's random stream
+        model.perception_probe = PerceptionProbe(model.config.hidden_size, len(perception_classes(self.cfg)))
+        torch.set_rng_state(g)
 
     def code_levels(self) -> tuple[int, ...]:
         """The FSQ levels behind the visual codes (``visual_codes`` other than "table" need them)."""
@@ -253,7 +324,7 @@ class LMStage(Stage):
             raise CheckpointError(f"init_from {str(path)!r}: no model.safetensors (not an LM checkpoint or model directory)")
         # rows moved to this run's ids when data.new_words=extend added words (train/vocabulary.py)
         weights = fit_init_weights(load_weights(wfile), path, self.text_tok, self.layout.num_visual_codes)
-        weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+        weights = {k.removeprefix("base_model.model."): v for k, v in weights.items() if not k.startswith(PROBE_KEY)}
         if any(".lora_" in k for k in weights):
             raise CheckpointError(f"init_from {str(path)!r} holds LoRA adapters; export (merge) it first")
         from finetune_embodied.train.factorized_codes import DIGIT_KEY, materialize
@@ -269,7 +340,7 @@ class LMStage(Stage):
                 "starts from a factorised checkpoint or from scratch (use visual_codes: table)"
             )
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if k != "lm_head.weight"]
+        missing = [k for k in missing if k != "lm_head.weight" and not k.startswith(PROBE_KEY)]
         if missing or unexpected:
             raise CheckpointError(
                 f"init_from {str(path)!r} does not fit the configured LM: missing {missing[:3]}, unexpected"
@@ -294,10 +365,19 @@ class LMStage(Stage):
 
     # ---- loss -------------------------------------------------------------------------------
     def loss(self, model, batch, gen):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return weighted_next_token_loss(
-            logits, batch["labels"], batch["loss_weights"], self.info.world_size, self.layout.visual_offset
+        aux = self.cfg.perception_aux
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=bool(aux.weight))
+        loss, parts = weighted_next_token_loss(
+            out.logits, batch["labels"], batch["loss_weights"], self.info.world_size, self.layout.visual_offset
         )
+        if aux.weight:
+            probe = getattr(model, "module", model).perception_probe
+            aux_loss, aux_parts = perception_aux_loss(probe, out.hidden_states[aux.layer], batch["samples"],
+                                                      self.layout, aux.object_weight)
+            loss = loss + aux.weight * aux_loss
+            parts.update(aux_parts)
+        return loss, parts
 
     # ---- evaluation -------------------------------------------------------------------------
     def _text_positions(self, s: TrainingSequence) -> list[int]:

@@ -55,16 +55,21 @@ def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model
         "model.tie_word_embeddings=false", "input_embedding_init_std=1.0", "data.heldout_fraction=0.5",
         "data.mid_samples_per_step=0", "optim.batch_size=2", "optim.max_steps=4", "optim.warmup_steps=1",
         "eval.max_samples=2", "eval.every=0", "log_every=1", f"checkpoint.dir={tmp_path / 'lm'}",
+        "perception_aux.weight=1.0",
     ])
     text_tok, layout, seqs, _, _ = dataset_sequences(cfg, None)
     steps = [s for s in seqs if s.kind == "step"]
     for s in steps[:5]:  # every guidance answer parses back with its perception first
         parsed = parse_answer(layout, text_tok, s.input_ids[s.prompt_length:], answer_format="perceive")
         assert parsed.perception is not None and len(parsed.perception["objects"]) <= 4
+        # the probe's targets: one object class per listed object, on its centre's token
+        assert s.frame_cells is not None and s.frame_cells.shape == (s.image_spans[0].height * s.image_spans[0].width,)
+        assert np.count_nonzero(s.frame_cells) <= len(parsed.perception["objects"])
     summary = train(cfg, progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line).get("split") == "train" and "loss" in json.loads(line)]
+    logged = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    losses = [d["loss"] for d in logged if d.get("split") == "train" and "loss" in d]
     assert summary.steps == 4 and losses and all(np.isfinite(losses))
+    assert all(np.isfinite(d["aux_cell_ce"]) for d in logged if d.get("split") == "train")
 
     out = tmp_path / "model"
     export_model(latest_checkpoint(tmp_path / "lm" / "checkpoints"), tok, out)
