@@ -45,12 +45,14 @@ class MonitorConfig:
     @classmethod
     def for_request(cls, max_steps: int, max_retries: int = 1) -> MonitorConfig:
         """A guidance request's budget (a ROS Guide goal, a bag replay): ``max_steps`` planning calls,
-        re-plans bounded by the same number, every planned step executable with its retries, and no
-        wall-clock limit (the caller cancels)."""
+        and per step and per episode the same limits as a bench episode (the defaults: ``max_replans``
+        re-plans of one step, at most ``max_attempts`` goals executed; fewer when ``max_steps`` is
+        smaller), so a goal and a bench episode with the same budget decide alike; no wall-clock
+        limit (the caller cancels)."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        return cls(max_planning_calls=max_steps, max_replans=max_steps, max_retries=max_retries,
-                   max_attempts=max_steps * (1 + max_retries) + 1, time_limit_s=float("inf"))
+        return cls(max_planning_calls=max_steps, max_replans=min(max_steps, cls.max_replans), max_retries=max_retries,
+                   max_attempts=min(cls.max_attempts, max_steps * (1 + max_retries) + 1), time_limit_s=float("inf"))
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.max_replans < 0:
