@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "label": ("finetune_embodied.labelling", "find step ends (keyframes) in a LeRobot dataset and score them against its labels"),
     "replay": ("emu_ros.replay", "run guidance over camera frames from a rosbag2 and write a new bag"),
 }
+# (subcommand, flag) -> the module that owns that mode and runs it with the same arguments: the
+# over-ROS bench launches ROS node processes, which only the ROS layer may do (planner never does).
+FLAG_OWNERS: dict[tuple[str, str], str] = {
+    ("bench", "over_ros"): "emu_ros.bench_over_ros",
+}
 
 
 def build_parser(names: list[str] | None = None) -> argparse.ArgumentParser:
@@ -44,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args._module.main(args) or 0)
+    module = args._module
+    for (command, flag), owner in FLAG_OWNERS.items():
+        if args.command == command and getattr(args, flag, False):
+            module = importlib.import_module(owner)
+    return int(module.main(args) or 0)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from emu_guide.paths import artifacts_root
 
-__all__ = ["add_arguments", "main", "run_bench"]
+__all__ = ["add_arguments", "format_table", "main", "run_bench", "write_report"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
     parser.add_argument("--no-checker", action="store_true",
                         help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
+    parser.add_argument("--over-ros", action="store_true",
+                        help="run every episode over ROS 2: the guidance node and the sim bridge as processes talking"
+                             " over real DDS (isolated graph), scored on the same seeds with the same table and JSON;"
+                             " needs rclpy (`bash scripts/ros_venv.sh` builds .ros_venv, which is then used)")
     add_text_argument(parser)
     add_model_arguments(parser)
     add_instruction_argument(parser)
@@ -132,7 +137,6 @@ def run_bench(
     from tqdm import tqdm
 
     from planner.envs import env_id
-    from planner.metrics import aggregate
     from sim_envs.seeds import seeds_for
 
     if episodes < 1:
@@ -168,7 +172,19 @@ def run_bench(
                 bar.update(1)
                 bar.set_postfix(success=f"{sum(r['success'] for r in results) / len(results):.2f}")
     bar.close()
-    wall = time.perf_counter() - t0
+    return write_report(out, results, tasks, configs, seeds, workers, time.perf_counter() - t0,
+                        use_checker=use_checker, grounded_decoding=grounded_decoding)
+
+
+def write_report(out: Path, results: list[dict[str, Any]], tasks: list[str], configs: list[tuple[str, str]],
+                 seeds: list[int], workers: int, wall: float, use_checker: bool = True, grounded_decoding: bool = False,
+                 extra: dict[str, Any] | None = None,
+                 summary_extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Summaries per (task, backend, decode), bench.json and the plots. The in-process bench and the
+    over-ROS one (``emu_ros.bench_over_ros``) write the same shape; the latter adds its own keys to
+    the report (``extra``) and to each summary (``summary_extra(episodes)``)."""
+    from planner.metrics import aggregate
+
     summaries = []
     for t in tasks:
         for b, m in configs:
@@ -176,7 +192,8 @@ def run_bench(
                          key=lambda r: r["seed"])
             if not eps:  # the backend's registry name may differ from the asked one (auto)
                 continue
-            summaries.append({"task": t, "backend": b, "decode": m, **aggregate(eps)})
+            summaries.append({"task": t, "backend": b, "decode": m, **aggregate(eps),
+                              **(summary_extra(eps) if summary_extra else {})})
     report = {
         "command": "emu-guide bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
         "seeds": {"split": "heldout", "first": seeds[0], "count": len(seeds)},
@@ -184,6 +201,7 @@ def run_bench(
         "monitor": "checker" if use_checker else "frames only (frame vs predicted subgoal)",
         "text": "grounded decoding (names the detector sees)" if grounded_decoding else "free",
         "wall_s": wall,
+        **(extra or {}),
         "summaries": summaries,
         "episodes": sorted(results, key=lambda r: (r["task"], r["backend"], r["decode_mode"], r["seed"])),
     }
@@ -272,6 +290,10 @@ def _check_instruction(args: argparse.Namespace, backends: list[str]) -> str | N
 
 def main(args: argparse.Namespace) -> int:
     from planner.envs import resolve_backend
+
+    if getattr(args, "over_ros", False):  # `emu-guide bench --over-ros` runs emu_ros.bench_over_ros (emu_guide/cli.py)
+        print("error: --over-ros is run by emu_ros.bench_over_ros through `emu-guide bench --over-ros`", file=sys.stderr)
+        return 2
 
     backends = []
     for b in args.backend:
