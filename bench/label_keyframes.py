@@ -4,11 +4,14 @@ labelled recordings when it is not shown their labels?
     python bench/label_keyframes.py [--tasks table_clear fold_cloth sort_blocks] [--episodes 5]
                                     [--mistake-rate 0.0 0.2] [--tolerance 2] [--out runs/bench/label_keyframes.json]
     python bench/label_keyframes.py --dataset PATH [--camera NAME]     # any labelled LeRobot dataset
+    PYTHONPATH=. python bench/label_keyframes.py --env examples.metaworld.metaworld_guidance:make_pick_place ...
 
 Sims: ``emu-guide record``'s expert (TRAIN seeds, the first ``--episodes`` of each task) writes a
 v3 dataset whose every frame carries its step text (plan steps and, with a mistake rate, the
 mistakes and recoveries); the true step ends are where the text changes and the episode's last
-frame. The labeller then runs on the dataset with each setting (``label.cues``, ``label.events``), and also as on
+frame. ``--env``: guidance-protocol environments recorded by ``emu-guide record --env`` (their
+``ground_truth_plan()`` through ``execute_skill``, each step's sentence on its frames; the
+Meta-World example's steps are phases of its scripted experts), one dataset per env. The labeller then runs on the dataset with each setting (``label.cues``, ``label.events``), and also as on
 a dataset whose state columns have no names (every column a joint: motion pauses only). A detected
 end counts when within ``--tolerance`` frames of a true one (one-to-one). Prints a table and writes JSON.
 """
@@ -32,12 +35,20 @@ SETTINGS = {  # name -> (label config overrides, hide the state column names)
 }
 
 
-def record_sim(task: str, episodes: int, mistake_rate: float, out: Path) -> Path:
+def record_sim(task: str, episodes: int, mistake_rate: float, out: Path, seed_offset: int = 0) -> Path:
     from finetune_embodied.record import RecordConfig, record
 
     cfg = RecordConfig(out=str(out), tasks=(task,), episodes_per_task=episodes, mistake_rate=mistake_rate,
-                       resolution=64, keep_shards=False)
+                       resolution=64, keep_shards=False, seed_offset=seed_offset)
     record(cfg, progress=False)
+    return out
+
+
+def record_protocol_env(target: str, episodes: int, out: Path, seed_offset: int = 0) -> Path:
+    from finetune_embodied.record_env import EnvRecordConfig, record_env
+
+    record_env(EnvRecordConfig(out=str(out), envs=(target,), episodes=episodes, seed_offset=seed_offset,
+                               resolution=64), progress=False)
     return out
 
 
@@ -65,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["table_clear", "fold_cloth", "sort_blocks"])
     p.add_argument("--episodes", type=int, default=5, help="episodes per task")
+    p.add_argument("--seed-offset", type=int, default=0, help="first TRAIN seed used (TRAIN_SEEDS[offset])")
+    p.add_argument("--env", nargs="*", default=[], metavar="MODULE:CALLABLE",
+                   help="guidance-protocol envs to record and score (instead of the sims)")
     p.add_argument("--mistake-rate", nargs="+", type=float, default=[0.0, 0.2])
     p.add_argument("--tolerance", type=int, default=2)
     p.add_argument("--dataset", nargs="*", default=[], help="labelled LeRobot datasets to score instead of the sims")
@@ -78,13 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         for d in args.dataset:
             for r in score(Path(d), args.camera, args.tolerance):
                 results.append({"source": d, **r})
+    elif args.env:
+        for target in args.env:
+            name = target.rsplit(":", 1)[-1].removeprefix("make_")
+            path = Path(args.work) / f"env-{name}-{args.episodes}-o{args.seed_offset}"
+            t0 = time.perf_counter()
+            if not (path / "meta/info.json").is_file():
+                record_protocol_env(target, args.episodes, path, args.seed_offset)
+            print(f"[{target}] dataset {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for r in score(path, args.camera, args.tolerance):
+                results.append({"source": name, **r})
     else:
         for task in args.tasks:
             for rate in args.mistake_rate:
-                path = Path(args.work) / f"{task}-mr{rate:g}-{args.episodes}"
+                path = Path(args.work) / f"{task}-mr{rate:g}-{args.episodes}" / f"o{args.seed_offset}"
                 t0 = time.perf_counter()
                 if not (path / "meta/info.json").is_file():
-                    record_sim(task, args.episodes, rate, path)
+                    record_sim(task, args.episodes, rate, path, args.seed_offset)
                 print(f"[{task} mistake rate {rate:g}] dataset {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 for r in score(path, args.camera, args.tolerance):
                     results.append({"source": f"{task} mr={rate:g}", **r})

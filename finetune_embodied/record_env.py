@@ -147,13 +147,18 @@ def record_env_episode(env: Any, seed: int) -> tuple[dict, dict]:
         rec.remove()
     frames += rec.frames
     states += rec.states
-    dim_a = max((a.size for a in rec.actions), default=0)
+    # LeRobot columns cannot be empty: an env without a vector observation or action (an image
+    # observation, skills that never call step) gets one zero column, named no_state / no_action.
+    dim_a = max((a.size for a in rec.actions), default=0) or 1
     actions = [np.pad(a, (0, dim_a - a.size)) for a in rec.actions] + [np.zeros(dim_a, np.float32)]
     dim_s = states[0].size
     if any(s.size != dim_s for s in states):
         raise ValueError(f"observation vectors change size within an episode ({sorted({s.size for s in states})})")
+    if dim_s == 0:
+        states = [np.zeros(1, np.float32) for _ in states]
     success = bool(g.task_success()) and not error
     data = {"images": np.stack(frames), "state": np.stack(states), "action": np.stack(actions),
+            "has_state": dim_s > 0, "has_action": any(a.size for a in rec.actions),
             "subtasks": [labels[0] if labels else plan[0].text] + labels, "instruction": str(g.instruction)}
     return data, {"seed": int(seed), "frames": len(frames), "steps": len(plan), "success": success,
                   "error": error or ("" if success else "task not completed")}
@@ -189,13 +194,16 @@ def record_env(cfg: EnvRecordConfig, progress: bool = True) -> dict:
                         continue
                     dim = data["state"].shape[1]
                     own = list(g.state_names()) if hasattr(g, "state_names") else [f"obs_{i}" for i in range(dim)]
+                    if not data["has_state"]:
+                        own = ["no_state"]
                     if len(own) != dim:
                         raise ValueError(f"{target}: state_names() has {len(own)} names for a {dim}-column observation")
                     if writer is None:
                         names = own
                         h, w = data["images"].shape[1:3]
                         writer = LeRobotV3Writer(tmp, cfg.fps, {CAMERA: (h, w)}, names,
-                                                 [f"a{i}" for i in range(data["action"].shape[1])],
+                                                 [f"a{i}" for i in range(data["action"].shape[1])]
+                                                 if data["has_action"] else ["no_action"],
                                                  robot_type=str(getattr(g, "task_name", type(g).__name__)),
                                                  with_subtasks=True, pix_fmt=cfg.pix_fmt, crf=cfg.crf)
                     elif own != names:
