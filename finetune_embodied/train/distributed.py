@@ -124,6 +124,26 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo, trainable_only: bool
     return {k: v.detach().to("cpu") for k, v in sd.items()}
 
 
+def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, info: DistInfo) -> dict:
+    """The optimizer's state to checkpoint. Under FSDP each rank's optimizer holds its own shards: they
+    are gathered into one full state keyed by parameter name (on rank 0, the rank that saves)."""
+    if info.strategy != "fsdp":
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, info: DistInfo) -> None:
+    """Restore ``optimizer_state``'s result (every rank read the checkpoint; FSDP re-shards it)."""
+    if info.strategy != "fsdp":
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
 def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     """Average scalar metrics over ranks (identity when single-process)."""
     if info.world_size <= 1 or not values:

@@ -161,7 +161,7 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(cfg))
     step, samples_seen = 0, 0
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
+        D.load_optimizer_state(wrapped, opt, state["optimizer"], info)
         sched.load_state_dict(state["scheduler"])
         step, samples_seen = int(state["step"]), int(state["samples_seen"])
         if "torch_rng" in state:
@@ -174,10 +174,11 @@ def _train(cfg, info, run_dir: Path, ckpt_root: Path, stage, stop_after_step, pr
 
     def save(at_step: int) -> Path | None:
         weights = D.full_state_dict(wrapped, info, trainable_only=stage.trainable_checkpoint)  # all ranks join (FSDP gathers)
+        optim_state = D.optimizer_state(wrapped, opt, info)  # likewise
         path = None
         if info.is_main:
             trainer_state = {
-                "optimizer": opt.state_dict(),
+                "optimizer": optim_state,
                 "scheduler": sched.state_dict(),
                 "step": at_step,
                 "samples_seen": samples_seen,
