@@ -139,9 +139,19 @@ def test_bad_release_inputs_are_one_line_errors(release, tmp_path):
         export_release(compact.checkpoint, tmp_path / "out")
 
 
-def test_fsdp_is_refused_on_cpu(monkeypatch):
+def test_fsdp_is_refused_on_cpu_and_would_wrap_each_decoder_block(monkeypatch):
+    import peft
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
     from finetune_embodied.train import distributed as D
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="'fsdp' needs CUDA GPUs"):
         D.setup("cpu", "fsdp")
+    # The units FSDP would shard on GPUs: the decoder blocks, found through peft's wrapper.
+    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=8))  # fmt: skip
+    wrapped = peft.get_peft_model(lm, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    assert D.block_wrap_policy(wrapped).keywords["transformer_layer_cls"] == {Qwen3DecoderLayer}
+    assert D.block_wrap_policy(torch.nn.Linear(2, 2)) is None
