@@ -11,7 +11,8 @@ labels such episodes first (``label.when: missing``, the default; docs/datasets.
    never guessed to be xyz or a gripper: they count as joints (motion only).
 2. **Keyframes**, by the first cue in ``label.cues`` that the episode has:
    ``gripper``: a grasp or release (the gripper column crossing the middle of its range over the
-   dataset) ends a step at the first stop or turn of the motion that follows it
+   dataset) made with the arm still ends a step where the lift away from it ends; a grasp held
+   below the arm's empty-hand travel height is one step with its release
    (:func:`finetune_embodied.keyframes.detect_keyframes`); ``motion``: the arm (xyz, else joints
    scaled by their spread) arrives and rests for ``label.min_pause`` frames
    (:func:`~finetune_embodied.keyframes.motion_pauses`); ``image``: the same pauses in how much the
