@@ -2,6 +2,7 @@
 
     session = GuidanceSession(load_backend("torch"), "clear the table", DecodeOptions())
     step = session.next_step(frame)      # PlanStep: sentence + subgoal image
+    seen = session.perceive(frame)       # "perceive" models: what the model sees (no step)
     ...execute step...
     session.mark_done(step)              # it worked: it joins the history
     session.replan()                     # or: forget the pending step and ask again from the next frame
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from emu_guide.types import Frame, Plan, PlanStatus, PlanStep
-from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend
+from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend, Perceived
 
 __all__ = ["GuidanceSession", "SessionError"]
 
@@ -51,14 +52,32 @@ class GuidanceSession:
         if check is not None:
             check(self.instruction)  # BackendError naming the unknown words
 
+    @property
+    def perceives(self) -> bool:
+        """Whether the backend's answers start with what it sees (the "perceive" format) and it can
+        say that alone (``perceive``)."""
+        return getattr(self.backend, "answer_format", "step") == "perceive" and hasattr(self.backend, "perceive")
+
+    def perceive(self, frame: Frame, history: Sequence[PlanStep] | None = None) -> Perceived:
+        """What the model sees in ``frame`` (a perception-only decode), with the done steps as history
+        (or ``history``). BackendError when the backend cannot perceive (``perceives`` is False)."""
+        if not self.perceives:
+            raise BackendError(f"backend {getattr(self.backend, 'name', '?')!r} does not perceive"
+                               " (its answers are not in the 'perceive' format)")
+        options = dataclasses.replace(self.options, perception=None)
+        steps = list(self.history if history is None else history)
+        return self.backend.perceive(frame, self.instruction, steps, options)  # type: ignore[attr-defined]
+
     def next_step(
-        self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None
+        self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None,
+        perception: str | None = None,
     ) -> PlanStep:
         """The next step given the current frame; repeats replace a still-pending proposal.
 
         ``allowed_names``: grounded decoding for this call (the names the caller's detector sees in
         ``frame``, and may be named); ``known_names`` (default ``options.known_names``) every name it
-        can report. None keeps the options as they are.
+        can report. None keeps the options as they are. ``perception``: what ``perceive`` said of
+        this same frame, teacher-forced as the answer's start (decoded once, not twice).
         """
         if self.finished:
             raise SessionError("the task is already complete; start a new session")
@@ -76,6 +95,8 @@ class GuidanceSession:
             if not known:
                 raise SessionError("allowed_names needs known_names (the names a detector can recognise)")
             options = dataclasses.replace(options, known_names=known, allowed_names=tuple(allowed_names))
+        if perception is not None or options.perception is not None:
+            options = dataclasses.replace(options, perception=perception)
         step = self.backend.next_step(frame, self.instruction, list(self.history), options)
         if step.index != len(self.history):
             raise BackendError(f"backend returned step index {step.index}, expected {len(self.history)}")

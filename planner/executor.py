@@ -33,7 +33,9 @@ class Executor(Protocol):
 
     def check(self, goal: ActionGoal) -> bool | None:
         """Whether the goal's effect holds now, or None when this executor has no checker
-        (the monitor then compares the new frame with the predicted subgoal image)."""
+        (the frames decide: planner.verify). An executor whose ``check`` reads the world's true
+        state sets ``authoritative_check = True`` (it then decides alone); any other check (a
+        robot's own StepResult) is a second opinion beside the frames (planner.monitor)."""
         ...
 
     def observe(self) -> Frame:
@@ -72,6 +74,7 @@ class SimExecutor:
         except EnvProtocolError as exc:
             raise ExecutorError(f"SimExecutor: {exc}") from None
         self.use_checker = use_checker  # False: judge steps by frames only, as on a robot without a checker
+        self.authoritative_check = use_checker  # the simulator's checker reads true state: it decides alone
         self._errors = _skill_errors()
         self._t0 = time.monotonic()
 
@@ -115,6 +118,7 @@ class PlanAheadExecutor:
     """
 
     name = "plan_ahead"
+    authoritative_check = True  # "done" by definition: the frame never changes, so it cannot tell
 
     def __init__(self, frame: Frame) -> None:
         self.frame = frame

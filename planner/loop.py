@@ -5,6 +5,11 @@ One iteration is one planning call:
     frame -> plan step (model) -> parse with context -> ground -> check -> execute -> verify
           -> confirm (the step joins the history) or re-plan (the step is rejected, ask again)
 
+Verify (``planner.verify``): a "perceive" model perceives the post-step frame (a perception-only
+decode) and the perception is compared with the step's goal; without perception, the new frame
+against the predicted subgoal image. That perception is the start of the next answer about the
+same frame: the next planning call teacher-forces it instead of decoding it again.
+
 What differs between the places that run it plugs in behind small interfaces:
 
 - ``Executor`` (``planner.executor``): runs a goal and observes the next frame. The sim's skill
@@ -43,6 +48,7 @@ from planner.metrics import capped_psnr, subgoal_position_error
 from planner.monitor import ExecutionMonitor, MonitorConfig, _jsonable
 from planner.parse import ParseContext, Vocabulary, parse
 from planner.safety import SafetyGate
+from planner.verify import FrameVerdict, FrameVerifier, perception_match
 
 __all__ = ["GroundTruth", "GuidanceLoop", "LoopConfig", "LoopResult", "ObjectsSource", "StepRecord", "resize_frame"]
 
@@ -84,6 +90,9 @@ class GroundTruth(Protocol):
 
     def grounding_error_m(self, name: str, info: GroundingInfo) -> float | None: ...
 
+    # Optional: ``perception() -> dict | None``, what the current frame truly shows, as the "perceive"
+    # answers list it ({"objects": [{"name", "cell"}], "holding"}); shown next to the model's.
+
 
 @dataclass
 class StepRecord:
@@ -107,6 +116,13 @@ class StepRecord:
     subgoal_pos_error_m: float | None = None  # the same on the table plane, metres
     grounding_error_m: float | None = None  # pick steps: grounded object position vs the simulator's (x, y)
     progress: float | None = None  # frame verification: how far the new frame went towards the subgoal
+    perception: dict[str, Any] | None = None  # "perceive" models: what the model saw in the frame before the step
+    perception_reused: bool = False  # that perception was the previous verification's, teacher-forced
+    gt_perception: dict[str, Any] | None = None  # evaluation only: what the frame before truly showed
+    perception_match: dict[str, Any] | None = None  # perception vs gt_perception (planner.verify.perception_match)
+    # The verify step: {"done", "decided_by", "reason", "frames": {by, done, reason, perception, progress,
+    # perceive_ms}, "gt_after", "after_match"} (gt_*: evaluation only); None when nothing was executed.
+    verification: dict[str, Any] | None = None
     allowed_names: list[str] | None = None  # grounded decoding: the names this step was allowed (None: free)
     grounding: dict[str, Any] = field(default_factory=dict)
     before: np.ndarray | None = None
@@ -182,10 +198,14 @@ class GuidanceLoop:
         self.should_stop = should_stop or (lambda: False)
         self.gate = gate  # planner/safety.py: the last check before a goal can reach the executor
         self._seen: tuple[float, ObjectsInView | None] | None = None  # (frame stamp, detection) of the last planned frame
-        self.monitor = ExecutionMonitor(executor, self.config.monitor)
         # Validates the instruction (empty, words the model cannot encode): SessionError / BackendError.
         self.session = GuidanceSession(backend, instruction, self.config.decode,
                                        max_steps=self.config.monitor.max_planning_calls)
+        self._post: tuple[Frame, Any] | None = None  # (post-step frame, the model's Perceived of it): reused once
+        mc = self.config.monitor
+        verifier = FrameVerifier(self._perceive if self.session.perceives else None, mc.progress_threshold,
+                                 mc.change_threshold)
+        self.monitor = ExecutionMonitor(executor, mc, verifier=verifier)
         self.plan = Plan(instruction=self.session.instruction, model_id=str(getattr(backend, "model_id", "")))
         self.context = ParseContext()
         self.naming: NameGrounding | None = None
@@ -240,6 +260,7 @@ class GuidanceLoop:
                 outcome = self.monitor.run_step(step, step.goal, frame)
                 rec.outcome, rec.reason, rec.attempts = outcome.status, outcome.reason, outcome.attempts
                 rec.progress = outcome.progress
+                self._record_verification(rec, outcome.verdict, outcome.decided_by, outcome.status == "done")
                 rec.after = outcome.after.image if self.config.keep_images else None
                 self.retries += max(0, outcome.attempts - 1)
                 self._finish_record(rec)
@@ -287,9 +308,13 @@ class GuidanceLoop:
         allowed, known, detect_ms = self._allowed_names(frame, index)
         size = self.config.frame_size or getattr(self.backend, "image_size", None)  # the model's input size
         frame_in = resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
-        step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known)
+        post, self._post = self._post, None
+        given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
+        step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given)
         t_plan = time.perf_counter()
         latency = dict(step.timings_ms)
+        if given is not None:  # the perception was decoded when verifying the previous step
+            latency["perceive_reused"] = post[1].timings_ms.get("total", 0.0)  # type: ignore[union-attr]
         if allowed is not None:  # detection is part of planning this step
             latency["detect"] = detect_ms
             latency["total"] = latency.get("total", 0.0) + detect_ms
@@ -301,8 +326,10 @@ class GuidanceLoop:
             gt_text=gt.text if gt else None, goal={}, gt_goal=gt.goal.to_dict() if gt and gt.goal else None,
             outcome="", reason="", attempts=0, latency_ms=latency,
             before=frame.image if keep else None, subgoal=step.subgoal_image if keep else None,
-            allowed_names=allowed,
+            allowed_names=allowed, perception=step.perception, perception_reused=given is not None,
         )
+        rec.gt_perception = self._true_perception()
+        rec.perception_match = perception_match(step.perception, rec.gt_perception)
         if step.is_final:
             rec.text_exact = rec.goal_correct = (gt is None) if self.ground_truth is not None else None
             rec.latency_ms["planner"] = 0.0
@@ -398,6 +425,32 @@ class GuidanceLoop:
             self.monitor.record("gate", index, goal.reason, check=decision.kind, goal=goal.to_dict())
         elif decision.ok:
             self.monitor.record("gate", index, "passed the safety gate", held_s=round(decision.held_s, 4))
+
+    # -- verify: the model's perception of a post-step frame ---------------------------------------
+    def _perceive(self, frame: Frame) -> Any:
+        """The model's perception of ``frame`` (a post-step frame) with the confirmed steps as history;
+        kept so the next planning call on this frame starts its answer with it (decoded once)."""
+        size = self.config.frame_size or getattr(self.backend, "image_size", None)
+        frame_in = resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
+        seen = self.session.perceive(frame_in)
+        self._post = (frame, seen)
+        return seen
+
+    def _true_perception(self) -> dict[str, Any] | None:
+        """Evaluation only: what the current frame truly shows (the GroundTruth's optional ``perception``)."""
+        truth = getattr(self.ground_truth, "perception", None)
+        return truth() if truth is not None else None
+
+    def _record_verification(self, rec: StepRecord, verdict: FrameVerdict | None, decided_by: str, done: bool) -> None:
+        if verdict is None:  # nothing was executed
+            return
+        gt_after = self._true_perception()
+        rec.verification = {
+            "done": done, "decided_by": decided_by, "reason": rec.reason, "frames": verdict.to_dict(),
+            "gt_after": gt_after, "after_match": perception_match(verdict.perception, gt_after),
+        }
+        if verdict.perceive_ms is not None:
+            rec.latency_ms["verify"] = verdict.perceive_ms
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _confirm(self, step: PlanStep) -> None:

@@ -3,13 +3,15 @@
 Every decision goes into ``events`` (a JSON-serialisable list) with the reason, so a report can
 say exactly why an episode went the way it did.
 
-Is a step done?
-1. The executor's checker, when it has one (the simulator's geometric checker).
-2. Otherwise the new frame against the predicted subgoal image: among the pixels the subgoal
-   says will change (|subgoal - before| large), the fraction where the new frame is now closer
-   to the subgoal than to the frame before, minus a penalty for changes the subgoal did not
-   predict (``subgoal_progress``). A model's subgoal image is never pixel-exact, so this asks
-   "did the predicted change happen?", not "are the images equal?".
+Is a step done? After every attempt the frame verifier (``planner.verify.FrameVerifier``) judges
+the new frame: the model's perception of it against the step's goal ("perceive" models), else
+the new frame against the predicted subgoal image (``subgoal_progress``). Then:
+
+1. An executor whose checker reads the world's true state (``authoritative_check``: the
+   simulator's checker) decides alone; the frames' verdict is recorded beside it.
+2. Another executor's check (a robot's own StepResult) is a second opinion: when perception
+   decided, the step is done only if both say so; when it could not, the executor's report decides.
+3. No checker: the frames decide.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from emu_guide.types import ActionGoal, Frame, GoalStatus, PlanStep, StepResult
 from planner.executor import Executor
+from planner.verify import FrameVerdict, FrameVerifier, subgoal_progress
 
 __all__ = ["Event", "ExecutionMonitor", "MonitorConfig", "StepOutcome", "subgoal_progress"]
 
@@ -87,53 +90,9 @@ class StepOutcome:
     before: Frame
     after: Frame
     results: list[StepResult] = field(default_factory=list)
-    progress: float | None = None  # subgoal_progress of the last check, when frames decided
-
-
-def _resize_like(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if image.shape == shape:
-        return image
-    import cv2
-
-    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-
-
-def subgoal_progress(
-    before: np.ndarray,
-    after: np.ndarray,
-    subgoal: np.ndarray,
-    change_threshold: int = 40,
-    blur_sigma: float = 1.0,
-) -> float:
-    """How far ``after`` went from ``before`` towards ``subgoal`` (0..1; images HxWx3 uint8).
-
-    Among the pixels the subgoal says will change, the fraction now closer to the subgoal than to
-    ``before``, minus half the share of unpredicted changes (relative to the predicted area).
-    A subgoal predicting no change at all scores by whether nothing changed. All three images are
-    smoothed alike first (``blur_sigma`` px) so that a model's softer subgoal image does not
-    "predict" a change at every edge in the scene.
-    """
-    subgoal = _resize_like(subgoal, after.shape)
-    if before.shape != after.shape:
-        raise ValueError(f"before {before.shape} and after {after.shape} frames differ in shape")
-    if blur_sigma > 0:
-        import cv2
-
-        before, after, subgoal = (cv2.GaussianBlur(x, (0, 0), blur_sigma) for x in (before, after, subgoal))
-    b = before.astype(np.int16)
-    a = after.astype(np.int16)
-    s = subgoal.astype(np.int16)
-    predicted = np.abs(s - b).max(axis=2) > change_threshold  # (H, W) where the subgoal differs
-    happened = np.abs(a - b).max(axis=2) > change_threshold
-    n_pred = int(predicted.sum())
-    if n_pred < 4:
-        return float(1.0 - min(1.0, happened.sum() / max(16, happened.size * 0.01)))
-    to_goal = np.abs(a - s).sum(axis=2)
-    to_before = np.abs(a - b).sum(axis=2)
-    moved = (to_goal < to_before) & predicted
-    unexpected = happened & ~predicted
-    score = moved.sum() / n_pred - 0.5 * min(1.0, unexpected.sum() / n_pred)
-    return float(max(0.0, min(1.0, score)))
+    progress: float | None = None  # subgoal_progress of the last check, when pixels were compared
+    verdict: FrameVerdict | None = None  # what the last post-step frame said (perception or pixels)
+    decided_by: str = ""  # "checker" | "perception" | "subgoal" | "executor" | "perception+executor" | "none"
 
 
 class ExecutionMonitor:
@@ -144,9 +103,12 @@ class ExecutionMonitor:
         executor: Executor,
         config: MonitorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier: Callable[[PlanStep, ActionGoal, Frame, Frame], FrameVerdict] | None = None,
     ) -> None:
         self.executor = executor
         self.config = config or MonitorConfig()
+        # Judges the post-step frame (planner.verify); default: pixels only (no model perception).
+        self.verifier = verifier or FrameVerifier(None, self.config.progress_threshold, self.config.change_threshold)
         self.clock = clock
         self.events: list[Event] = []
         self.t_start = clock()
@@ -177,17 +139,27 @@ class ExecutionMonitor:
         return None
 
     # -- the decision -------------------------------------------------------------------------
-    def is_done(self, goal: ActionGoal, before: Frame, after: Frame, subgoal: np.ndarray | None) -> tuple[bool, str, float | None]:
-        """(done, why, progress) for a step after an attempt."""
+    def decide(self, step: PlanStep, goal: ActionGoal, before: Frame, after: Frame) -> tuple[bool, str, str, FrameVerdict]:
+        """(done, why, decided_by, the frames' verdict) for a step after an attempt (module docstring)."""
         checked = self.executor.check(goal)
+        frames = self.verifier(step, goal, before, after)
+        seen = f"frames ({frames.by}): {'done' if frames.done else 'not done'}: {frames.reason}"
+        if checked is not None and getattr(self.executor, "authoritative_check", False):
+            return checked, f"checker says {'done' if checked else 'not done'}; second opinion, {seen}", "checker", frames
+        if checked is not None and frames.by == "perception":
+            done = bool(frames.done and checked)
+            report = "reports success" if checked else "reports failure"
+            if frames.done == checked:
+                why = f"{seen}; the executor {report}"
+            else:
+                why = f"{seen}; the executor {report}: {'not ' if not done else ''}done (both must agree)"
+            return done, why, "perception+executor", frames
         if checked is not None:
-            return checked, "checker says done" if checked else "checker says not done", None
-        if subgoal is None:
-            return False, "no checker and no subgoal image: cannot confirm the step", None
-        p = subgoal_progress(before.image, after.image, subgoal, self.config.change_threshold)
-        done = p >= self.config.progress_threshold
-        cmp = ">=" if done else "<"
-        return done, f"frame vs predicted subgoal: progress {p:.2f} {cmp} {self.config.progress_threshold}", p
+            return checked, (f"the executor {'reports success' if checked else 'reports failure'}; {seen}"
+                             " (perception cannot tell, so the executor's report decides)"), "executor", frames
+        if frames.done is None:
+            return False, f"cannot confirm the step: {frames.reason}", "none", frames
+        return frames.done, seen, frames.by, frames
 
     def run_step(self, step: PlanStep, goal: ActionGoal, before: Frame) -> StepOutcome:
         """Execute ``goal`` (up to 1 + max_retries attempts) and decide whether ``step`` is done."""
@@ -206,29 +178,34 @@ class ExecutionMonitor:
         results: list[StepResult] = []
         after = before
         progress = None
+        verdict: FrameVerdict | None = None
+        by = ""
         reason = ""
         for attempt in range(1 + self.config.max_retries):
             limit = self.limit_reached(planning=False)
             if limit:
                 self.record("limit", idx, limit)
-                return StepOutcome("limit", attempt, limit, before, after, results, progress)
+                return StepOutcome("limit", attempt, limit, before, after, results, progress, verdict, by)
             self.attempts += 1
             result = self.executor.execute(goal)
             results.append(result)
             after = self.executor.observe()
             self.record("execute", idx, result.reason or ("skill finished" if result.success else "skill failed"),
                         attempt=attempt, success=result.success, duration_s=result.duration_s, goal=goal.to_dict())
-            done, reason, progress = self.is_done(goal, before, after, step.subgoal_image)
+            done, reason, by, verdict = self.decide(step, goal, before, after)
+            progress = verdict.progress
             if not result.success and done:
                 reason = f"{reason} (the skill reported failure: {result.reason})"
-            self.record("check", idx, reason, done=done, progress=progress)
+            self.record("check", idx, reason, done=done, progress=progress, decided_by=by, frames=verdict.by,
+                        frames_done=verdict.done, perception=verdict.perception_text or None,
+                        perceive_ms=verdict.perceive_ms)
             if done:
-                return StepOutcome("done", attempt + 1, reason, before, after, results, progress)
+                return StepOutcome("done", attempt + 1, reason, before, after, results, progress, verdict, by)
             if attempt < self.config.max_retries:
                 self.record("retry", idx, f"attempt {attempt + 1} not done: {reason}")
         why = f"not done after {len(results)} attempt(s): {reason}"
         self.record("replan", idx, why)
-        return StepOutcome("failed", len(results), why, before, after, results, progress)
+        return StepOutcome("failed", len(results), why, before, after, results, progress, verdict, by)
 
 
 def _jsonable(value: Any) -> Any:

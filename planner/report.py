@@ -2,9 +2,12 @@
 
 ``write_report(out_dir, episodes)`` writes
 
-- ``plan.txt``: per episode the instruction and every step: sentence, action goal, outcome, latency;
+- ``plan.txt``: per episode the instruction and every step: sentence, action goal, outcome, latency,
+  and for "perceive" models what the model saw in the frames before and after the step next to
+  the ground truth (when the env gives one), and the verification decision with its reason;
 - ``contact_sheet_<task>_seed<seed>.png``: one row per planning call: frame before | predicted
-  subgoal image | frame after, labelled with the sentence, the goal and the outcome;
+  subgoal image | frame after, labelled with the sentence, the goal, the outcome, the perceptions
+  and the verification;
 - ``metrics.json``: the episodes (steps, decisions and why) and a summary;
 - optionally ``episode_<task>_seed<seed>.mp4`` (PyAV): the same rows as a short video.
 """
@@ -20,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from planner.runner import EpisodeResult, StepRecord
+from planner.verify import describe_perception
 
-__all__ = ["contact_sheet", "format_goal", "plan_text", "write_report", "write_video"]
+__all__ = ["contact_sheet", "format_goal", "perception_lines", "plan_text", "write_report", "write_video"]
 
 TILE = 192  # px: each small sim image is upscaled to this for legibility
 TEXT_W = 460  # px: the label column
@@ -72,6 +76,39 @@ def _latency(step: StepRecord) -> str:
     return " ".join(parts)
 
 
+def _match(m: dict[str, Any] | None) -> str:
+    """'right' or what differs: 'missed red cup; extra blue fork; cell wrong: teal knife; holding wrong'."""
+    if m is None:
+        return ""
+    if m["exact"]:
+        return "right"
+    parts = [f"{k} {', '.join(m[key])}" for k, key in (("missed", "missed"), ("extra", "extra"),
+                                                        ("cell wrong:", "wrong_cell")) if m[key]]
+    if not m["holding_ok"]:
+        parts.append("holding wrong")
+    return "; ".join(parts)
+
+
+def perception_lines(step: StepRecord) -> list[tuple[str, str]]:
+    """(kind, text) lines on what the model perceived and how the step was verified, for plan.txt and
+    the contact sheet: kinds "sees", "truth", "verify", "after", "after truth"."""
+    lines: list[tuple[str, str]] = []
+    if step.perception is not None:
+        reused = " (reused from the last check)" if step.perception_reused else ""
+        lines.append(("sees", describe_perception(step.perception) + reused))
+    if step.gt_perception is not None and step.perception is not None:
+        lines.append(("truth", f"{describe_perception(step.gt_perception)} [{_match(step.perception_match)}]"))
+    v = step.verification
+    if v is not None:
+        frames = v.get("frames") or {}
+        lines.append(("verify", f"{'done' if v['done'] else 'not done'} (decided by {v['decided_by']}): {v['reason']}"))
+        if frames.get("perception") is not None:
+            lines.append(("after", describe_perception(frames["perception"])))
+            if v.get("gt_after") is not None:
+                lines.append(("after truth", f"{describe_perception(v['gt_after'])} [{_match(v.get('after_match'))}]"))
+    return lines
+
+
 def plan_text(episodes: Sequence[EpisodeResult]) -> str:
     lines = []
     for ep in episodes:
@@ -83,7 +120,9 @@ def plan_text(episodes: Sequence[EpisodeResult]) -> str:
             lines.append(f"     latency: {_latency(s)}; attempts {s.attempts}")
             if s.allowed_names is not None:
                 lines.append(f"     may name: {', '.join(s.allowed_names) or 'nothing'} (grounded decoding)")
-            if s.reason:
+            seen = perception_lines(s)
+            lines.extend(f"     {kind}: {text}" for kind, text in seen)
+            if s.reason and s.verification is None:
                 lines.append(f"     why: {s.reason}")
         verdict = "SUCCESS" if ep.success else "FAILED"
         lines.append(f"result: {verdict}: {ep.completed_steps}/{ep.num_gt_steps} steps, {ep.replans} re-plans, "
@@ -110,18 +149,48 @@ def _tile(image: np.ndarray | None, label: str) -> np.ndarray:
     return np.asarray(tile)
 
 
+_PERCEPTION_COLOURS = {"sees": (0, 70, 120), "truth": (120, 80, 0), "verify": (30, 30, 30),
+                       "after": (0, 70, 120), "after truth": (120, 80, 0)}
+
+
+def _label(s: StepRecord) -> list[tuple[str, tuple[int, int, int], str]]:
+    """The label column of one contact-sheet row: (text, colour, "body" | "small") lines."""
+    out: list[tuple[str, tuple[int, int, int], str]] = []
+    out += [(ln, (0, 0, 0), "body") for ln in textwrap.wrap(f"{s.call}. {s.text}", 52)[:3]]
+    out.append((f"[{s.outcome}] attempts {s.attempts}", _OUTCOME_COLOURS.get(s.outcome, (0, 0, 0)), "body"))
+    grey = (40, 40, 40)
+    out += [(ln, grey, "small") for ln in textwrap.wrap("goal: " + format_goal(s.goal), 62)[:3]]
+    out.append((_latency(s), grey, "small"))
+    if s.allowed_names is not None:
+        out += [(ln, (0, 90, 140), "small") for ln in textwrap.wrap(f"may name: {', '.join(s.allowed_names) or 'nothing'}", 62)[:2]]
+    if s.gt_text is not None and s.text_exact is False:
+        out += [(ln, (120, 80, 0), "small") for ln in textwrap.wrap(f"ground truth: {s.gt_text}", 62)[:2]]
+    for kind, text in perception_lines(s):
+        colour = _PERCEPTION_COLOURS.get(kind, grey)
+        if kind == "verify":
+            colour = _OUTCOME_COLOURS["done" if s.verification and s.verification["done"] else "failed"]
+        out += [(ln, colour, "small") for ln in textwrap.wrap(f"{kind}: {text}", 62)[:4]]
+    if s.reason and s.verification is None:
+        out += [(ln, (90, 90, 90), "small") for ln in textwrap.wrap(f"why: {s.reason}", 62)[:4]]
+    return out
+
+
 def contact_sheet(ep: EpisodeResult) -> np.ndarray:
-    """HxWx3 uint8 image: a header, then per planning call before | subgoal | after | label."""
+    """HxWx3 uint8 image: a header, then per planning call before | subgoal | after | label (a row
+    grows below the images when its label needs the room: perceptions and the verification)."""
     from PIL import Image, ImageDraw
 
     pad = 6
-    row_h = TILE + pad
     header_h = 64
+    heights = {"body": 17, "small": 15}
+    labels = [_label(s) for s in ep.steps]
+    rows_h = [max(TILE, 4 + sum(heights[f] for _, _, f in lab)) + pad for lab in labels] or [TILE + pad]
     width = 3 * (TILE + pad) + TEXT_W + pad
-    height = header_h + max(1, len(ep.steps)) * row_h + pad
+    height = header_h + sum(rows_h) + pad
     sheet = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(sheet)
     f_title, f_body, f_small = _font(16), _font(13), _font(12)
+    fonts = {"body": f_body, "small": f_small}
     verdict = "SUCCESS" if ep.success else "FAILED"
     draw.text((pad, 4), f"{ep.task} seed {ep.seed}  |  {ep.backend} / {ep.decode_mode}  |  {verdict} "
               f"{ep.completed_steps}/{ep.num_gt_steps} steps, {ep.replans} re-plans", fill=(0, 0, 0), font=f_title)
@@ -129,39 +198,18 @@ def contact_sheet(ep: EpisodeResult) -> np.ndarray:
     for i, title in enumerate(("frame before", "predicted subgoal", "frame after")):
         draw.text((pad + i * (TILE + pad) + TILE // 2, header_h - 8), title, fill=(60, 60, 60), font=f_small,
                   anchor="mb")
-    for r, s in enumerate(ep.steps):
-        y = header_h + r * row_h
+    y = header_h
+    for s, label, row_h in zip(ep.steps, labels, rows_h):
         acted = s.outcome not in ("final", "final_rejected") and s.attempts > 0
         for i, (img, missing) in enumerate(((s.before, "no frame"), (s.subgoal, "no subgoal image"),
                                             (s.after if acted else None,
                                              "not executed" if s.outcome == "failed" else "no action"))):
             sheet.paste(Image.fromarray(_tile(img, missing)), (pad + i * (TILE + pad), y))
-        x = pad + 3 * (TILE + pad)
-        colour = _OUTCOME_COLOURS.get(s.outcome, (0, 0, 0))
-        lines = textwrap.wrap(f"{s.call}. {s.text}", 52)[:3]
-        ty = y + 4
-        for ln in lines:
-            draw.text((x, ty), ln, fill=(0, 0, 0), font=f_body)
-            ty += 17
-        draw.text((x, ty), f"[{s.outcome}] attempts {s.attempts}", fill=colour, font=f_body)
-        ty += 18
-        for ln in textwrap.wrap("goal: " + format_goal(s.goal), 62)[:3]:
-            draw.text((x, ty), ln, fill=(40, 40, 40), font=f_small)
-            ty += 15
-        draw.text((x, ty), _latency(s), fill=(40, 40, 40), font=f_small)
-        ty += 15
-        if s.allowed_names is not None:
-            for ln in textwrap.wrap(f"may name: {', '.join(s.allowed_names) or 'nothing'}", 62)[:2]:
-                draw.text((x, ty), ln, fill=(0, 90, 140), font=f_small)
-                ty += 15
-        if s.gt_text is not None and s.text_exact is False:
-            for ln in textwrap.wrap(f"ground truth: {s.gt_text}", 62)[:2]:
-                draw.text((x, ty), ln, fill=(120, 80, 0), font=f_small)
-                ty += 15
-        if s.reason:
-            for ln in textwrap.wrap(f"why: {s.reason}", 62)[: max(1, (y + TILE - ty) // 15)]:
-                draw.text((x, ty), ln, fill=(90, 90, 90), font=f_small)
-                ty += 15
+        x, ty = pad + 3 * (TILE + pad), y + 4
+        for text, colour, font in label:
+            draw.text((x, ty), text, fill=colour, font=fonts[font])
+            ty += heights[font]
+        y += row_h
     return np.asarray(sheet)
 
 

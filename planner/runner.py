@@ -104,6 +104,17 @@ class SimGroundTruth:
     def image(self, k: int) -> np.ndarray | None:
         return self.images[k] if k < len(self.images) else None
 
+    def perception(self) -> dict[str, Any] | None:
+        """What the camera frame truly shows now, as "perceive" answers list it (``sim_envs.perception``
+        in ``model_runtime.prompt``'s reading order); None for an env without object state."""
+        if self.camera is None or not hasattr(self.sim, "privileged_state"):
+            return None
+        from model_runtime.prompt import perception_in_reading_order
+        from sim_envs.perception import visible_objects
+
+        seen = visible_objects(self.sim)
+        return perception_in_reading_order(seen["objects"], seen["holding"], self.camera.width, self.camera.height)
+
     def grounding_error_m(self, name: str, info: GroundingInfo) -> float | None:
         """Distance (x, y) between the grounded and the true object position."""
         if info.object_world is None or not hasattr(self.sim, "privileged_state"):

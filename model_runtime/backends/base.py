@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from emu_guide.types import DecodeMode, Frame, PlanStep
@@ -77,6 +77,10 @@ class DecodeOptions:
     # allowed, so the model picks among things that exist. Empty ``known_names``: off.
     known_names: tuple[str, ...] = ()
     allowed_names: tuple[str, ...] = ()
+    # "Perceive" answers (model_runtime/prompt.py): the perception text of THIS frame to teacher-force
+    # as the answer's start instead of decoding it (the frame verifier already perceived the frame:
+    # the loop reuses that, so a perception is decoded once per frame). None: the model decodes it.
+    perception: str | None = None
     # DiDA on weights that were never DiDA-adapted (e.g. the released Emu3.5 / Emu3 checkpoints)
     # is refused unless forced: parallel decoding with a next-token model gives poor images.
     force_dida: bool = False
@@ -124,8 +128,25 @@ class DecodeOptions:
                 raise ValueError(f"{what} must be non-empty strings, got {names!r}")
         if self.allowed_names and not self.known_names:
             raise ValueError("allowed_names without known_names constrains nothing; give the known names too")
+        if self.perception is not None and (not isinstance(self.perception, str) or not self.perception.strip()):
+            raise ValueError(f"perception must be a non-empty perception text or None, got {self.perception!r}")
         if self.max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
+
+
+@dataclass
+class Perceived:
+    """What a "perceive" model says it sees in a frame (``perceive``: the answer's start, no step).
+
+    ``perception`` is ``model_runtime.prompt.parse_perception``'s dict (``{"objects": [{"name",
+    "colour", "kind", "cell"}], "holding"}``), or None when the text does not parse (``error`` says
+    why). ``text`` is what the model said, marker included; pass it as ``DecodeOptions.perception``
+    to make it the start of the next answer for the same frame."""
+
+    text: str
+    perception: dict[str, Any] | None
+    error: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)  # "prefill", "text", "total"
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ DiDA as their default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 
 from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
-from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions
+from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions, Perceived
+from model_runtime.decoding.constraints import DecodeConstraint, Phase
 from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
 
 __all__ = [
@@ -254,13 +256,13 @@ class LocalModelBackend:
         return ids[len(head) :] if ids[: len(head)] == head else self.text.encode(name)
 
     # ---- the step -----------------------------------------------------------------------------
-    def next_step(
-        self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
-    ) -> PlanStep:
-        from model_runtime.decoding import answer_grammar, generate_answer
-        from model_runtime.prompt import ParseError, build_prompt, build_unconditional_prompt, parse_answer
+    def _prompt(self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions,
+                answer_runs: int) -> tuple[list[int], list[int] | None, tuple[int, int], dict[str, float]]:
+        """(prompt ids, unconditional prompt ids or None, code grid, timings) for an answer about ``frame``.
 
-        options = self._options(options)
+        ``answer_runs``: text runs the answer may still decode (the context check counts them)."""
+        from model_runtime.prompt import build_prompt, build_unconditional_prompt
+
         self.check_instruction(instruction)
         if not all(isinstance(h, PlanStep) for h in history):
             raise BackendError(f"{self.name}: history must be a list of PlanStep")
@@ -268,7 +270,7 @@ class LocalModelBackend:
         t0 = time.perf_counter()
         image = self.prepare_frame(frame)
         codes = self.vision.encode_one(image)  # (h, w)
-        t_enc = time.perf_counter()
+        encode_ms = 1e3 * (time.perf_counter() - t0)
         try:
             prompt = build_prompt(self.layout, self.text, instruction, done_texts, codes, task=self.task)
             uncond = None
@@ -279,17 +281,98 @@ class LocalModelBackend:
         config = getattr(self.lm, "config", None)
         limit = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
         grid = tuple(codes.shape)
-        runs = 2 if self.answer_format == "perceive" else 1  # perception, then the step: a text run each
-        needed = len(prompt) + runs * options.max_text_tokens + self.layout.image_block(*grid).length + 1
+        needed = len(prompt) + answer_runs * options.max_text_tokens + self.layout.image_block(*grid).length + 1
         if limit is not None and needed > limit:
             raise BackendError(
                 f"{self.name}: prompt of {len(prompt)} tokens plus the answer ({needed} in all) exceeds the model's"
                 f" context of {limit} positions (history of {len(history)} steps too long?)"
             )
-        answer = generate_answer(self.lm, prompt, self.layout, grid, options, uncond_prompt_ids=uncond,
+        return prompt, uncond, grid, {"encode_frame": encode_ms}
+
+    def _perception_prefix(self, perception: str) -> list[int]:
+        """Token ids of a given perception text (``DecodeOptions.perception``); BackendError when it is
+        not this model's perception format or has words the model cannot say."""
+        from model_runtime.prompt import ParseError, parse_perception
+
+        if self.answer_format != "perceive":
+            raise BackendError(f"{self.name}: a perception was given but {self.model_id} answers in the"
+                               f" {self.answer_format!r} format, not 'perceive'")
+        try:
+            parse_perception(perception)
+        except ParseError as exc:
+            raise BackendError(f"{self.name}: the given perception does not parse: {exc}") from None
+        unknown = self.text.unknown_words(perception)
+        if unknown:
+            raise BackendError(f"{self.name}: the given perception has words the model's vocabulary lacks: {unknown}")
+        return list(self.text.encode(perception))
+
+    def perceive(
+        self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
+    ) -> Perceived:
+        """What the model sees in ``frame``: the answer decoded up to the perception marker, then stopped.
+
+        The prompt is ``next_step``'s for the same arguments, so ``Perceived.text`` given back as
+        ``DecodeOptions.perception`` makes ``next_step`` continue exactly where this stopped (greedy
+        text: the same tokens as one undivided answer). Costs one prompt prefill plus one forward
+        per perception token. BackendError for a model without the "perceive" format; a perception
+        that does not parse comes back with ``perception=None`` and ``error`` (the caller decides)."""
+        from model_runtime.decoding import answer_grammar
+        from model_runtime.decoding.ar import decode_text
+        from model_runtime.decoding.cache import ForwardCounter, KVState
+        from model_runtime.decoding.sampling import make_generator
+        from model_runtime.prompt import ParseError, parse_perception
+
+        if self.answer_format != "perceive":
+            raise BackendError(f"{self.name}: {self.model_id} answers in the {self.answer_format!r} format;"
+                               " only 'perceive' models say what they see")
+        options = self._options(options)
+        t0 = time.perf_counter()
+        prompt, _, grid, timings = self._prompt(frame, instruction, history, options, answer_runs=1)
+        grammar = answer_grammar(self.layout, self.answer_format, self.text)
+        cons = _UntilStepMarker(self.layout, grid, max_text_tokens=options.max_text_tokens,
+                                forbid_in_text=grammar["forbid_in_text"], final_ids=grammar["final_ids"],
+                                text_before_image=grammar["text_before_image"], step_marker=grammar["step_marker"])
+        with torch.inference_mode():
+            runner = ForwardCounter(self.lm)
+            t1 = time.perf_counter()
+            state, logits = KVState.prefill(runner, prompt)  # the prompt, once
+            t2 = time.perf_counter()
+            runner.phase = "text"  # the perception, one forward per sampled token, up to the marker
+            decode_text(state, logits, cons, options.text_temperature, options.text_top_k, options.text_top_p,
+                        make_generator(options.seed, runner.device))
+            t3 = time.perf_counter()
+        text = self.text.decode(cons.tokens).strip()
+        timings.update(prefill=1e3 * (t2 - t1), text=1e3 * (t3 - t2), total=1e3 * (t3 - t0),
+                       tokens=float(len(cons.tokens)), forwards=float(sum(runner.counts.values())))
+        try:
+            return Perceived(text=text, perception=parse_perception(text), timings_ms=timings)
+        except ParseError as exc:
+            return Perceived(text=text, perception=None, error=str(exc), timings_ms=timings)
+
+    def next_step(
+        self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
+    ) -> PlanStep:
+        """The next step for ``frame``. ``options.perception`` ("perceive" models): that text is the
+        answer's start (teacher-forced: it joins the prompt's prefill) and the model decodes only
+        the step after it."""
+        from model_runtime.decoding import answer_grammar, generate_answer
+        from model_runtime.prompt import ParseError, answer_marker_id, parse_answer
+
+        options = self._options(options)
+        prefix = self._perception_prefix(options.perception) if options.perception is not None else []
+        t0 = time.perf_counter()
+        runs = 2 if self.answer_format == "perceive" and not prefix else 1  # perception, then the step: a text run each
+        prompt, uncond, grid, timings = self._prompt(frame, instruction, history, options, answer_runs=runs)
+        grammar = answer_grammar(self.layout, self.answer_format, self.text)
+        if prefix:  # the perception is given: the step grammar after the marker (no second perception)
+            grammar = answer_grammar(self.layout)
+            grammar["forbid_in_text"] = [*grammar["forbid_in_text"], answer_marker_id(self.layout, self.text)]
+        answer = generate_answer(self.lm, prompt + prefix, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
                                  banned=self.banned_openings(options), mentions=self.mention_ids(options),
-                                 **answer_grammar(self.layout, self.answer_format, self.text))  # fmt: skip
+                                 **grammar)  # fmt: skip
+        if prefix:
+            answer = dataclasses.replace(answer, tokens=prefix + answer.tokens)
         self.last_answer = answer
         try:
             parsed = parse_answer(self.layout, self.text, answer.tokens, expected_grid=grid,
@@ -299,12 +382,10 @@ class LocalModelBackend:
         t_dec = time.perf_counter()
         subgoal = None if parsed.codes is None else self.vision.decode_one(parsed.codes)
         t_end = time.perf_counter()
-        timings = dict(answer.timings_ms)
-        timings.update(
-            encode_frame=1e3 * (t_enc - t0),
-            decode_image=1e3 * (t_end - t_dec),
-            total=1e3 * (t_end - t0),
-        )
+        timings.update(answer.timings_ms)
+        timings.update(decode_image=1e3 * (t_end - t_dec), total=1e3 * (t_end - t0))
+        if prefix:
+            timings["perception_given"] = float(len(prefix))  # tokens teacher-forced, not decoded
         return PlanStep(
             index=len(history),
             text=parsed.text,
@@ -321,6 +402,16 @@ class LocalModelBackend:
     def close(self) -> None:
         self.lm = None  # type: ignore[assignment]
         self.vision = None
+
+
+class _UntilStepMarker(DecodeConstraint):
+    """The "perceive" answer grammar, ended right after the perception's marker (``perceive``): the
+    answer is then DONE, so ``decode_text`` stops there instead of going on into the step."""
+
+    def advance(self, token: int) -> None:
+        super().advance(token)
+        if self.step_marker is not None and not self.in_perception:
+            self.phase = Phase.DONE
 
 
 def load_model_dir(

@@ -286,8 +286,8 @@ def test_progress_threshold_boundary_without_checker():
         out = mon.run_step(PlanStep(index=0, text="x", subgoal_image=sub, goal=GOAL), GOAL, Frame(before))
         assert (out.status == "done") is done and out.progress == pytest.approx(p)
     no_sub = ExecutionMonitor(ScriptedExecutor(checker=False))
-    done, why, prog = no_sub.is_done(GOAL, Frame(before), Frame(after), None)
-    assert done is False and prog is None and "cannot confirm" in why
+    done, why, by, verdict = no_sub.decide(PlanStep(index=0, text="x", goal=GOAL), GOAL, Frame(before), Frame(after))
+    assert done is False and verdict.progress is None and by == "none" and "cannot confirm" in why
 
 
 def test_subgoal_progress_exact_values():

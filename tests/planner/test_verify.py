@@ -1,0 +1,200 @@
+"""Frame verification (planner/verify.py, the monitor's decision): did the step happen, judged from
+perceptions of the frames before and after real sim steps, including the expert's injected
+mistakes (a wrong item picked, the item dropped on the way: steps that did not happen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emu_guide.types import ActionGoal, Frame, PlanStep, StepResult
+from model_runtime.backends.base import Perceived
+from model_runtime.prompt import format_perception, perception_in_reading_order
+from planner.envs import make_env
+from planner.monitor import ExecutionMonitor, MonitorConfig
+from planner.verify import FrameVerdict, FrameVerifier, judge_perception, perception_match
+from sim_envs.expert import ScriptedExpert
+from sim_envs.perception import visible_objects
+from sim_envs.seeds import HELDOUT_SEEDS
+
+
+def _truth(sim) -> dict:
+    """What the frame shows now, as a perfect "perceive" model would say it (ground truth)."""
+    seen = visible_objects(sim)
+    return perception_in_reading_order(seen["objects"], seen["holding"], sim.camera.width, sim.camera.height)
+
+
+def _segments(task: str, seed: int) -> tuple[list, list]:
+    """Run the expert with a mistake before every step; (segments, perception at each segment's start
+    plus one at the end): segment i goes from perceptions[i] to perceptions[i + 1]."""
+    env = make_env(task, resolution=64)
+    env.reset(seed=seed)
+    sim = env.unwrapped
+    expert = ScriptedExpert(env, mistake_rate=1.0, seed=seed)
+    segments, perceptions, current = [], [], None
+    checks = []
+    for _ in range(6000):
+        if expert.done:
+            break
+        action, _, _ = expert.next_action()
+        if expert.segment is not current:  # a new segment starts: the frame here ends the previous one
+            if current is not None:
+                checks.append(bool(current.goal is None or sim.check_step(current.goal)))
+            current = expert.segment
+            segments.append(current)
+            perceptions.append(_truth(sim))
+        env.step(action)
+    checks.append(bool(current.goal is None or sim.check_step(current.goal)))
+    perceptions.append(_truth(sim))
+    env.close()
+    return [(seg, ok, expert.plan[seg.step_index if seg.step_index >= 0 else _next_plan(segments, i)].goal)
+            for i, (seg, ok) in enumerate(zip(segments, checks))], perceptions
+
+
+def _next_plan(segments: list, i: int) -> int:
+    """The plan step an off-plan segment (mistake, recovery) stands before."""
+    return next(s.step_index for s in segments[i:] if s.step_index >= 0)
+
+
+@pytest.mark.parametrize("task, seeds", [("table_clear", HELDOUT_SEEDS[:2]), ("sort_blocks", HELDOUT_SEEDS[:3])])
+def test_decisions_on_recorded_steps_with_injected_mistakes(task, seeds):
+    counts = {"done_ok": 0, "not_done_ok": 0, "false_done": [], "missed_done": []}
+    for seed in seeds:
+        segments, perceptions = _segments(task, seed)
+        for i, (seg, checked, intended) in enumerate(segments):
+            before, after = perceptions[i], perceptions[i + 1]
+            if seg.kind == "recovery":
+                continue  # "put the X back": not a plan step
+            # A plan segment with its goal ran that step (the checker says whether it worked); a
+            # mistake, or a plan segment without a goal (the expert's drop on the way), is the
+            # intended plan step NOT happening.
+            happened = checked if (seg.kind == "plan" and seg.goal is not None) else False
+            done, why = judge_perception(intended, after, before, seg.text)
+            assert done is not None, (seg.text, why)
+            assert isinstance(why, str) and why
+            if done == happened:
+                counts["done_ok" if done else "not_done_ok"] += 1
+            else:
+                counts["false_done" if done else "missed_done"].append((seed, seg.kind, seg.text, why))
+    assert counts["false_done"] == [] and counts["missed_done"] == []
+    assert counts["done_ok"] >= 8 and counts["not_done_ok"] >= 2  # mistakes were injected and caught
+
+
+def test_reasons_name_what_was_seen():
+    cup, bin_ = "red cup", "bin"
+    on_table = {"objects": [{"name": cup, "cell": "left back"}], "holding": None}
+    held = {"objects": [], "holding": cup}
+    gone = {"objects": [], "holding": None}
+    pick, place = ActionGoal("pick", cup), ActionGoal("place", cup, target=bin_)
+    assert judge_perception(pick, held, on_table) == (True, "sees it holds the red cup")
+    done, why = judge_perception(pick, on_table, on_table)
+    assert done is False and why == "holds nothing, not the red cup; the red cup is still on the table at left back"
+    assert judge_perception(place, gone, held)[0] is True
+    done, why = judge_perception(place, on_table, held)
+    assert done is False and "on the table at left back, not in the bin" in why
+    assert judge_perception(place, held, held) == (False, "still holds the red cup")
+    # Stacking on an object the model sees: the block must be seen in that object's cell.
+    base = {"name": "blue block", "cell": "middle front"}
+    stack = ActionGoal("stack", "red block", target="blue block")
+    on = {"objects": [base, {"name": "red block", "cell": "middle front"}], "holding": None}
+    beside = {"objects": [base, {"name": "red block", "cell": "left front"}], "holding": None}
+    higher = {"objects": [base, {"name": "red block", "cell": "middle back"}], "holding": None}
+    assert judge_perception(stack, on)[0] is True and judge_perception(stack, higher)[0] is True
+    assert judge_perception(stack, beside) == (False, "the red block is at left front, the blue block at middle front: not on it")
+    # The model's own longer name for the scene's object (the sentence says it): the same object.
+    small = {"objects": [], "holding": "small orange block"}
+    assert judge_perception(ActionGoal("pick", "orange block"), small, None, "pick up the small orange block")[0] is True
+    assert judge_perception(ActionGoal("pick", "orange block"), small, None, "pick up the orange block")[0] is None
+    # What perception cannot tell.
+    assert judge_perception(ActionGoal("fold", "left sleeve", target="centre"), gone)[0] is None
+    assert judge_perception(pick, {"objects": [], "holding": None})[0] is None  # never perceived the cup
+    assert judge_perception(pick, None)[0] is None
+
+
+def test_perception_match_against_truth():
+    truth = {"objects": [{"name": "red cup", "cell": "left back"}, {"name": "teal fork", "cell": "middle front"}],
+             "holding": None}
+    said = {"objects": [{"name": "red cup", "cell": "left front"}, {"name": "blue bowl", "cell": "right back"}],
+            "holding": None}
+    assert perception_match(said, truth) == {"missed": ["teal fork"], "extra": ["blue bowl"], "wrong_cell": ["red cup"],
+                                             "holding_ok": True, "exact": False}
+    assert perception_match(truth, truth)["exact"] is True
+    assert perception_match(None, truth) is None
+
+
+def _perceiver(perception: dict | None):
+    text = format_perception(perception["objects"], perception["holding"]) if perception else "see see ."
+    return lambda frame: Perceived(text, perception, "" if perception else "malformed", {"total": 1.0})
+
+
+def test_fold_falls_back_to_pixels_and_says_why():
+    env = make_env("fold_cloth", resolution=64)
+    env.reset(seed=HELDOUT_SEEDS[0])
+    sim = env.unwrapped
+    step = sim.ground_truth_plan()[0]
+    subgoal = sim.subgoal_images()[0]
+    before = Frame(sim.render())
+    sim.execute_skill(step.goal)
+    after = Frame(sim.render())
+    nothing = _truth(sim)
+    assert nothing == {"objects": [], "holding": None}  # cloth parts are not objects
+    verdict = FrameVerifier(_perceiver(nothing))(PlanStep(0, step.text, subgoal_image=subgoal, perception=nothing),
+                                                 step.goal, before, after)
+    assert verdict.by == "subgoal" and verdict.done is True and verdict.progress > 0.5
+    assert verdict.reason.startswith("perception cannot tell: perception (objects and what is held) does not show")
+    assert "frame vs predicted subgoal" in verdict.reason and verdict.perception == nothing
+    unparsed = FrameVerifier(_perceiver(None))(PlanStep(0, step.text, subgoal_image=subgoal), step.goal, before, after)
+    assert unparsed.by == "subgoal" and "does not parse (malformed)" in unparsed.reason
+    plain = FrameVerifier(None)(PlanStep(0, step.text, subgoal_image=None), step.goal, before, after)
+    assert plain.done is None and plain.by == "none" and "does not perceive" in plain.reason
+    env.close()
+
+
+class _Executor:
+    """A robot or sim double: every execution 'succeeds'; ``check`` is what its checker says."""
+
+    name = "double"
+
+    def __init__(self, check: bool | None, authoritative: bool = False) -> None:
+        self._check = check
+        self.authoritative_check = authoritative
+        self.executed = 0
+
+    def execute(self, goal):
+        self.executed += 1
+        return StepResult(goal.step_index, True, reason="ran")
+
+    def check(self, goal):
+        return None if self.executed == 0 else self._check  # nothing done before the first run
+
+    def observe(self):
+        return Frame(np.zeros((8, 8, 3), np.uint8))
+
+    def task_done(self):
+        return None
+
+
+GOAL = ActionGoal("pick", "red cup")
+STEP = PlanStep(0, "pick up the red cup", goal=GOAL)
+
+
+@pytest.mark.parametrize("check, authoritative, frames_by, frames_done, done, decided_by", [
+    (None, False, "perception", True, True, "perception"),  # no checker: the frames decide
+    (None, False, "perception", False, False, "perception"),
+    (None, False, "none", None, False, "none"),  # nothing can tell: not confirmed
+    (True, True, "perception", False, True, "checker"),  # the simulator's checker decides alone
+    (False, True, "perception", True, False, "checker"),
+    (True, False, "perception", False, False, "perception+executor"),  # robot says success, frames say no
+    (False, False, "perception", True, False, "perception+executor"),  # robot says failure: retry
+    (True, False, "perception", True, True, "perception+executor"),
+    (True, False, "subgoal", False, True, "executor"),  # perception cannot tell: the robot's report decides
+])
+def test_monitor_combines_frames_and_checkers(check, authoritative, frames_by, frames_done, done, decided_by):
+    verdict = FrameVerdict(frames_done, frames_by, "because (test)")
+    mon = ExecutionMonitor(_Executor(check, authoritative), MonitorConfig(max_retries=0),
+                           verifier=lambda step, goal, before, after: verdict)
+    out = mon.run_step(STEP, GOAL, Frame(np.zeros((8, 8, 3), np.uint8)))
+    assert (out.status == "done") is done and out.decided_by == decided_by and out.verdict is verdict
+    assert "because (test)" in out.reason
+    check_event = next(e for e in mon.events_json() if e["kind"] == "check")
+    assert check_event["data"]["decided_by"] == decided_by and check_event["data"]["frames"] == frames_by
