@@ -98,21 +98,14 @@ class RecordConfig:
     crf: int = 0
 
     def __post_init__(self) -> None:
-        from sim_envs.seeds import check_seed, seeds_for
+        from sim_envs.seeds import recording_seeds
 
         self.tasks = tuple(self.tasks)
         known = task_env_ids()
         bad = [t for t in self.tasks if t not in known]
         if bad or not self.tasks:
             raise ValueError(f"unknown task(s) {bad or self.tasks}; registered: {', '.join(known)}")
-        if self.seeds:
-            self.seeds = tuple(check_seed("train", int(s)) for s in self.seeds)
-        else:
-            if self.episodes_per_task <= 0:
-                raise ValueError(f"episodes_per_task must be positive, got {self.episodes_per_task}")
-            self.seeds = tuple(seeds_for("train", self.episodes_per_task, self.seed_offset))
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"duplicate seeds: {self.seeds}")
+        self.seeds = recording_seeds(self.seeds, self.episodes_per_task, self.seed_offset)
         if not 0.0 <= self.mistake_rate <= 1.0:
             raise ValueError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
         if self.resolution <= 0 or self.resolution % 2:

@@ -100,17 +100,12 @@ class EnvRecordConfig:
     crf: int = 0
 
     def __post_init__(self) -> None:
-        from sim_envs.seeds import check_seed, seeds_for
+        from sim_envs.seeds import recording_seeds
 
         self.envs = tuple(self.envs)
         if not self.envs:
             raise ValueError("no environment to record (--env MODULE:CALLABLE ...)")
-        if self.seeds:
-            self.seeds = tuple(check_seed("train", int(s)) for s in self.seeds)
-        else:
-            if self.episodes <= 0:
-                raise ValueError(f"episodes must be positive, got {self.episodes}")
-            self.seeds = tuple(seeds_for("train", self.episodes, self.seed_offset))
+        self.seeds = recording_seeds(self.seeds, self.episodes, self.seed_offset)
         if self.resolution <= 0 or self.resolution % 2:
             raise ValueError(f"resolution must be a positive even number (video needs it), got {self.resolution}")
         from finetune_embodied.datasets.video import check_video_settings

@@ -41,3 +41,17 @@ def seeds_for(split: str, count: int, offset: int = 0) -> list[int]:
     if offset + count > len(seeds):
         raise ValueError(f"{split} split has {len(seeds)} seeds; asked for {count} from offset {offset}")
     return [seeds[offset + i] for i in range(count)]
+
+
+def recording_seeds(explicit: tuple[int, ...] | list[int], count: int, offset: int = 0) -> tuple[int, ...]:
+    """The TRAIN seeds a recorder runs: ``explicit`` ones (each checked), else ``count`` from
+    ``offset``; ValueError for a held-out seed, a non-positive count or a repeated seed."""
+    if explicit:
+        seeds = tuple(check_seed("train", int(s)) for s in explicit)
+    else:
+        if count <= 0:
+            raise ValueError(f"episodes per task must be positive, got {count}")
+        seeds = tuple(seeds_for("train", count, offset))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"duplicate seeds: {seeds}")
+    return seeds
