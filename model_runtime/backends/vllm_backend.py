@@ -273,6 +273,9 @@ class VllmBackend(LocalModelBackend):
         from model_runtime.prompt import ParseError, build_prompt, parse_answer
 
         options = self._options(options)
+        if options.perception is not None:
+            raise BackendError(f"{self.name}: a given perception (DecodeOptions.perception) is not supported by the"
+                               " vLLM backend (its answers use the plain format); use the torch backend")
         self.check_instruction(instruction)
         if not all(isinstance(h, PlanStep) for h in history):
             raise BackendError(f"{self.name}: history must be a list of PlanStep")

@@ -13,7 +13,6 @@ from model_runtime.prompt import format_perception, perception_in_reading_order
 from planner.envs import make_env
 from planner.monitor import ExecutionMonitor, MonitorConfig
 from planner.verify import FrameVerdict, FrameVerifier, judge_perception, perception_match
-from sim_envs.expert import ScriptedExpert
 from sim_envs.perception import visible_objects
 from sim_envs.seeds import HELDOUT_SEEDS
 
@@ -24,58 +23,24 @@ def _truth(sim) -> dict:
     return perception_in_reading_order(seen["objects"], seen["holding"], sim.camera.width, sim.camera.height)
 
 
-def _segments(task: str, seed: int) -> tuple[list, list]:
-    """Run the expert with a mistake before every step; (segments, perception at each segment's start
-    plus one at the end): segment i goes from perceptions[i] to perceptions[i + 1]."""
-    env = make_env(task, resolution=64)
-    env.reset(seed=seed)
-    sim = env.unwrapped
-    expert = ScriptedExpert(env, mistake_rate=1.0, seed=seed)
-    segments, perceptions, current = [], [], None
-    checks = []
-    for _ in range(6000):
-        if expert.done:
-            break
-        action, _, _ = expert.next_action()
-        if expert.segment is not current:  # a new segment starts: the frame here ends the previous one
-            if current is not None:
-                checks.append(bool(current.goal is None or sim.check_step(current.goal)))
-            current = expert.segment
-            segments.append(current)
-            perceptions.append(_truth(sim))
-        env.step(action)
-    checks.append(bool(current.goal is None or sim.check_step(current.goal)))
-    perceptions.append(_truth(sim))
-    env.close()
-    return [(seg, ok, expert.plan[seg.step_index if seg.step_index >= 0 else _next_plan(segments, i)].goal)
-            for i, (seg, ok) in enumerate(zip(segments, checks))], perceptions
-
-
-def _next_plan(segments: list, i: int) -> int:
-    """The plan step an off-plan segment (mistake, recovery) stands before."""
-    return next(s.step_index for s in segments[i:] if s.step_index >= 0)
-
-
 @pytest.mark.parametrize("task, seeds", [("table_clear", HELDOUT_SEEDS[:2]), ("sort_blocks", HELDOUT_SEEDS[:3])])
 def test_decisions_on_recorded_steps_with_injected_mistakes(task, seeds):
+    from bench.verify_frames import segment_cases
+
     counts = {"done_ok": 0, "not_done_ok": 0, "false_done": [], "missed_done": []}
     for seed in seeds:
-        segments, perceptions = _segments(task, seed)
-        for i, (seg, checked, intended) in enumerate(segments):
-            before, after = perceptions[i], perceptions[i + 1]
-            if seg.kind == "recovery":
-                continue  # "put the X back": not a plan step
-            # A plan segment with its goal ran that step (the checker says whether it worked); a
-            # mistake, or a plan segment without a goal (the expert's drop on the way), is the
-            # intended plan step NOT happening.
-            happened = checked if (seg.kind == "plan" and seg.goal is not None) else False
-            done, why = judge_perception(intended, after, before, seg.text)
-            assert done is not None, (seg.text, why)
-            assert isinstance(why, str) and why
-            if done == happened:
+        # The expert with a mistake before every plan step: a plan segment with its goal ran that step
+        # (the checker says whether it worked); a mistake, or the expert's drop on the way, is the
+        # intended plan step NOT happening.
+        ep = segment_cases(task, seed, mistake_rate=1.0)
+        for c in ep["cases"]:
+            before, after = ep["frames"][c["before"]]["truth"], ep["frames"][c["after"]]["truth"]
+            done, why = judge_perception(c["goal"], after, before, c["text"])
+            assert done is not None and isinstance(why, str) and why, (c["text"], why)
+            if done == c["happened"]:
                 counts["done_ok" if done else "not_done_ok"] += 1
             else:
-                counts["false_done" if done else "missed_done"].append((seed, seg.kind, seg.text, why))
+                counts["false_done" if done else "missed_done"].append((seed, c["kind"], c["text"], why))
     assert counts["false_done"] == [] and counts["missed_done"] == []
     assert counts["done_ok"] >= 8 and counts["not_done_ok"] >= 2  # mistakes were injected and caught
 
@@ -198,3 +163,82 @@ def test_monitor_combines_frames_and_checkers(check, authoritative, frames_by, f
     assert "because (test)" in out.reason
     check_event = next(e for e in mon.events_json() if e["kind"] == "check")
     assert check_event["data"]["decided_by"] == decided_by and check_event["data"]["frames"] == frames_by
+
+
+class PerceivingOracleForTest:
+    """Stands in for a well-trained "perceive" model: the oracle's steps, and perceptions read from the
+    simulator (ground truth). Counts what it perceived and which answers started from a given one."""
+
+    name = "perceiving-oracle-for-test"
+    answer_format = "perceive"
+
+    def __init__(self, env) -> None:
+        from model_runtime.backends.oracle import OracleBackend
+
+        self.inner = OracleBackend(env)
+        self.sim = env.unwrapped
+        self.model_id, self.image_size = self.inner.model_id, self.inner.image_size
+        self.perceived: list[str] = []
+        self.given: list[str | None] = []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def _now(self) -> str:
+        p = _truth(self.sim)
+        return format_perception(p["objects"], p["holding"])
+
+    def perceive(self, frame, instruction, history, options=None) -> Perceived:
+        from model_runtime.prompt import parse_perception
+
+        self.perceived.append(self._now())
+        return Perceived(self.perceived[-1], parse_perception(self.perceived[-1]), timings_ms={"total": 0.5})
+
+    def next_step(self, frame, instruction, history, options=None) -> PlanStep:
+        from model_runtime.prompt import parse_perception
+
+        step = self.inner.next_step(frame, instruction, history, options)
+        self.given.append(options.perception if options is not None else None)
+        step.perception = parse_perception(self.given[-1] or self._now())
+        return step
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_loop_verifies_by_perception_reuses_it_and_the_report_shows_it(tmp_path):
+    from planner.executor import SimExecutor
+    from planner.report import write_report
+    from planner.runner import RunnerConfig, run_episode
+    from tests.planner.conftest import FailingExecutorForTest
+
+    env = make_env("table_clear")
+    backend = PerceivingOracleForTest(env)
+    env.reset(seed=HELDOUT_SEEDS[0])
+    executor = FailingExecutorForTest(SimExecutor(env, use_checker=False), failures=1)  # frames only, as on a robot
+    result = run_episode(env, backend, HELDOUT_SEEDS[0], RunnerConfig(use_checker=False), executor=executor)
+    assert result.success and result.retries == 1
+    acted = [r for r in result.steps if r.verification is not None]
+    assert acted and all(r.verification["decided_by"] == "perception" for r in acted)
+    first = acted[0].verification  # the injected failure: the gripper slipped, nothing moved
+    assert first["frames"]["done"] is True and result.steps[0].attempts == 2
+    checks = [e for e in result.events if e["kind"] == "check"]
+    assert checks[0]["data"]["frames_done"] is False and "holds nothing, not the" in checks[0]["why"]
+    assert all(r.verification["after_match"]["exact"] for r in acted)  # the double perceives perfectly
+    # Each post-step perception was decoded once: the next answer started from it.
+    assert len(backend.perceived) == len(checks)
+    assert backend.given[0] is None and all(g is not None for g in backend.given[1:])
+    assert all(r.perception_reused for r in result.steps[1:]) and not result.steps[0].perception_reused
+    assert all(r.perception_match["exact"] for r in result.steps)
+    assert all("verify" in r.latency_ms for r in acted)
+
+    paths = write_report(tmp_path, [result])
+    plan = paths["plan"].read_text()
+    assert "sees: " in plan and "(reused from the last check)" in plan and "truth: " in plan and "[right]" in plan
+    assert "verify: done (decided by perception): frames (perception): done: sees it holds the" in plan
+    assert "after: " in plan and "after truth: " in plan
+    from PIL import Image
+
+    sheet = Image.open(next(p for k, p in paths.items() if k.startswith("sheet:")))
+    assert sheet.height > 64 + len(result.steps) * 198  # rows grew to show perceptions and verification
+    env.close()

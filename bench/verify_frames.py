@@ -1,0 +1,209 @@
+"""Frame-verification benchmark: from the post-step frame alone, can the loop tell a step that
+happened from one that did not? And what does the perception cost per step?
+
+    python bench/verify_frames.py [--model-path DIR] [--tasks table_clear sort_blocks] [--episodes 5]
+                                  [--mistake-rate 1.0] [--timing-frames 6] [--out runs/bench/verify_frames.json]
+
+Held-out seeds only. Each episode runs the scripted expert with injected mistakes (a wrong item
+picked, the item dropped on the way: what ``emu-guide record`` injects) and cuts it into segments.
+Each is a verification case with the frames before and after it and the plan step it stands for:
+a plan segment with its goal happened when the simulator's checker says so at its end; a mistake
+(and the expert's "plan" segment that drops the item) is that plan step NOT happening. Recoveries
+are skipped. The decision is ``planner.verify.judge_perception`` (what the loop runs) on:
+
+- ``truth``: ground-truth perceptions (``sim_envs.perception``): the decision rule's own ceiling;
+- ``model``: the model's perceptions (``TorchBackend.perceive``, the confirmed plan steps as
+  history, as the loop does), before and after.
+
+Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
+``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
+decide: the loop then falls back to pixels; not counted in the two rates). Costs, on the first
+``--timing-frames`` post-step frames per episode: the perception-only decode (``perceive``), the
+next step decoded whole, and the next step with that perception given (teacher-forced, as the
+loop reuses it). The subgoal is decoded by DiDA (forced on next-token weights: timing only; the
+perception is greedy text before the image, the same either way). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def segment_cases(task: str, seed: int, mistake_rate: float = 1.0, resolution: int = 64) -> dict:
+    """The expert's episode as verification cases: ``{"instruction", "frames": [{"image", "truth",
+    "history"}], "cases": [{"kind", "text", "goal", "happened", "before", "after"}]}``; case i goes
+    from frame ``before`` to frame ``after``; ``history`` the plan sentences confirmed by then."""
+    from model_runtime.prompt import perception_in_reading_order
+    from planner.envs import make_env
+    from sim_envs.expert import ExpertError, ScriptedExpert
+    from sim_envs.perception import visible_objects
+
+    env = make_env(task, resolution=resolution)
+    env.reset(seed=seed)
+    sim = env.unwrapped
+    expert = ScriptedExpert(env, mistake_rate=mistake_rate, seed=seed)
+    frames, segments, done = [], [], []
+
+    def boundary() -> None:  # the frame now: the end of the last segment, the start of the next
+        seen = visible_objects(sim)
+        truth = perception_in_reading_order(seen["objects"], seen["holding"], sim.camera.width, sim.camera.height)
+        frames.append({"image": sim.render(), "truth": truth, "history": list(done)})
+
+    def close(seg) -> None:
+        ok = bool(seg.goal is not None and sim.check_step(seg.goal))
+        segments.append((seg, ok))
+        if seg.kind == "plan" and ok:
+            done.append(seg.text)
+
+    current = None
+    try:
+        for _ in range(20000):
+            if expert.done:
+                break
+            action, _, _ = expert.next_action()
+            if expert.segment is not current:
+                if current is not None:
+                    close(current)
+                current = expert.segment
+                boundary()
+            env.step(action)
+    except ExpertError:
+        pass
+    if current is not None:
+        close(current)
+        boundary()
+    instruction = sim.instruction
+    env.close()
+    cases = []
+    for i, (seg, ok) in enumerate(segments):
+        if seg.kind == "recovery":
+            continue
+        k = seg.step_index if seg.step_index >= 0 else next(s.step_index for s, _ in segments[i:] if s.step_index >= 0)
+        happened = ok if (seg.kind == "plan" and seg.goal is not None) else False
+        cases.append({"kind": seg.kind, "text": seg.text, "goal": expert.plan[k].goal, "happened": happened,
+                      "before": i, "after": i + 1})
+    return {"instruction": instruction, "frames": frames, "cases": cases}
+
+
+def _rates(rows: list[dict]) -> dict:
+    happened = [r for r in rows if r["happened"] and r["done"] is not None]
+    not_happened = [r for r in rows if not r["happened"] and r["done"] is not None]
+    return {
+        "cases": len(rows), "happened": sum(r["happened"] for r in rows),
+        "false_done": sum(r["done"] for r in not_happened) / max(1, len(not_happened)),
+        "missed_done": sum(not r["done"] for r in happened) / max(1, len(happened)),
+        "cannot_tell": sum(r["done"] is None for r in rows) / max(1, len(rows)),
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-path", default=None, help="a 'perceive' model directory (none: ground truth only)")
+    ap.add_argument("--tasks", nargs="+", default=["table_clear", "sort_blocks"])
+    ap.add_argument("--episodes", type=int, default=5, help="held-out episodes per task")
+    ap.add_argument("--mistake-rate", type=float, default=1.0, help="mistakes injected per plan step")
+    ap.add_argument("--timing-frames", type=int, default=6, help="post-step frames per episode timed both ways")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "verify_frames.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from emu_guide.types import Frame, PlanStep
+    from model_runtime.backends.base import BackendError, DecodeOptions, load_backend
+    from planner.verify import judge_perception
+    from sim_envs.seeds import seeds_for
+
+    torch.set_num_threads(args.threads)
+    backend = load_backend("torch", model_path=args.model_path) if args.model_path else None
+    if backend is not None and getattr(backend, "answer_format", "step") != "perceive":
+        print(f"error: {args.model_path} does not answer in the 'perceive' format: nothing to verify with", file=sys.stderr)
+        return 2
+    res = backend.image_size[0] if backend is not None else 64
+    opts = DecodeOptions(mode="dida", force_dida=True)
+    seeds = seeds_for("heldout", args.episodes)
+    table, cases_out, costs = {}, [], {"perceive": [], "tokens": [], "step_whole": [], "step_given": []}
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        rows = {"truth": [], "model": []}
+        for seed in seeds:
+            ep = segment_cases(task, seed, args.mistake_rate, res)
+            seen = []
+            for f in ep["frames"]:  # the model's perception of every boundary frame (once each)
+                if backend is None:
+                    seen.append(None)
+                    continue
+                history = [PlanStep(i, t) for i, t in enumerate(f["history"])]
+                p = backend.perceive(Frame(f["image"]), ep["instruction"], history, opts)
+                costs["perceive"].append(p.timings_ms["total"])
+                costs["tokens"].append(p.timings_ms["tokens"])
+                seen.append(p)
+            for c in ep["cases"]:
+                b, a = ep["frames"][c["before"]], ep["frames"][c["after"]]
+                row = {"task": task, "seed": seed, "kind": c["kind"], "text": c["text"], "happened": c["happened"],
+                       "goal": c["goal"].to_dict()}
+                done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
+                rows["truth"].append({**row, "done": done, "why": why})
+                if backend is not None:
+                    pa, pb = seen[c["after"]], seen[c["before"]]
+                    done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
+                    if pa.perception is None:
+                        why = f"perception does not parse: {pa.error}"
+                    rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
+            if backend is not None:  # the next step after a post-step frame: decoded whole vs perception given
+                for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
+                    if p.perception is None:
+                        continue
+                    history = [PlanStep(i, t) for i, t in enumerate(f["history"])]
+                    ways = [("step_whole", opts), ("step_given", DecodeOptions(mode="dida", force_dida=True,
+                                                                               perception=p.text))]
+                    timed = {}
+                    try:
+                        for name, o in (ways if j % 2 == 0 else ways[::-1]):  # alternate which runs first
+                            timed[name] = backend.next_step(Frame(f["image"]), ep["instruction"], history, o)
+                    except BackendError:
+                        continue
+                    for name, step in timed.items():
+                        costs[name].append(step.timings_ms["total"])
+        table[task] = {k: _rates(v) for k, v in rows.items() if v}
+        cases_out += [{"source": k, **r} for k, v in rows.items() for r in v]
+    wall = time.perf_counter() - t0
+    load = os.getloadavg()[0]  # timings on a shared host: say how shared
+    print(f"frame verification on held-out steps ({args.episodes} episodes per task, mistake rate {args.mistake_rate}),"
+          f" model {args.model_path or '-'}, {wall:.0f} s, load average {load:.1f}")
+    print(f"{'task':<12}{'source':<8}{'cases':>6}{'happened':>9}{'false done':>11}{'missed done':>12}{'cannot tell':>12}")
+    for task, by in table.items():
+        for src, r in by.items():
+            print(f"{task:<12}{src:<8}{r['cases']:>6}{r['happened']:>9}{r['false_done']:>11.3f}{r['missed_done']:>12.3f}"
+                  f"{r['cannot_tell']:>12.3f}")
+    summary = {k: {"p50": _pct(v, 50), "p90": _pct(v, 90), "n": len(v)} for k, v in costs.items()}
+    if costs["perceive"]:
+        print("costs (ms, p50 / p90): perceive {0[p50]:.1f} / {0[p90]:.1f} ({1[p50]:.0f} tokens); next step whole"
+              " {2[p50]:.1f} / {2[p90]:.1f}; next step with the perception given {3[p50]:.1f} / {3[p90]:.1f}".format(
+                  summary["perceive"], summary["tokens"], summary["step_whole"], summary["step_given"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(["python", "bench/verify_frames.py", *(argv or sys.argv[1:])]),
+                               "args": vars(args), "wall_s": wall, "load_average": load, "table": table, "costs_ms": summary,
+                               "cases": cases_out}, indent=1))
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
