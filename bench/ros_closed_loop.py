@@ -1,181 +1,78 @@
-"""Closed loop over ROS vs in process: the same held-out seeds, the same model, the same loop.
+"""Closed loop over ROS vs in process: the same held-out seeds, model, budget and loop, side by side.
 
-Over ROS, the guidance node (default backend: torch with the shipped model, grounded by the sim
-bridge's ObjectsInView) and the sim bridge run as .ros_venv processes and talk over Fast DDS; a
-probe client sends one continuous Guide goal per seed and reads the result and the bridge's
-StepResults. The node stays up for a task; the bridge is restarted per seed (its env is reset with
-that seed). In process, `planner.runner.run_episode` runs the same seeds with the same model and
-grounded decoding, its executor being the sim's skills as the bridge's. Success is the simulator's
-word in both (the last StepResult's task_done over ROS, ``task_success()`` in process).
+A thin wrapper: ``emu-guide bench --over-ros`` (emu_ros/bench_over_ros.py: the guidance node, the
+sim bridge and a Guide client as processes over real DDS) and ``emu-guide bench`` (in process) on
+the same tasks and seeds, one worker each, then one table: success both ways, the model's step
+time (p50, the detector's share left out) both ways, and over ROS the frame-in -> first feedback p50.
 
-Then frame-in -> first feedback latency: one-shot goals on the node, frames from the probe.
+    python bench/ros_closed_loop.py --episodes 20            # needs `bash scripts/ros_venv.sh`
+    python bench/ros_closed_loop.py --tasks table_clear --episodes 5
 
-    python bench/ros_closed_loop.py --episodes 20             # needs `bash scripts/ros_venv.sh`
-    python bench/ros_closed_loop.py --tasks table_clear --episodes 5 --latency-trials 5
-
-Prints a table, writes runs/bench/ros_closed_loop.json.
+Writes runs/bench/ros_closed_loop/{over_ros,in_process}/bench.json and
+runs/bench/ros_closed_loop/comparison.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "emu_ros"))  # the process and probe helpers of the ROS test tier
-
-from ros_tier import VENV, RosProcess, node_args, random_domain_id, ros_env, run_probe  # noqa: E402
-
-TASK_IDS = {"table_clear": "sim_envs/TableClear-v0", "fold_cloth": "sim_envs/FoldCloth-v0",
-            "sort_blocks": "sim_envs/SortBlocks-v0"}  # fmt: skip
-
-
-def over_ros(python: Path, tmp: Path, task: str, seeds: list[int], node_params: dict, max_steps: int) -> list[dict]:
-    import gymnasium as gym
-
-    import sim_envs  # noqa: F401
-
-    env = ros_env(random_domain_id(), tmp)
-    probe_env = gym.make(TASK_IDS[task])  # the names the bridge's executor accepts, as a robot's configuration
-    probe_env.reset(seed=seeds[0])
-    u = probe_env.unwrapped
-    node_params = {**node_params, "object_names": ",".join(u.name_vocabulary()), "target_names": ",".join(u.target_names())}
-    probe_env.close()
-    node = RosProcess(node_args(python, "emu_ros.guidance_node", node_params), env, tmp / f"node_{task}.log")
-    episodes = []
-    try:
-        node.wait_for_log("loaded", timeout=120)
-        for seed in seeds:
-            sim = gym.make(TASK_IDS[task])
-            sim.reset(seed=seed)
-            instruction = sim.unwrapped.instruction  # the bridge's env draws the same one for this seed
-            sim.close()
-            bridge = RosProcess(node_args(python, "emu_ros.sim_bridge_node", {"env_id": TASK_IDS[task], "seed": seed,
-                                                                              "camera_rate_hz": 20.0}),
-                                env, tmp / f"bridge_{task}_{seed}.log")  # fmt: skip
-            t0 = time.monotonic()
-            try:
-                bridge.wait_for_log("sim bridge ready", timeout=60)
-                out = run_probe(python, "closed_loop", {"instruction": instruction, "max_steps": max_steps, "timeout": 300},
-                                env, timeout=360)  # fmt: skip
-            except Exception as exc:  # a probe or bridge that failed is a failed episode, with its reason
-                out = {"result": {"status": "error", "error": f"{type(exc).__name__}: {exc}", "steps": []}, "step_results": []}
-            finally:
-                bridge.stop()
-            results = out.get("step_results", [])
-            episodes.append({
-                "task": task, "seed": seed, "status": out["result"]["status"], "error": out["result"].get("error", ""),
-                "success": bool(results and results[-1]["task_done"]), "steps": len(out["result"].get("steps", [])),
-                "wall_s": time.monotonic() - t0,
-            })  # fmt: skip
-            print(f"  ros  {task} seed {seed}: {episodes[-1]['status']:9s} success={episodes[-1]['success']}"
-                  f" steps={episodes[-1]['steps']} {episodes[-1]['wall_s']:.1f} s", flush=True)
-    finally:
-        node.stop()
-    return episodes
-
-
-def in_process(task: str, seeds: list[int], model_path: str | None, max_steps: int) -> list[dict]:
-    from model_runtime.backends.base import DecodeOptions
-    from planner.envs import make_backend, make_env
-    from planner.monitor import MonitorConfig
-    from planner.runner import RunnerConfig, run_episode
-
-    backend = make_backend("torch", None, model_path=model_path)
-    env = make_env(task, resolution=backend.image_size[0])
-    config = RunnerConfig(decode=DecodeOptions(), grounded_decoding=True, keep_images=False,
-                          monitor=MonitorConfig(max_planning_calls=max_steps, time_limit_s=300.0))
-    episodes = []
-    for seed in seeds:
-        r = run_episode(env, backend, seed, config)
-        episodes.append({"task": task, "seed": seed, "status": r.status, "success": r.success, "steps": len(r.steps),
-                         "wall_s": r.wall_s})  # fmt: skip
-        print(f"  proc {task} seed {seed}: success={r.success} steps={len(r.steps)} {r.wall_s:.1f} s", flush=True)
-    env.close()
-    backend.close()
-    return episodes
-
-
-def latency(python: Path, tmp: Path, node_params: dict, trials: int) -> list[float]:
-    """Frame-in -> first feedback of one-shot goals (frames streamed by the probe at 20 Hz)."""
-    env = ros_env(random_domain_id(), tmp)
-    node = RosProcess(node_args(python, "emu_ros.guidance_node", node_params), env, tmp / "node_latency.log")
-    out: list[float] = []
-    try:
-        node.wait_for_log("loaded", timeout=120)
-        for _ in range(trials):
-            r = run_probe(python, "oneshot", {"instruction": "clear the table", "max_steps": 1, "discovery_s": 0.5}, env)
-            out += r["frame_in_to_feedback_s"]
-    finally:
-        node.stop()
-    return out
-
-
-def _fixed_places() -> str:
-    """The fixed places of the sim tasks, as config/sim_guidance.yaml lists them for the gate."""
-    import yaml
-
-    params = yaml.safe_load((ROOT / "config" / "sim_guidance.yaml").read_text())
-    node = next(v["ros__parameters"] for v in params.values() if "gate_vocabulary" in v.get("ros__parameters", {}))
-    return str(node["gate_vocabulary"])
+from emu_guide.cli import main as emu_guide
 
 
 def main() -> None:
     from emu_guide.paths import artifacts_root
-    from sim_envs.seeds import seeds_for
+    from planner.envs import TASKS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=list(TASK_IDS), choices=list(TASK_IDS))
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--episodes", type=int, default=20, help="held-out seeds per task")
-    p.add_argument("--model-path", default="", help="model directory ('' = the shipped default model)")
-    p.add_argument("--max-steps", type=int, default=40, help="planning calls per goal (the node's max_steps)")
-    p.add_argument("--latency-trials", type=int, default=10)
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default runs/bench/ros_closed_loop.json)")
+    p.add_argument("--backend", default="torch", help="torch (the shipped model, default) or oracle")
+    p.add_argument("--out", type=Path, default=None, help="folder (default runs/bench/ros_closed_loop)")
     a = p.parse_args()
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"{python} missing: run `bash scripts/ros_venv.sh` first")
-    # The bridge's StepResult.task_done is the simulator's task check, as the in-process checker; the
-    # sim bridge's detector reports objects, so the safety gate is told the fixed places (receptacles,
-    # cloth parts) as a robot's configuration would (config/sim_guidance.yaml does the same).
-    node_params = {"backend": "torch", "model_path": a.model_path, "replan_rate_hz": 20.0, "stats_rate_hz": 2.0,
-                   "executor_knows_task_done": True, "gate_vocabulary": _fixed_places()}
-    seeds = seeds_for("heldout", a.episodes, 0)
-    report: dict = {"config": {"tasks": a.tasks, "episodes": a.episodes, "node": node_params, "max_steps": a.max_steps,
-                               "seeds": seeds}, "tasks": {}}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        for task in a.tasks:
-            ros = over_ros(python, Path(tmp), task, seeds, node_params, a.max_steps)
-            proc = in_process(task, seeds, a.model_path or None, a.max_steps)
-            report["tasks"][task] = {
-                "ros_success": float(np.mean([e["success"] for e in ros])),
-                "in_process_success": float(np.mean([e["success"] for e in proc])),
-                "ros_episodes": ros, "in_process_episodes": proc,
-            }
-        lat = latency(python, Path(tmp), node_params, a.latency_trials) if a.latency_trials else []
-    report["frame_in_to_first_feedback_ms"] = {"p50": float(np.percentile(lat, 50)) * 1e3 if lat else None,
-                                               "max": max(lat) * 1e3 if lat else None, "n": len(lat)}  # fmt: skip
-    out = a.out or artifacts_root() / "bench" / "ros_closed_loop.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    rows = [("task", "episodes", "over ROS", "in process", "difference (points)")]
-    for task, r in report["tasks"].items():
-        rows.append((task, str(a.episodes), f"{r['ros_success']:.0%}", f"{r['in_process_success']:.0%}",
-                     f"{100 * (r['ros_success'] - r['in_process_success']):+.0f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    f = report["frame_in_to_first_feedback_ms"]
-    if f["n"]:
-        print(f"frame-in -> first feedback (one-shot, torch): p50 {f['p50']:.1f} ms, max {f['max']:.1f} ms, n={f['n']}")
-    print(f"wrote {out}")
+    out = a.out or artifacts_root() / "bench" / "ros_closed_loop"
+    common = ["--tasks", *a.tasks, "--episodes", str(a.episodes), "--backend", a.backend, "--workers", "1", "--sheets", "none"]
+    for mode, extra in (("over_ros", ["--over-ros"]), ("in_process", [])):
+        code = emu_guide(["bench", *common, *extra, "--out", str(out / mode)])
+        if code:
+            raise SystemExit(code)
+    reports = {mode: json.loads((out / mode / "bench.json").read_text()) for mode in ("over_ros", "in_process")}
+    rows = [("task", "episodes", "over ROS", "in process", "diff (points)", "step ms p50 ROS / proc", "frame-in -> 1st feedback p50")]
+    comparison = []
+    for ros, proc in zip(reports["over_ros"]["summaries"], reports["in_process"]["summaries"]):
+        assert (ros["task"], ros["backend"]) == (proc["task"], proc["backend"]), (ros["task"], proc["task"])
+        c = {"task": ros["task"], "episodes": ros["episodes"], "over_ros_success": ros["success_rate"],
+             "in_process_success": proc["success_rate"],
+             "step_ms_p50_over_ros": _model_ms_p50(reports["over_ros"], ros["task"]),
+             "step_ms_p50_in_process": _model_ms_p50(reports["in_process"], proc["task"]),
+             "frame_to_first_feedback_ms_p50": ros["frame_to_first_feedback_ms_p50"],
+             "same_outcome_seeds": sum(e["success"] == f["success"] for e, f in
+                                       zip(_by_seed(reports["over_ros"], ros["task"]), _by_seed(reports["in_process"], ros["task"])))}  # fmt: skip
+        comparison.append(c)
+        rows.append((c["task"], str(c["episodes"]), f"{c['over_ros_success']:.0%}", f"{c['in_process_success']:.0%}",
+                     f"{100 * (c['over_ros_success'] - c['in_process_success']):+.0f}",
+                     f"{c['step_ms_p50_over_ros']:.0f} / {c['step_ms_p50_in_process']:.0f}",
+                     f"{c['frame_to_first_feedback_ms_p50']:.0f} ms"))  # fmt: skip
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"wrote {out / 'comparison.json'}")
+
+
+def _model_ms_p50(report: dict, task: str) -> float:
+    """The model's own step time, p50: in process a step's total also holds the detector's run
+    ("detect"), which over ROS happens in the sim bridge, before the frame reaches the node."""
+    import numpy as np
+
+    ms = [s["latency_ms"]["total"] - s["latency_ms"].get("detect", 0.0) for e in report["episodes"] if e["task"] == task
+          for s in e["steps"] if "total" in s["latency_ms"]]  # fmt: skip
+    return float(np.percentile(ms, 50)) if ms else float("nan")
+
+
+def _by_seed(report: dict, task: str) -> list[dict]:
+    return sorted((e for e in report["episodes"] if e["task"] == task), key=lambda e: e["seed"])
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
     p.add_argument("--bad-every", type=int, default=10)
+    p.add_argument("--gate-rate-hz", type=float, default=0.0,
+                   help="the safety gate's goal-rate limit (gate_max_goal_rate_hz; the node's default is 5, off here)")
     p.add_argument("--backend", default="oracle", choices=("oracle", "torch"),
                    help="oracle (planning cost near zero: the frame path alone) or torch (the shipped model)")
     a = p.parse_args()
@@ -160,7 +162,7 @@ def main() -> None:
     if not python.exists():
         raise SystemExit(f"{python} missing: run `bash scripts/ros_venv.sh` first")
     with tempfile.TemporaryDirectory() as tmp:
-        params = TORCH_NODE_PARAMS if a.backend == "torch" else NODE_PARAMS
+        params = {**(TORCH_NODE_PARAMS if a.backend == "torch" else NODE_PARAMS), "gate_max_goal_rate_hz": a.gate_rate_hz}
         result = run_load(python, Path(tmp), a.hz, a.seconds, tuple(a.size), a.bad_every, node_params=params)
     out = artifacts_root() / "bench"
     out.mkdir(parents=True, exist_ok=True)

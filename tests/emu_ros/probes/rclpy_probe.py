@@ -417,16 +417,29 @@ def scenario_load(probe: Probe, args: dict) -> dict:
                 latency.append(now - probe.published[key(stamp)])
         feedback.append(now)
 
+    # A goal whose steps the frames never confirm gives up after the bench's re-plan limit per step
+    # (MonitorConfig.for_request): the load keeps a goal planning by sending the next one at once.
     goal = Guide.Goal(instruction=args["instruction"], mode=1, max_steps=1000)
     assert probe.client.wait_for_server(timeout_sec=20)
     probe.wait_outputs()
-    handle = wait(probe.client.send_goal_async(goal, feedback_callback=on_feedback), 20)
-    time.sleep(args["seconds"])
+    deadline, goals = time.monotonic() + args["seconds"], 0
+    while True:
+        handle = wait(probe.client.send_goal_async(goal, feedback_callback=on_feedback), 20)
+        goals += 1
+        done = handle.get_result_async()
+        while not done.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not done.done():  # the time is up while it plans: it is canceled below
+            break
     stop.set()
     time.sleep(args.get("stats_wait", 2.0))
+    if done.done():  # it gave up meanwhile (its re-plans need no new frame): cancel a fresh one, waiting for a frame
+        handle = wait(probe.client.send_goal_async(goal), 20)
+        done = handle.get_result_async()
+        time.sleep(0.5)
     wait(handle.cancel_goal_async(), 20)
-    result = wait(handle.get_result_async(), 30)
-    return {"counts": counts, "steps": len(feedback), "stats": probe.stats[-1] if probe.stats else None,
+    result = wait(done, 30)
+    return {"counts": counts, "steps": len(feedback), "goals": goals, "stats": probe.stats[-1] if probe.stats else None,
             "stats_series": [[s["received"], s["rejected"], s["dropped"]] for s in probe.stats],
             "frame_age_s": ages, "frame_in_to_feedback_s": latency, "final_status": result.result.status}  # fmt: skip
 
