@@ -7,8 +7,10 @@ time (p50, the detector's share left out) both ways, and over ROS the frame-in -
 
     python bench/ros_closed_loop.py --episodes 20            # needs `bash scripts/ros_venv.sh`
     python bench/ros_closed_loop.py --tasks table_clear --episodes 5
+    python bench/ros_closed_loop.py --mode over-ros --tasks fold_cloth    # parts in parallel, then:
+    python bench/ros_closed_loop.py --mode compare
 
-Writes runs/bench/ros_closed_loop/{over_ros,in_process}/bench.json and
+Writes runs/bench/ros_closed_loop/{over_ros,in_process}/<task>/bench.json and
 runs/bench/ros_closed_loop/comparison.json.
 """
 
@@ -30,18 +32,26 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="held-out seeds per task")
     p.add_argument("--backend", default="torch", help="torch (the shipped model, default) or oracle")
     p.add_argument("--out", type=Path, default=None, help="folder (default runs/bench/ros_closed_loop)")
+    p.add_argument("--mode", default="both", choices=("both", "over-ros", "in-process", "compare"),
+                   help="run both benches (default), one of them, or only compare the bench.json files in --out"
+                        " (runs of parts, e.g. one task per process, fill the same folder)")
     a = p.parse_args()
     out = a.out or artifacts_root() / "bench" / "ros_closed_loop"
-    common = ["--tasks", *a.tasks, "--episodes", str(a.episodes), "--backend", a.backend, "--workers", "1", "--sheets", "none"]
-    for mode, extra in (("over_ros", ["--over-ros"]), ("in_process", [])):
-        code = emu_guide(["bench", *common, *extra, "--out", str(out / mode)])
-        if code:
-            raise SystemExit(code)
-    reports = {mode: json.loads((out / mode / "bench.json").read_text()) for mode in ("over_ros", "in_process")}
+    modes = {"both": ("over_ros", "in_process"), "over-ros": ("over_ros",), "in-process": ("in_process",), "compare": ()}
+    for mode in modes[a.mode]:
+        for task in a.tasks:  # one folder per task: parts may run as separate processes
+            args = ["--tasks", task, "--episodes", str(a.episodes), "--backend", a.backend, "--workers", "1", "--sheets", "none",
+                    "--out", str(out / mode / task), *(["--over-ros"] if mode == "over_ros" else [])]  # fmt: skip
+            code = emu_guide(["bench", *args])
+            if code:
+                raise SystemExit(code)
+    reports = {mode: _merged(out / mode) for mode in ("over_ros", "in_process")}
     rows = [("task", "episodes", "over ROS", "in process", "diff (points)", "step ms p50 ROS / proc", "frame-in -> 1st feedback p50")]
     comparison = []
-    for ros, proc in zip(reports["over_ros"]["summaries"], reports["in_process"]["summaries"]):
-        assert (ros["task"], ros["backend"]) == (proc["task"], proc["backend"]), (ros["task"], proc["task"])
+    for ros in reports["over_ros"]["summaries"]:
+        proc = next((s for s in reports["in_process"]["summaries"] if (s["task"], s["backend"]) == (ros["task"], ros["backend"])), None)
+        if proc is None:
+            continue
         c = {"task": ros["task"], "episodes": ros["episodes"], "over_ros_success": ros["success_rate"],
              "in_process_success": proc["success_rate"],
              "step_ms_p50_over_ros": _model_ms_p50(reports["over_ros"], ros["task"]),
@@ -69,6 +79,12 @@ def _model_ms_p50(report: dict, task: str) -> float:
     ms = [s["latency_ms"]["total"] - s["latency_ms"].get("detect", 0.0) for e in report["episodes"] if e["task"] == task
           for s in e["steps"] if "total" in s["latency_ms"]]  # fmt: skip
     return float(np.percentile(ms, 50)) if ms else float("nan")
+
+
+def _merged(folder: Path) -> dict:
+    """Summaries and episodes of every ``<task>/bench.json`` under ``folder``."""
+    parts = [json.loads(f.read_text()) for f in sorted(folder.glob("*/bench.json"))]
+    return {"summaries": [s for r in parts for s in r["summaries"]], "episodes": [e for r in parts for e in r["episodes"]]}
 
 
 def _by_seed(report: dict, task: str) -> list[dict]:
