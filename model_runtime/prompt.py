@@ -154,6 +154,7 @@ ROW_SPLIT = 0.5  # back above this fraction of the height (a token-row border of
 READING_BANDS = 12  # reading order: bands of 1/12 of the height (the rows of a 12x12 token grid)
 _PERCEPTION_KEYWORDS = ("see", "nothing", "holding", ",", PERCEPTION_MARKER)
 PERCEPTION_WORDS = (*_PERCEPTION_KEYWORDS, *COLUMNS, *ROWS)
+PERCEPTION_ONLY_WORDS = ("see", "holding")  # never in a step sentence (the decoding grammar bans them there)
 
 
 def check_answer_format(answer_format: str) -> str:

@@ -366,7 +366,8 @@ class LocalModelBackend:
         grammar = answer_grammar(self.layout, self.answer_format, self.text)
         if prefix:  # the perception is given: the step grammar after the marker (no second perception)
             grammar = answer_grammar(self.layout)
-            grammar["forbid_in_text"] = [*grammar["forbid_in_text"], answer_marker_id(self.layout, self.text)]
+            grammar["forbid_in_text"] = [*grammar["forbid_in_text"], answer_marker_id(self.layout, self.text),
+                                         *answer_grammar(self.layout, "perceive", self.text)["perception_only"]]
         answer = generate_answer(self.lm, prompt + prefix, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
                                  banned=self.banned_openings(options), mentions=self.mention_ids(options),

@@ -55,6 +55,7 @@ class DecodeConstraint:
         banned: Iterable[Sequence[int]] = (),
         mentions: tuple[Iterable[Sequence[int]], Iterable[Sequence[int]]] | None = None,
         step_marker: int | None = None,
+        perception_only: Iterable[int] = (),
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -91,6 +92,9 @@ class DecodeConstraint:
                                              {layout.eos, layout.boi, *self.final_ids, *self._text_forbidden}):
             raise ValueError(f"step_marker {step_marker} must be a plain text id")
         self.step_start: int | None = 0 if self.step_marker is None else None  # index in tokens where the step begins
+        # Words only a perception uses ("see", "holding"): banned in the step, so a re-plan whose
+        # first choice was banned cannot drift into a second perception inside the step sentence.
+        self.perception_only = sorted(int(t) for t in perception_only)
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
         self.images_done = 0
@@ -171,6 +175,7 @@ class DecodeConstraint:
                         mask[self.step_marker] = False
                 elif self.step_marker is not None:  # one perception per answer: no marker in the step
                     mask[self.step_marker] = False
+                    mask[self.perception_only] = False
             self._masks[key] = mask
         mention_banned, mention_only, _ = self._mention_rule()
         banned = self._banned_next() | mention_banned
@@ -265,8 +270,9 @@ class DecodeConstraint:
         if self.in_perception and (token in (lay.eos, lay.boi) or token in self.final_ids
                                    or (token == self.step_marker and self.text_run == 0)):
             return False
-        if not self.in_perception and self.step_marker is not None and token == self.step_marker:
-            return False  # one perception per answer: the step text has no marker
+        if not self.in_perception and self.step_marker is not None and (token == self.step_marker
+                                                                         or token in self.perception_only):
+            return False  # one perception per answer: the step text has no marker, no "see"/"holding"
         if token in self.final_ids and len(self.tokens) != self.step_start:
             return False
         if token in self._banned_next():

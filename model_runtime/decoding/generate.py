@@ -41,12 +41,13 @@ def answer_grammar(layout: TokenLayout, answer_format: str = "step", text_tok=No
     banned from text. In both, EOS is forced right after EOI and an image needs text before it.
     """
     from model_runtime.layout import COMPACT_NUM_SPECIALS
-    from model_runtime.prompt import answer_marker_id, check_answer_format
+    from model_runtime.prompt import PERCEPTION_ONLY_WORDS, answer_marker_id, check_answer_format
 
     if check_answer_format(answer_format) == "perceive":
         if text_tok is None:
             raise ValueError("answer format 'perceive' needs the text tokenizer (for the marker's id)")
-        return {**answer_grammar(layout), "step_marker": answer_marker_id(layout, text_tok)}
+        only = [int(text_tok.encode(w)[0]) for w in PERCEPTION_ONLY_WORDS]
+        return {**answer_grammar(layout), "step_marker": answer_marker_id(layout, text_tok), "perception_only": only}
     if layout.name == "compact":
         keep = {layout.eos, layout.boi, layout.extra["done"]}
         return dict(
@@ -101,6 +102,7 @@ def generate_answer(
     banned: Sequence[Sequence[int]] = (),
     mentions: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
     step_marker: int | None = None,
+    perception_only: Sequence[int] = (),
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
 
@@ -124,7 +126,7 @@ def generate_answer(
             layout, grid, max_images=max_images, min_images=min_images, max_text_tokens=options.max_text_tokens,
             end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
             text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
-            mentions=mentions, step_marker=step_marker,
+            mentions=mentions, step_marker=step_marker, perception_only=perception_only,
         )  # fmt: skip
 
     cons = new_constraint()

@@ -161,6 +161,9 @@ def test_grammar_keeps_the_perception_before_the_step(pair):
     assert not cons.in_perception
     assert cons.is_allowed(done) and not cons.is_allowed(layout.boi)  # the step opens: <done> or words
     assert not cons.is_allowed(marker) and not cons.allowed_mask(layout.vocab_size)[marker]  # one perception
+    for word in ("see", "holding"):  # perception-only words stay out of the step sentence
+        wid = tok.encode(word)[0]
+        assert not cons.is_allowed(wid) and not cons.allowed_mask(layout.vocab_size)[wid]
     assert cons.allowed_mask(layout.vocab_size)[done]
     cons.advance_all(tok.encode("pick up"))
     assert not cons.is_allowed(done)
