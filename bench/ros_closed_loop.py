@@ -32,16 +32,19 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="held-out seeds per task")
     p.add_argument("--backend", default="torch", help="torch (the shipped model, default) or oracle")
     p.add_argument("--out", type=Path, default=None, help="folder (default runs/bench/ros_closed_loop)")
+    p.add_argument("--time-limit", type=float, default=300.0,
+                   help="wall-clock limit per episode, both ways (s): on a starved host raise it, or slow episodes fail")
     p.add_argument("--mode", default="both", choices=("both", "over-ros", "in-process", "compare"),
                    help="run both benches (default), one of them, or only compare the bench.json files in --out"
                         " (runs of parts, e.g. one task per process, fill the same folder)")
     a = p.parse_args()
     out = a.out or artifacts_root() / "bench" / "ros_closed_loop"
     modes = {"both": ("over_ros", "in_process"), "over-ros": ("over_ros",), "in-process": ("in_process",), "compare": ()}
-    for mode in modes[a.mode]:
-        for task in a.tasks:  # one folder per task: parts may run as separate processes
+    for task in a.tasks:  # task by task, both ways (one folder each: parts may run as separate processes)
+        for mode in modes[a.mode]:
             args = ["--tasks", task, "--episodes", str(a.episodes), "--backend", a.backend, "--workers", "1", "--sheets", "none",
-                    "--out", str(out / mode / task), *(["--over-ros"] if mode == "over_ros" else [])]  # fmt: skip
+                    "--time-limit", str(a.time_limit), "--out", str(out / mode / task),
+                    *(["--over-ros"] if mode == "over_ros" else [])]  # fmt: skip
             code = emu_guide(["bench", *args])
             if code:
                 raise SystemExit(code)

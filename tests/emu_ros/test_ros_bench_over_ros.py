@@ -120,7 +120,7 @@ def test_one_episode_over_ros_writes_the_in_process_bench_shape(tmp_path):
 
     out = tmp_path / "bench"
     code = main(["bench", "--over-ros", "--backend", "oracle", "--tasks", "table_clear", "--episodes", "1",
-                 "--workers", "1", "--time-limit", "60", "--out", str(out)])  # fmt: skip
+                 "--workers", "1", "--time-limit", "240", "--out", str(out)])  # fmt: skip
     assert code == 0
     report = json.loads((out / "bench.json").read_text())
     (ep,) = report["episodes"]
