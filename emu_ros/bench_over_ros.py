@@ -49,7 +49,7 @@ __all__ = ["episode_from_client", "main", "run_over_ros"]
 
 NODE_READY = "ready: backend="  # the guidance node's log line once configured (model loaded, warmed up) and active
 BRIDGE_READY = "sim bridge ready"
-CAMERA_RATE_HZ = 20.0
+CAMERA_RATE_HZ = 20.0  # the sim bridge's camera by default (--camera-hz)
 
 
 def fixed_places() -> str:
@@ -183,8 +183,8 @@ class _Graph:
     """One isolated DDS graph for a (task, backend, decode): the guidance node, up for all its
     episodes, and per episode a sim bridge and a Guide client."""
 
-    def __init__(self, ros: RosPython, logs: Path, tag: str) -> None:
-        self.ros, self.logs, self.tag = ros, logs, tag
+    def __init__(self, ros: RosPython, logs: Path, tag: str, camera_rate_hz: float = CAMERA_RATE_HZ) -> None:
+        self.ros, self.logs, self.tag, self.camera_rate_hz = ros, logs, tag, camera_rate_hz
         self.env = graph_env(random_domain_id(), logs, ros.venv)
         self.node: RosProcess | None = None
 
@@ -196,7 +196,7 @@ class _Graph:
     def episode(self, gym_id: str, seed: int, instruction: str, max_steps: int, time_limit: float,
                 params: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
         bridge = RosProcess(node_args(self.ros.python, "emu_ros.sim_bridge_node",
-                                      {"env_id": gym_id, "seed": seed, "camera_rate_hz": CAMERA_RATE_HZ}),
+                                      {"env_id": gym_id, "seed": seed, "camera_rate_hz": self.camera_rate_hz}),
                             self.env, self.logs / f"bridge_{self.tag}_{seed}.log")  # fmt: skip
         try:
             bridge.wait_for_log(BRIDGE_READY, timeout=120)
@@ -223,7 +223,7 @@ class _Graph:
 def run_over_ros(tasks: list[str], episodes: int, backends: list[str], decodes: list[str], out: Path,
                  seed_offset: int = 0, model_path: str | None = None, time_limit: float = 300.0,
                  trust_remote_code: bool = False, instruction: str | None = None, progress: bool = True,
-                 ros: RosPython | None = None) -> dict[str, Any]:  # fmt: skip
+                 ros: RosPython | None = None, camera_rate_hz: float = CAMERA_RATE_HZ) -> dict[str, Any]:  # fmt: skip
     """Every (task, backend, decode, seed) episode over ROS; writes bench.json (the in-process shape)."""
     import gymnasium as gym
 
@@ -251,7 +251,7 @@ def run_over_ros(tasks: list[str], episodes: int, backends: list[str], decodes: 
     for task in tasks:
         mirror = gym.make(gym_ids[task])
         for backend, decode in configs:
-            graph = _Graph(ros, logs, f"{task}_{backend}_{decode}")
+            graph = _Graph(ros, logs, f"{task}_{backend}_{decode}", camera_rate_hz)
             try:
                 graph.start_node(node_params_for(backend, decode, model_path, trust_remote_code, gym_ids[task], seeds[0]))
                 for seed in seeds:
@@ -270,7 +270,7 @@ def run_over_ros(tasks: list[str], episodes: int, backends: list[str], decodes: 
                 graph.close()
         mirror.close()
     extra = {"over_ros": {"python": str(ros.python), "ros_venv": str(ros.venv) if ros.venv else None,
-                          "camera_rate_hz": CAMERA_RATE_HZ, "goal_max_steps": max_steps, "logs": str(logs)}}  # fmt: skip
+                          "camera_rate_hz": camera_rate_hz, "goal_max_steps": max_steps, "logs": str(logs)}}  # fmt: skip
     return write_report(out, results, tasks, configs, seeds, 1, time.perf_counter() - t0, use_checker=True,
                         grounded_decoding=True, extra=extra, summary_extra=over_ros_summary)  # fmt: skip
 
@@ -310,7 +310,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run_over_ros(args.tasks, args.episodes, backends, args.decode, out, seed_offset=args.seed_offset,
                               model_path=args.model_path, time_limit=args.time_limit,
-                              trust_remote_code=args.trust_remote_code, instruction=args.instruction, ros=ros)  # fmt: skip
+                              trust_remote_code=args.trust_remote_code, instruction=args.instruction, ros=ros,
+                              camera_rate_hz=args.camera_hz)  # fmt: skip
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

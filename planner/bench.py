@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every episode over ROS 2: the guidance node and the sim bridge as processes talking"
                              " over real DDS (isolated graph), scored on the same seeds with the same table and JSON;"
                              " needs rclpy (`bash scripts/ros_venv.sh` builds .ros_venv, which is then used)")
+    parser.add_argument("--camera-hz", type=float, default=20.0,
+                        help="--over-ros: the sim bridge's camera rate (every StepResult is followed by a fresh frame"
+                             " anyway; a lower rate spares a starved host the streaming)")
     add_text_argument(parser)
     add_model_arguments(parser)
     add_instruction_argument(parser)
