@@ -7,7 +7,7 @@
 #
 # Usage (repository root, after `bash scripts/mujoco_extra.sh`):
 #   bash examples/metaworld/finetune.sh
-# Settings (environment): OUT (runs/metaworld), EPISODES per task (30), NT_STEPS (300),
+# Settings (environment): OUT (runs/metaworld), EPISODES per task (30), NT_STEPS (200),
 # DIDA_STEPS (0: no DiDA stage, the export decodes subgoal images next-token by next-token),
 # BENCH_EPISODES per task (10), WORKERS (1).
 set -euo pipefail
@@ -17,7 +17,7 @@ M=examples.metaworld.metaworld_guidance
 TASKS=("$M:make_pick_place" "$M:make_drawer_open" "$M:make_button_press")
 OUT="${OUT:-runs/metaworld}"
 EPISODES="${EPISODES:-30}"
-NT_STEPS="${NT_STEPS:-300}"
+NT_STEPS="${NT_STEPS:-200}"
 DIDA_STEPS="${DIDA_STEPS:-0}"
 BENCH_EPISODES="${BENCH_EPISODES:-10}"
 WORKERS="${WORKERS:-1}"
