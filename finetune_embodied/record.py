@@ -278,11 +278,23 @@ def consolidate(cfg: RecordConfig) -> dict:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-                "episodes": included, "excluded": excluded}
-    (tmp / "meta" / "emu_recording.json").write_text(json.dumps(manifest, indent=1))
+    manifest = write_manifest(tmp, cfg, included, excluded)
     if perception_lines and len(perception_lines) == len(included):  # every episode has them (else none)
         (tmp / PERCEPTION_FILE).write_text("\n".join(perception_lines) + "\n")
+    swap_in(tmp, out)
+    return manifest
+
+
+def write_manifest(root: Path, cfg, included: list[dict], excluded: list[dict]) -> dict:
+    """``meta/emu_recording.json`` of a recording: its settings (a dataclass) and what went in or not."""
+    manifest = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+                "episodes": included, "excluded": excluded}
+    (root / "meta" / "emu_recording.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished dataset ``tmp`` (renames: never half a dataset at ``out``)."""
     old = Path(f"{out}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
@@ -291,7 +303,6 @@ def consolidate(cfg: RecordConfig) -> dict:
         old.unlink()
     elif old.exists():
         shutil.rmtree(old)
-    return manifest
 
 
 _CONTENT_FIELDS_IGNORED = ("out", "workers", "keep_shards")  # do not change what the dataset holds

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,7 @@ def record_env(cfg: EnvRecordConfig, progress: bool = True) -> dict:
     import shutil
 
     from finetune_embodied.datasets import Episode, LeRobotV3Writer
+    from finetune_embodied.record import swap_in, write_manifest
 
     out = Path(cfg.out)
     tmp = Path(f"{out}.tmp-{os.getpid()}")
@@ -218,12 +219,8 @@ def record_env(cfg: EnvRecordConfig, progress: bool = True) -> dict:
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-                "episodes": included, "excluded": excluded}
-    (tmp / "meta" / "emu_recording.json").write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_manifest(tmp, cfg, included, excluded)
+    swap_in(tmp, out)
     return {"out": str(out), "episodes_in_dataset": len(included), "episodes_excluded": excluded,
             "frames": sum(e["length"] for e in included), "seconds": time.perf_counter() - t0}
 
