@@ -88,7 +88,10 @@ class GuideClient(Node):
             if time.monotonic() > deadline:
                 raise TimeoutError("the executor's step_result publisher / action_goal subscription never appeared")
             time.sleep(0.05)
-        time.sleep(1.0)  # the other side of each match lands a moment later
+        # The other side of each match lands a moment later, and the node <-> executor match (which
+        # this client cannot see) as well: a goal sent before it is lost (once in 60 episodes on a
+        # starved host with 1 s here: "no StepResult for goal ... within step_result_timeout_s").
+        time.sleep(2.0)
 
     def set_parameters(self, node: str, params: dict[str, Any], timeout: float = 30.0) -> None:
         """Set runtime parameters of ``node``; RuntimeError with the node's reason when one is refused."""
