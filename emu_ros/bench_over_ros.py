@@ -79,6 +79,10 @@ def node_params_for(backend: str, decode: str, model_path: str | None, trust_rem
         "replan_rate_hz": 20.0, "stats_rate_hz": 1.0,
         "executor_knows_task_done": True,  # the bridge's task_done is the simulator's task check, as in process
         "gate_vocabulary": fixed_places(),
+        # The node keeps the last frame it received: without an age limit a goal's first step was once
+        # planned from the previous seed's bridge (its cleared table: "done" at step 0, before any
+        # StepResult could contradict it). The bridge sends a fresh frame after every StepResult.
+        "max_frame_age_s": 2.0,
     }  # fmt: skip
     if backend == "oracle":  # the oracle reads a mirror of the bridge's env: same id and seed (set per episode)
         params.update(sim_env_id=gym_id, sim_seed=first_seed)
