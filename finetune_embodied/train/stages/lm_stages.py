@@ -149,10 +149,8 @@ def token_cells(grid_h: int, grid_w: int) -> torch.Tensor:
     return row * len(COLUMNS) + col
 
 
-def perception_aux_loss(probe: PerceptionProbe, hidden: torch.Tensor, samples, layout: TokenLayout,
-                        object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean CE of the probe's object and cell heads over the prompt-frame tokens of ``samples`` that
-    carry ``frame_cells``; tokens with an object centred in them weigh ``object_weight``."""
+def _probe_inputs(hidden: torch.Tensor, samples, layout: TokenLayout):
+    """(states, object targets, cell targets) of the prompt-frame tokens of the samples with ``frame_cells``."""
     feats, objects, cells = [], [], []
     for r, s in enumerate(samples):
         spans = [sp for sp in s.image_spans if not sp.is_target]
@@ -165,10 +163,19 @@ def perception_aux_loss(probe: PerceptionProbe, hidden: torch.Tensor, samples, l
         objects.append(torch.as_tensor(s.frame_cells, device=hidden.device))
         cells.append(token_cells(sp.height, sp.width).to(hidden.device))
     if not feats:
+        return None
+    return torch.cat(feats).float(), torch.cat(objects), torch.cat(cells)
+
+
+def perception_aux_loss(probe: PerceptionProbe, hidden: torch.Tensor, samples, layout: TokenLayout,
+                        object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean CE of the probe's object and cell heads over the prompt-frame tokens of ``samples`` that
+    carry ``frame_cells``; tokens with an object centred in them weigh ``object_weight``."""
+    inputs = _probe_inputs(hidden, samples, layout)
+    if inputs is None:
         zero = hidden.sum() * 0.0
         return zero, {"aux_object_ce": float("nan"), "aux_cell_ce": float("nan"), "aux_object_acc": float("nan")}
-    h = torch.cat(feats).float()
-    obj, cell = torch.cat(objects), torch.cat(cells)
+    h, obj, cell = inputs
     obj_logits = probe.objects(h)
     w = torch.where(obj > 0, float(object_weight), 1.0)
     obj_ce = (F.cross_entropy(obj_logits, obj, reduction="none") * w).sum() / w.sum()
@@ -177,6 +184,19 @@ def perception_aux_loss(probe: PerceptionProbe, hidden: torch.Tensor, samples, l
         hit = obj > 0
         acc = float((obj_logits[hit].argmax(-1) == obj[hit]).float().mean()) if hit.any() else float("nan")
     return obj_ce + cell_ce, {"aux_object_ce": float(obj_ce), "aux_cell_ce": float(cell_ce), "aux_object_acc": acc}
+
+
+@torch.no_grad()
+def probe_counts(probe: PerceptionProbe, hidden: torch.Tensor, samples, layout: TokenLayout) -> tuple[int, int, int, int]:
+    """(object tokens named right, object tokens, empty tokens given an object, empty tokens): how
+    well the probe reads ``samples`` (held-out ones in ``evaluate``: does the reading generalise?)."""
+    inputs = _probe_inputs(hidden, samples, layout)
+    if inputs is None:
+        return 0, 0, 0, 0
+    h, obj, _ = inputs
+    pred = probe.objects(h).argmax(-1)
+    hit = obj > 0
+    return int((pred[hit] == obj[hit]).sum()), int(hit.sum()), int((pred[~hit] != 0).sum()), int((~hit).sum())
 
 
 class LMStage(Stage):
@@ -413,11 +433,17 @@ class LMStage(Stage):
         pos_errs: list[float] = []
         found = n_obj = 0
         ce_sum = w_sum = 0.0
+        probe = [0, 0, 0, 0]
         lo, hi = self.layout.visual_offset, self.layout.visual_offset + self.layout.num_visual_codes
         for i in range(0, len(samples), bs):
             batch = self.collate(samples[i : i + bs])
             batch = {k: (v.to(self.info.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             img_logits, logits = self.predict_image_logits(model, batch)
+            if self.cfg.perception_aux.weight:  # the probe on held-out frames: memorised or read?
+                hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               output_hidden_states=True).hidden_states[self.cfg.perception_aux.layer]
+                counts = probe_counts(model.perception_probe, hidden, batch["samples"], self.layout)
+                probe = [a + b for a, b in zip(probe, counts)]
             loss, _ = weighted_next_token_loss(logits, batch["labels"], batch["loss_weights"])
             w = float((batch["loss_weights"][:, 1:] * (batch["labels"][:, 1:] != IGNORE_INDEX)).sum())
             ce_sum += float(loss) * w
@@ -453,6 +479,9 @@ class LMStage(Stage):
             "subgoal_code_acc": code_ok / max(code_tot, 1),
             "samples": float(len(samples)),
         }
+        if probe[1]:
+            out["probe_object_acc"] = probe[0] / probe[1]
+            out["probe_empty_as_object"] = probe[2] / max(probe[3], 1)
         if psnrs:
             out["subgoal_psnr_db"] = float(np.mean(psnrs))
             out["subgoal_object_found_frac"] = found / n_obj if n_obj else float("nan")

@@ -70,6 +70,7 @@ def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model
     losses = [d["loss"] for d in logged if d.get("split") == "train" and "loss" in d]
     assert summary.steps == 4 and losses and all(np.isfinite(losses))
     assert all(np.isfinite(d["aux_cell_ce"]) for d in logged if d.get("split") == "train")
+    assert 0.0 <= summary.final_eval["probe_object_acc"] <= 1.0  # the probe, measured on held-out frames
 
     out = tmp_path / "model"
     export_model(latest_checkpoint(tmp_path / "lm" / "checkpoints"), tok, out)
