@@ -282,8 +282,7 @@ def run_over_ros(tasks: list[str], episodes: int, backends: list[str], decodes: 
 def main(args: argparse.Namespace) -> int:
     """``emu-guide bench --over-ros`` (arguments: ``planner.bench.add_arguments``)."""
     from emu_guide.paths import artifacts_root
-    from planner.bench import _check_instruction, format_table
-    from planner.envs import resolve_backend
+    from planner.bench import _check_instruction, format_table, resolve_backends
 
     refused = [(args.no_checker, "--no-checker: over ROS the sim bridge's StepResult (the simulator's checker) decides"),
                (args.text == "free", "--text free: over ROS the node grounds its steps by the bridge's ObjectsInView"
@@ -297,12 +296,7 @@ def main(args: argparse.Namespace) -> int:
     except RosUnavailable as exc:
         print(f"error: --over-ros: {exc}", file=sys.stderr)
         return 2
-    backends = []
-    for b in args.backend:
-        name, notice = resolve_backend(b)
-        if notice:
-            print(notice, file=sys.stderr)
-        backends.append(name)
+    backends = resolve_backends(args.backend)
     if args.workers != 1:
         print(f"note: --over-ros runs one episode at a time (one DDS graph); --workers {args.workers} ignored", file=sys.stderr)
     out = Path(args.out) if args.out else artifacts_root() / "bench_over_ros"

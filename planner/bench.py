@@ -23,7 +23,7 @@ from typing import Any
 
 from emu_guide.paths import artifacts_root
 
-__all__ = ["add_arguments", "format_table", "main", "run_bench", "write_report"]
+__all__ = ["add_arguments", "format_table", "main", "resolve_backends", "run_bench", "write_report"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,19 +291,25 @@ def _check_instruction(args: argparse.Namespace, backends: list[str]) -> str | N
     return None
 
 
-def main(args: argparse.Namespace) -> int:
+def resolve_backends(names: list[str]) -> list[str]:
+    """The registry names of ``--backend`` (auto -> the shipped model, else the oracle with a notice)."""
     from planner.envs import resolve_backend
 
-    if getattr(args, "over_ros", False):  # `emu-guide bench --over-ros` runs emu_ros.bench_over_ros (emu_guide/cli.py)
-        print("error: --over-ros is run by emu_ros.bench_over_ros through `emu-guide bench --over-ros`", file=sys.stderr)
-        return 2
-
     backends = []
-    for b in args.backend:
+    for b in names:
         name, notice = resolve_backend(b)
         if notice:
             print(notice, file=sys.stderr)
         backends.append(name)
+    return backends
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "over_ros", False):  # `emu-guide bench --over-ros` runs emu_ros.bench_over_ros (emu_guide/cli.py)
+        print("error: --over-ros is run by emu_ros.bench_over_ros through `emu-guide bench --over-ros`", file=sys.stderr)
+        return 2
+
+    backends = resolve_backends(args.backend)
     out = Path(args.out) if args.out else artifacts_root() / "bench"
     if args.instruction is not None:
         error = _check_instruction(args, backends)
