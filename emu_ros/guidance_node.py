@@ -28,7 +28,8 @@ Graph (names are parameters; defaults shown):
 
 Threads: subscriptions and timers run in one mutually-exclusive callback group and only convert
 and store frames; the action server runs in its own reentrant group, where the backend is called
-(under a lock: backends are not thread-safe). A MultiThreadedExecutor runs both.
+(under a lock: backends are not thread-safe). A multi-threaded executor runs both
+(``node_common.SubmitOnceExecutor``: rclpy's own resubmits callbacks while the model holds the GIL).
 """
 
 from __future__ import annotations
