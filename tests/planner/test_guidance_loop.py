@@ -393,14 +393,17 @@ def _square(x: int) -> np.ndarray:
     return img
 
 
-def test_evaluation_against_the_ground_truth_never_decides():
-    class ImageBackendForTest(ScriptBackendForTest):
-        def next_step(self, frame, instruction, history, options=None):
-            step = super().next_step(frame, instruction, history, options)
-            if not step.is_final:
-                step.subgoal_image = _square(4)
-            return step
+class ImageBackendForTest(ScriptBackendForTest):
+    """The scripted backend, with a subgoal image (a red square at x=4) on every step."""
 
+    def next_step(self, frame, instruction, history, options=None):
+        step = super().next_step(frame, instruction, history, options)
+        if not step.is_final:
+            step.subgoal_image = _square(4)
+        return step
+
+
+def test_evaluation_against_the_ground_truth_never_decides():
     ex = ExecutorForTest()
     gt = GroundTruthForTest(["pick up the red cup", "place the red cup in the bin"], [_square(4), _square(10)], ex)
     backend = ImageBackendForTest(["pick up the red cup", "place it in the rack", DONE])
@@ -530,13 +533,6 @@ def test_gate_hold_time_is_the_gate_latency():
 
 
 def test_no_subgoal_metric_without_a_ground_truth_image():
-    class ImageBackendForTest(ScriptBackendForTest):
-        def next_step(self, frame, instruction, history, options=None):
-            step = super().next_step(frame, instruction, history, options)
-            if not step.is_final:
-                step.subgoal_image = _square(4)
-            return step
-
     ex = ExecutorForTest()
     gt = GroundTruthForTest(["pick up the red cup"], [], ex)
     res = GuidanceLoop(ImageBackendForTest(["pick up the red cup", DONE]), "clear the table", ex, ground_truth=gt).run()

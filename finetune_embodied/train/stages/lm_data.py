@@ -65,8 +65,10 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
                              " (record it with this version of emu-guide record)")
         perception_words = perception_texts() + sorted({t for frames in perceptions.values() for t in frames})
         if cfg.perception_aux.weight:
+            from finetune_embodied.sequences import perception_object_classes
+
             pixels = perception_pixels(cfg)
-            classes = perception_classes(cfg)
+            classes = perception_object_classes(sorted({t for frames in perceptions.values() for t in frames}))
     text_tok = text_tokenizer_for(
         cfg, lambda: dataset_texts(labelled(False)) + list(d.extra_texts) + plan_words + perception_words)
     layout = compact(text_tok.vocab_size, vision.num_codes)
