@@ -246,6 +246,33 @@ class PerceptionAuxConfig:
                f"perception_aux.object_weight must be a number > 0, got {self.object_weight!r}")
 
 
+@dataclass
+class SemanticAuxConfig:
+    """A training-only head that teaches the vision tokenizer's codes what they show (stage tokenizer).
+
+    Emu3.5 distils semantic features into its tokenizer so that its codes carry meaning; here the
+    teacher is the simulator's ground truth. Per token of the 12x12 grid, a small MLP on the
+    *quantised* latent (the token's d FSQ levels, straight-through) names the object centred in that
+    token (class of its full name, e.g. "red cup", or none; the recording's object pixels,
+    ``finetune_embodied.sequences.frame_cell_targets``). Its gradient reaches the encoder through
+    FSQ's rounding, so the encoder learns to put identity into the code. A linear head could not
+    separate ~80 classes from 4 numbers, hence the MLP. The head is dropped when the tokenizer is
+    saved. Needs a recording with object pixels (``emu-guide record``).
+    """
+
+    weight: float = 0.0  # 0 = off; else the loss is reconstruction + weight * object CE
+    object_weight: float = 10.0  # CE weight of tokens with an object centred in them (none = 1)
+    hidden: int = 256  # width of the head's two hidden layers
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool) and self.weight >= 0,
+               f"semantic_aux.weight must be a number >= 0, got {self.weight!r}")
+        _check(isinstance(self.object_weight, (int, float)) and not isinstance(self.object_weight, bool)
+               and self.object_weight > 0, f"semantic_aux.object_weight must be a number > 0, got {self.object_weight!r}")
+        _check(isinstance(self.hidden, int) and not isinstance(self.hidden, bool) and self.hidden >= 1,
+               f"semantic_aux.hidden must be an int >= 1, got {self.hidden!r}")
+
+
 VISUAL_CODES = ("table", "factorized", "digits")
 
 
@@ -287,6 +314,7 @@ class TrainConfig:
     dida: DidaConfig = field(default_factory=DidaConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     perception_aux: PerceptionAuxConfig = field(default_factory=PerceptionAuxConfig)
+    semantic_aux: SemanticAuxConfig = field(default_factory=SemanticAuxConfig)
 
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -308,6 +336,8 @@ class TrainConfig:
                "input_embedding_init_std redraws the rows that visual_embedding_init 'tokenizer' sets (use one or the other)")
         _check(not self.perception_aux.weight or (self.stage == "next_token" and self.data.answer == "perceive"),
                "perception_aux is for stage next_token with data.answer: perceive (its targets are the perception's objects)")
+        _check(not self.semantic_aux.weight or (self.stage == "tokenizer" and self.data.source == "dataset"),
+               "semantic_aux is for stage tokenizer on a dataset (its targets are the recording's object pixels)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             not (self.lora.enabled and self.stage == "tokenizer"),
@@ -342,6 +372,7 @@ _SECTIONS = {
     "dida": DidaConfig,
     "label": LabelConfig,
     "perception_aux": PerceptionAuxConfig,
+    "semantic_aux": SemanticAuxConfig,
 }
 
 
