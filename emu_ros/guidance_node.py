@@ -365,10 +365,11 @@ class GuidanceNode(LifecycleNode):
 
     def _options(self, goal: Any | None) -> DecodeOptions:
         """Decoding for a Guide goal (its fields override the parameters); None: the parameters'."""
+        scale = goal.guidance_scale if goal and goal.guidance_scale >= 0 else self._p("guidance_scale")
         return DecodeOptions(
             mode=((goal.decode_mode if goal else "") or self._p("decode_mode")) or None,  # None: the model's own default
             dida_steps=int((goal.decode_steps if goal else 0) or self._p("decode_steps")),
-            guidance_scale=float(goal.guidance_scale if goal and goal.guidance_scale >= 0 else self._p("guidance_scale")),
+            guidance_scale=float(scale) if scale >= 0 else None,  # None: the model's own
             seed=int(self._p("seed")),
         )
 

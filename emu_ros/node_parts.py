@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emu_guide.types import ActionGoal, DecodeMode, Frame, StepResult
-from model_runtime.backends.base import BACKENDS
+from model_runtime.backends.base import BACKENDS, DEFAULT_DIDA_STEPS
 from planner.executor import ExecutorError, PlanAheadExecutor
 from planner.grounded import ObjectsInView
 from planner.safety import ACTION_VERBS, SafetyConfig, parse_names, parse_workspace
@@ -65,8 +65,8 @@ PARAMETERS: dict[str, ParamSpec] = {
     "sim_seed": ParamSpec(0, "oracle backend only: reset seed (must equal the sim bridge's)"),
     # decoding
     "decode_mode": ParamSpec("", "subgoal image decoding: dida, ar or oracle; '' = the model's own (DiDA when DiDA-adapted, else AR)"),
-    "decode_steps": ParamSpec(8, "DiDA parallel refinement steps (>= 1)"),
-    "guidance_scale": ParamSpec(1.0, "classifier-free guidance on image tokens (>= 0; 1 = off)"),
+    "decode_steps": ParamSpec(DEFAULT_DIDA_STEPS, "DiDA parallel refinement steps (>= 1); the bench's default"),
+    "guidance_scale": ParamSpec(-1.0, "classifier-free guidance on image tokens (1 = off; < 0 = the model's own: 1 for the shipped model, 3 for the Emu3.5/Emu3 releases)"),
     "seed": ParamSpec(0, "sampling seed (>= 0)"),
     "image_height": ParamSpec(0, "frames are resized to this height before the backend (0 = the backend's size; needs image_width too)"),
     "image_width": ParamSpec(0, "frames are resized to this width before the backend (0 = the backend's size; needs image_height too)"),
@@ -129,7 +129,7 @@ def validate_parameter(name: str, value: Any, specs: dict[str, ParamSpec] | None
         "device": (lambda v: v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()), "must be cpu, cuda or cuda:N"),
         "decode_mode": (lambda v: v == "" or v in {m.value for m in DecodeMode}, f"must be '' or one of {[m.value for m in DecodeMode]}"),
         "decode_steps": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
-        "guidance_scale": (lambda v: 0.0 <= v <= 100.0, "must be in [0, 100]"),
+        "guidance_scale": (lambda v: v <= 100.0, "must be <= 100 (< 0 = the model's own)"),
         "seed": (lambda v: v >= 0, "must be >= 0"),
         "sim_seed": (lambda v: v >= 0, "must be >= 0"),
         "image_height": (lambda v: 0 <= v <= 4096, "must be in [0, 4096]"),

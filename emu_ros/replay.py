@@ -23,7 +23,7 @@ from typing import Any
 
 from emu_guide.types import ActionGoal, DecodeMode, Frame, PlanStatus, StepResult
 from emu_ros import convert, interfaces
-from model_runtime.backends.base import DecodeOptions
+from model_runtime.backends.base import DEFAULT_DIDA_STEPS, DecodeOptions
 from planner.executor import ExecutorError, SimExecutor
 from planner.loop import GuidanceLoop, LoopConfig, LoopResult
 from planner.monitor import MonitorConfig
@@ -439,8 +439,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sim seed (oracle backend, --record-sim)")
     parser.add_argument("--record-sim", metavar="ENV_ID", help="record a closed-loop sim episode instead of replaying")
     parser.add_argument("--decode-mode", default=None, choices=[m.value for m in DecodeMode])
-    parser.add_argument("--decode-steps", type=int, default=8)
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--decode-steps", type=int, default=DEFAULT_DIDA_STEPS, help="DiDA refinement steps")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's own)")
     parser.add_argument("--every-s", type=float, default=0.0, help="plan at most once per this many bag seconds")
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W (default: the backend's)")

@@ -13,6 +13,10 @@ class BackendError(RuntimeError):
     """A backend could not load or could not produce a step; the message names the problem."""
 
 
+# DiDA parallel refinement steps when the caller gives none: 4 keeps the default model's full step
+# near 100 ms on a 2-core CPU (docs/BENCHMARKS.md); GPU hosts with large models may use 8.
+DEFAULT_DIDA_STEPS = 4
+
 # Values of the options a model may set its own defaults for, when the caller leaves them None
 # (``DecodeOptions.unset``): what the default tiny model was trained and benchmarked with.
 GENERIC_DEFAULTS: dict[str, Any] = {
@@ -53,9 +57,7 @@ class DecodeOptions:
 
     # None: the backend's default (DiDA for DiDA-adapted models, else AR).
     mode: DecodeMode | str | None = None
-    # K parallel refinement steps for the subgoal image. 4 keeps the default model's full step
-    # under 100 ms on a 2-core CPU (docs/BENCHMARKS.md); GPU hosts with large models may use 8.
-    dida_steps: int = 4
+    dida_steps: int = DEFAULT_DIDA_STEPS  # K parallel refinement steps for the subgoal image
     dida_schedule: str = "cosine"  # fraction still uncommitted after step t: cos(pi/2 * t/K)
     dida_init: str = "mask"  # "mask" (absorbing) or "uniform" (random codes, URSA-style)
     guidance_scale: float | None = None  # classifier-free guidance on image tokens only (1.0 = off)

@@ -122,7 +122,7 @@ def test_static_check_catches_an_undeclared_parameter(tmp_path):
 def test_validate_parameter_rules():
     v = node_parts.validate_parameter
     assert v("decode_steps", 8) is None and v("decode_steps", 0) and v("decode_steps", 2.0) and v("decode_steps", True)
-    assert v("guidance_scale", 3) is None and v("guidance_scale", "3")
+    assert v("guidance_scale", 3) is None and v("guidance_scale", -1.0) is None and v("guidance_scale", 101.0) and v("guidance_scale", "3")
     assert v("backend", "oracle") is None and "must be one of" in v("backend", "tensorrt")
     assert v("device", "cuda:1") is None and v("device", "cuda:x")
     assert v("decode_mode", "ar") is None and v("decode_mode", "beam")

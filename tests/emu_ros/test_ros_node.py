@@ -63,9 +63,9 @@ def test_frames_in_goal_out_feedback_result_plan_and_action_goal_topics(graph, n
 def test_parameter_changes_are_validated(graph, node):
     python, env, _ = graph
     out = run_probe(python, "params", {}, env)
-    for accepted in ("decode_steps=4", "guidance_scale=2.5", "decode_mode='ar'", "max_steps=5"):
+    for accepted in ("decode_steps=6", "guidance_scale=2.5", "decode_mode='ar'", "max_steps=5"):
         assert out[accepted][0], (accepted, out[accepted])
-    for rejected, reason in [("decode_steps=0", "decode_steps=0 rejected"), ("guidance_scale=-1.0", "guidance_scale"),
+    for rejected, reason in [("decode_steps=0", "decode_steps=0 rejected"), ("guidance_scale=101.0", "guidance_scale"),
                              ("backend='nope'", "must be one of"), ("decode_mode='fast'", "decode_mode"),
                              ("replan_rate_hz=0.0", "replan_rate_hz"), ("device='tpu'", "cpu, cuda"),
                              ("image_topic='other'", "read-only"), ("decode_steps='eight'", ""),
@@ -73,7 +73,7 @@ def test_parameter_changes_are_validated(graph, node):
         ok, why = out[rejected]
         assert not ok, rejected
         assert reason.lower() in why.lower(), (rejected, why)
-    assert out["values"] == {"decode_steps": 4, "guidance_scale": 2.5, "decode_mode": "ar", "max_steps": 5,
+    assert out["values"] == {"decode_steps": 6, "guidance_scale": 2.5, "decode_mode": "ar", "max_steps": 5,
                              "backend": "oracle", "image_topic": "image_raw"}  # fmt: skip
 
 

@@ -245,8 +245,8 @@ def scenario_oneshot(probe: Probe, args: dict) -> dict:
 
 def scenario_params(probe: Probe, args: dict) -> dict:
     """Accepted and rejected parameter changes; values read back."""
-    trials = [("decode_steps", 4), ("guidance_scale", 2.5), ("decode_mode", "ar"), ("max_steps", 5),
-              ("decode_steps", 0), ("guidance_scale", -1.0), ("backend", "nope"), ("decode_mode", "fast"),
+    trials = [("decode_steps", 6), ("guidance_scale", 2.5), ("decode_mode", "ar"), ("max_steps", 5),
+              ("decode_steps", 0), ("guidance_scale", 101.0), ("backend", "nope"), ("decode_mode", "fast"),
               ("replan_rate_hz", 0.0), ("device", "tpu"), ("image_topic", "other"), ("decode_steps", "eight"),
               ("plan_images", "some")]  # fmt: skip
     out = {f"{n}={v!r}": probe.set_param(n, v) for n, v in trials}
