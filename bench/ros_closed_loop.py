@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from emu_guide.cli import main as emu_guide
+from emu_ros.bench_over_ros import first_feedback_ms
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
         pairs = [(e, proc[e["seed"]]) for e in ros if e["seed"] in proc]  # the seeds both ways ran
         if not pairs:
             continue
-        first = [e["steps"][0].get("frame_to_feedback_ms") for e, _ in pairs if e["steps"]]
+        first = [first_feedback_ms(e["steps"][0]) for e, _ in pairs if e["steps"]]
         c = {"task": task, "seeds": [e["seed"] for e, _ in pairs],
              "over_ros_success": sum(e["success"] for e, _ in pairs) / len(pairs),
              "in_process_success": sum(f["success"] for _, f in pairs) / len(pairs),

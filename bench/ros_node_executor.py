@@ -82,7 +82,7 @@ def main() -> None:
                 steps = [s for e in report["episodes"] for s in e["steps"]]
                 runs[variant].append({"round": r, "success": report["summaries"][0]["success_rate"],
                                       "step_ms": [s["latency_ms"]["total"] for s in steps],
-                                      "first_feedback_ms": [e["steps"][0]["frame_to_feedback_ms"] for e in report["episodes"] if e["steps"]],
+                                      "first_feedback_ms": [over_ros.first_feedback_ms(e["steps"][0]) for e in report["episodes"] if e["steps"]],
                                       "loadavg": os.getloadavg()[0], **spin})  # fmt: skip
                 print(f"round {r} {variant}: step p50 {np.percentile(runs[variant][-1]['step_ms'], 50):.0f} ms,"
                       f" wait-loop passes {spin['passes']} in {spin['wall_s']:.0f} s ({spin['cpu_s']:.2f} CPU-s),"

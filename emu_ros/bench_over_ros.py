@@ -15,9 +15,10 @@ in process. Per-step evaluation (text and goal against the ground-truth plan, st
 from a mirror env here: reset with the same seed, the bridge's goals executed in the order it
 reported on them (the sim is deterministic; ``mirror_disagreements`` counts StepResults whose
 ``task_done`` the mirror did not reproduce). Subgoal-image metrics are not computed over ROS
-(PSNR and position error show "-"). Over ROS only: each step's frame-in -> feedback time (camera
-frame stamp to the client receiving the feedback, same host clock), its p50 and the p50 of each
-episode's first step.
+(PSNR and position error show "-"). Over ROS only: each step's frame-in -> feedback times (camera
+frame stamp to the client receiving the feedback, same host clock): the first feedback (the step's
+sentence, streamed before its subgoal image by the torch backend) and the complete step, their
+p50s, and the p50 of each episode's first step.
 
 The per-goal budget is the bench's: the goal's ``max_steps`` is the in-process episode's planning
 budget and the node's monitor then allows what the bench's does (``MonitorConfig.for_request``).
@@ -45,7 +46,7 @@ from emu_ros.graph import (
     ros_python,
 )
 
-__all__ = ["episode_from_client", "main", "run_over_ros"]
+__all__ = ["episode_from_client", "first_feedback_ms", "main", "over_ros_summary", "run_over_ros"]
 
 NODE_READY = "ready: backend="  # the guidance node's log line once configured (model loaded, warmed up) and active
 BRIDGE_READY = "sim bridge ready"
@@ -115,6 +116,14 @@ def episode_from_client(out: dict[str, Any], sim_env: Any, seed: int, task: str,
     truth = SimGroundTruth(sim)
     result = out["result"]
     feedback, results = out.get("feedback", []), out.get("step_results", [])
+    sentence_at: dict[int, float] = {}  # complete feedback's position -> when its streamed sentence arrived
+    complete: list[dict[str, Any]] = []
+    for fb in feedback:
+        if fb.get("image_pending"):
+            sentence_at[len(complete)] = fb["received"]
+        else:
+            complete.append(fb)
+    feedback = complete
     by_goal: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_goal.setdefault(r["goal_id"], []).append(r)
@@ -130,7 +139,9 @@ def episode_from_client(out: dict[str, Any], sim_env: Any, seed: int, task: str,
                                 "text_exact": None, "goal_correct": None, "subgoal_psnr": None,
                                 "subgoal_pos_error_px": None, "subgoal_pos_error_m": None,
                                 "frame_to_feedback_ms": (fb["received"] - fb["frame_stamp"]) * 1e3
-                                if fb.get("frame_stamp") else None}  # fmt: skip
+                                if fb.get("frame_stamp") else None,
+                                "frame_to_sentence_ms": (sentence_at[i] - fb["frame_stamp"]) * 1e3
+                                if fb.get("frame_stamp") and i in sentence_at else None}  # fmt: skip
         if fb["is_final"]:
             step["text_exact"] = step["goal_correct"] = gt is None
             last = i == len(feedback) - 1 and result.get("status") == "succeeded"
@@ -174,12 +185,22 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(vals, q)) if vals else None
 
 
+def first_feedback_ms(step: dict[str, Any]) -> float | None:
+    """Frame-in -> a step's first feedback: its streamed sentence when there was one, else the complete step."""
+    return step.get("frame_to_sentence_ms") if step.get("frame_to_sentence_ms") is not None else step.get("frame_to_feedback_ms")
+
+
 def over_ros_summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The over-ROS keys of a summary: frame-in -> feedback times, mirror disagreements."""
-    all_steps = [s.get("frame_to_feedback_ms") for e in episodes for s in e["steps"]]
-    first = [e["steps"][0].get("frame_to_feedback_ms") for e in episodes if e["steps"]]
+    """The over-ROS keys of a summary: frame-in -> feedback times, mirror disagreements.
+
+    A step's first feedback is its streamed sentence when the backend streams (``image_pending``),
+    else the complete step; "feedback" times are those of the complete step (subgoal image, goal)."""
+    steps = [s for e in episodes for s in e["steps"]]
+    all_steps = [s.get("frame_to_feedback_ms") for s in steps]
     return {"frame_to_feedback_ms_p50": _percentile(all_steps, 50), "frame_to_feedback_ms_p95": _percentile(all_steps, 95),
-            "frame_to_first_feedback_ms_p50": _percentile(first, 50),
+            "frame_to_first_feedback_ms_p50": _percentile([first_feedback_ms(e["steps"][0]) for e in episodes if e["steps"]], 50),
+            "frame_to_step_first_feedback_ms_p50": _percentile([first_feedback_ms(s) for s in steps], 50),
+            "frame_to_step_first_feedback_ms_p95": _percentile([first_feedback_ms(s) for s in steps], 95),
             "mirror_disagreements": sum(e.get("mirror_disagreements", 0) for e in episodes)}  # fmt: skip
 
 
@@ -317,8 +338,10 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(report["summaries"]))
     for s in report["summaries"]:
         f = lambda v: "-" if v is None else f"{v:.0f} ms"  # noqa: E731
-        print(f"{s['task']} {s['backend']}/{s['decode']}: frame-in -> first feedback p50 {f(s['frame_to_first_feedback_ms_p50'])},"
-              f" frame-in -> feedback (all steps) p50 {f(s['frame_to_feedback_ms_p50'])}, p95 {f(s['frame_to_feedback_ms_p95'])};"
+        print(f"{s['task']} {s['backend']}/{s['decode']}: frame-in -> first feedback p50"
+              f" {f(s['frame_to_first_feedback_ms_p50'])} (each goal's first step), {f(s['frame_to_step_first_feedback_ms_p50'])}"
+              f" (every step; p95 {f(s['frame_to_step_first_feedback_ms_p95'])}); frame-in -> complete step (subgoal image,"
+              f" action goal) p50 {f(s['frame_to_feedback_ms_p50'])}, p95 {f(s['frame_to_feedback_ms_p95'])};"
               f" mirror disagreements {s['mirror_disagreements']}")
     print(f"\n{len(report['episodes'])} episodes over ROS in {report['wall_s']:.1f} s; wrote {out / 'bench.json'},"
           f" success_at_k.png, latency_hist.png, node/bridge logs in {out / 'over_ros_logs'}")

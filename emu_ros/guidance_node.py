@@ -445,6 +445,7 @@ class GuidanceNode(LifecycleNode):
         return GuidanceLoop(
             backend, goal.instruction, executor, config, vocabulary=self._vocabulary(), objects=objects,
             on_plan=lambda step, plan: self._publish_step(goal_handle, plan, step, executor), should_stop=stopped,
+            on_text=lambda step, plan, frame: self._publish_sentence(goal_handle, plan, step, frame),
             gate=self.gate,
         )
 
@@ -479,6 +480,14 @@ class GuidanceNode(LifecycleNode):
     def _on_approve(self, request: Any, response: Any) -> Any:
         response.accepted, response.message = self.desk.decide(request.goal_id, request.approve, request.reason)
         return response
+
+    def _publish_sentence(self, goal_handle: Any, plan: Any, step: Any, frame: Frame) -> None:
+        """Feedback with a step's sentence as soon as it is decoded (``image_pending``): the subgoal
+        image takes about as long again, and whoever reads the plan need not wait for it."""
+        feedback = Guide.Feedback(step=convert.plan_step_msg(self.factory, step, frame.stamp, frame.frame_id),
+                                  image_pending=True, steps_done=len(plan.steps),
+                                  gate_rejections=self.gate.stats()["rejected"] - self._rejected_at_start)
+        goal_handle.publish_feedback(feedback)
 
     def _publish_step(self, goal_handle: Any, plan: Any, step: Any, executor: Any = None) -> None:
         """Feedback and the plan so far for a planned step; a goal that will not be executed

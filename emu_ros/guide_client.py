@@ -77,6 +77,7 @@ class GuideClient(Node):
                 "frame_stamp": goal.stamp if goal is not None else None,
                 "goal": goal.to_dict() if goal is not None else None,
                 "gate_rejections": int(fb.feedback.gate_rejections),
+                "image_pending": bool(fb.feedback.image_pending),  # the sentence only; the complete step follows
             })  # fmt: skip
 
     def wait_ready(self, timeout: float) -> None:

@@ -525,13 +525,15 @@ def parse_answer(
     require_eos: bool = True,
     expected_grid: tuple[int, int] | None = None,
     answer_format: str = "step",
+    text_only: bool = False,
 ) -> ParsedStep:
     """Generated answer ids (everything after the prompt) -> ParsedStep, or ParseError.
 
     Trailing PAD ids (right-padded batches) are ignored; ``require_eos=False`` accepts an answer
     cut right before its EOS. ``expected_grid`` checks the subgoal image's (h, w).
     ``answer_format="perceive"``: the answer starts with the perception (``parse_perception``),
-    returned in ``ParsedStep.perception``.
+    returned in ``ParsedStep.perception``. ``text_only``: ``generated_ids`` is the answer's text cut
+    where its image starts (streaming the sentence): no image and no EOS expected, ``codes`` None.
     """
     check_answer_format(answer_format)
     if answer_format == "perceive":
@@ -548,7 +550,8 @@ def parse_answer(
         perception = parse_perception(text_tok.decode(head))
         if not rest or rest in ([layout.eos], [layout.pad]):
             raise ParseError("the perception is followed by no step and no done marker")
-        parsed = parse_answer(layout, text_tok, rest, require_eos=require_eos, expected_grid=expected_grid)
+        parsed = parse_answer(layout, text_tok, rest, require_eos=require_eos, expected_grid=expected_grid,
+                              text_only=text_only)
         parsed.perception = perception
         return parsed
     ids = [int(i) for i in np.asarray(generated_ids, dtype=np.int64).reshape(-1)]
@@ -556,7 +559,7 @@ def parse_answer(
         ids.pop()
     if ids and ids[-1] == layout.eos:
         ids.pop()
-    elif require_eos:
+    elif require_eos and not text_only:
         raise ParseError(f"answer of {len(ids)} tokens has no EOS at its end (truncated generation?)")
     if layout.eos in ids:
         raise ParseError(f"EOS at position {ids.index(layout.eos)} before the end of the answer")
@@ -566,6 +569,8 @@ def parse_answer(
     codes = None
     text_ids = ids
     n_boi = ids.count(layout.boi)
+    if text_only and n_boi:
+        raise ParseError("text_only: the answer's text must be cut before its image")
     if n_boi > 1:
         raise ParseError(f"answer has {n_boi} image blocks; a step has exactly one subgoal image")
     if n_boi == 1:
@@ -600,7 +605,7 @@ def parse_answer(
         return ParsedStep(text=DONE_TEXT, codes=None, is_final=True)
     if not text:
         raise ParseError("step has no text before its subgoal image")
-    if codes is None:
+    if codes is None and not text_only:
         raise ParseError(f"step {text!r} has no subgoal image")
     return ParsedStep(text=text, codes=codes, is_final=False)
 

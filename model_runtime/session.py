@@ -18,7 +18,7 @@ default word-level model, rejects unknown words here, not deep inside decoding).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from emu_guide.types import Frame, Plan, PlanStatus, PlanStep
@@ -70,7 +70,7 @@ class GuidanceSession:
 
     def next_step(
         self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None,
-        perception: str | None = None,
+        perception: str | None = None, on_text: Callable[[PlanStep], None] | None = None,
     ) -> PlanStep:
         """The next step given the current frame; repeats replace a still-pending proposal.
 
@@ -78,6 +78,7 @@ class GuidanceSession:
         ``frame``, and may be named); ``known_names`` (default ``options.known_names``) every name it
         can report. None keeps the options as they are. ``perception``: what ``perceive`` said of
         this same frame, teacher-forced as the answer's start (decoded once, not twice).
+        ``on_text``: streaming, see ``DecodeOptions.on_text``.
         """
         if self.finished:
             raise SessionError("the task is already complete; start a new session")
@@ -97,6 +98,8 @@ class GuidanceSession:
             options = dataclasses.replace(options, known_names=known, allowed_names=tuple(allowed_names))
         if perception is not None or options.perception is not None:
             options = dataclasses.replace(options, perception=perception)
+        if on_text is not None:
+            options = dataclasses.replace(options, on_text=on_text)
         step = self.backend.next_step(frame, self.instruction, list(self.history), options)
         if step.index != len(self.history):
             raise BackendError(f"backend returned step index {step.index}, expected {len(self.history)}")

@@ -182,6 +182,7 @@ class GuidanceLoop:
         objects: ObjectsSource | None = None,
         ground_truth: GroundTruth | None = None,
         on_plan: Callable[[PlanStep, Plan], None] | None = None,
+        on_text: Callable[[PlanStep, Plan, Frame], None] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         gate: SafetyGate | None = None,
@@ -194,6 +195,7 @@ class GuidanceLoop:
         self.objects = objects
         self.ground_truth = ground_truth
         self.on_plan = on_plan  # after parse + ground, before execution (the ROS node publishes here)
+        self.on_text = on_text  # the step's sentence, before its subgoal image is decoded (streaming backends); the plan before it
         self.on_step = on_step  # after the step's outcome is known
         self.should_stop = should_stop or (lambda: False)
         self.gate = gate  # planner/safety.py: the last check before a goal can reach the executor
@@ -310,7 +312,9 @@ class GuidanceLoop:
         frame_in = resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
         post, self._post = self._post, None
         given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
-        step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given)
+        on_text = (lambda partial: self.on_text(partial, self.plan, frame)) if self.on_text is not None else None  # noqa: E731
+        step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given,
+                                      on_text=on_text)
         t_plan = time.perf_counter()
         latency = dict(step.timings_ms)
         if given is not None:  # the perception was decoded when verifying the previous step

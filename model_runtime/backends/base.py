@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,6 +87,10 @@ class DecodeOptions:
     # DiDA on weights that were never DiDA-adapted (e.g. the released Emu3.5 / Emu3 checkpoints)
     # is refused unless forced: parallel decoding with a next-token model gives poor images.
     force_dida: bool = False
+    # Streaming: called with the step (index, sentence, perception; no subgoal image yet) as soon as
+    # its text is decoded, before the image, so a caller can show the sentence while the image is
+    # decoded. Backends that produce an answer in one piece (vLLM, the oracle) do not call it.
+    on_text: Callable[[PlanStep], None] | None = None
     # Names of the fields above left to the model (filled in by __post_init__; kept by
     # dataclasses.replace as long as the value is still the generic default).
     unset: tuple[str, ...] | None = None

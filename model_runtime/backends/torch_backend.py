@@ -349,6 +349,17 @@ class LocalModelBackend:
         except ParseError as exc:
             return Perceived(text=text, perception=None, error=str(exc), timings_ms=timings)
 
+    def _stream_text(self, ids: list[int], prefix: list[int], index: int, options: DecodeOptions, t0: float) -> None:
+        """``options.on_text`` with the step as decoded so far (its text; the image is next)."""
+        from model_runtime.prompt import ParseError, parse_answer
+
+        try:  # parsed as the full answer will be, without its image
+            parsed = parse_answer(self.layout, self.text, prefix + ids, answer_format=self.answer_format, text_only=True)
+        except ParseError:
+            return  # nothing to stream; the complete step follows
+        options.on_text(PlanStep(index=index, text=parsed.text, decode_mode=options.mode, perception=parsed.perception,
+                                 timings_ms={"text_ready": 1e3 * (time.perf_counter() - t0)}))  # fmt: skip
+
     def next_step(
         self, frame: Frame, instruction: str, history: list[PlanStep], options: DecodeOptions | None = None
     ) -> PlanStep:
@@ -368,10 +379,13 @@ class LocalModelBackend:
             grammar = answer_grammar(self.layout)
             grammar["forbid_in_text"] = [*grammar["forbid_in_text"], answer_marker_id(self.layout, self.text),
                                          *answer_grammar(self.layout, "perceive", self.text)["perception_only"]]
+        on_text = None
+        if options.on_text is not None:
+            on_text = lambda ids: self._stream_text(ids, prefix, len(history), options, t0)  # noqa: E731
         answer = generate_answer(self.lm, prompt + prefix, self.layout, grid, options, uncond_prompt_ids=uncond,
                                  text_id_limit=None if self.layout.name == "compact" else self.text.vocab_size,
                                  banned=self.banned_openings(options), mentions=self.mention_ids(options),
-                                 **grammar)  # fmt: skip
+                                 on_text=on_text, **grammar)  # fmt: skip
         if prefix:
             answer = dataclasses.replace(answer, tokens=prefix + answer.tokens)
         self.last_answer = answer

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +103,7 @@ def generate_answer(
     mentions: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
     step_marker: int | None = None,
     perception_only: Sequence[int] = (),
+    on_text: Callable[[list[int]], None] | None = None,
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
 
@@ -111,6 +112,8 @@ def generate_answer(
     (where the answer starts); the answer's image is decoded against both, text against the prompt only.
     ``banned``: token sequences of rejected answer openings the decoder must not produce again.
     ``mentions``: (known, allowed) token sequences of names; text may mention only allowed ones.
+    ``on_text``: called once with the answer's ids so far (its text, up to and without BOI) when the
+    text ends in an image, before the image is decoded (streaming the sentence).
     """
     mode = DecodeMode.parse(options.mode)
     if mode is DecodeMode.ORACLE:
@@ -167,6 +170,8 @@ def generate_answer(
         p_final = None  # only the opening text run competes with the final answer
         if cons.phase is not Phase.IMAGE:
             continue
+        if on_text is not None and codes is None:
+            on_text([t for t in cons.tokens if t != layout.boi])
         if len(state.pending) > 1:  # BOI was forced after a text token never run: cache that token first
             boi = state.pending.pop()
             state.flush()

@@ -19,7 +19,7 @@ import pytest
 from ros_tier import ROOT, require_ros_venv
 
 import sim_envs  # noqa: F401  (registers the ids)
-from emu_ros.bench_over_ros import episode_from_client
+from emu_ros.bench_over_ros import episode_from_client, over_ros_summary
 from planner.monitor import MonitorConfig
 
 SEED = 1000000
@@ -60,9 +60,10 @@ def test_a_goal_gets_the_budget_of_a_bench_episode():
     assert (small.max_planning_calls, small.max_replans, small.max_attempts) == (2, 2, 3)
 
 
-def _client_view(env_id: str, seed: int, fail_step: int | None = None) -> dict:
+def _client_view(env_id: str, seed: int, fail_step: int | None = None, streamed: bool = False) -> dict:
     """What a Guide client would see if the node planned the ground-truth steps and the bridge ran
-    them (``fail_step``: that step's goal names an object the scene lacks: a failed skill, re-planned)."""
+    them (``fail_step``: that step's goal names an object the scene lacks: a failed skill, re-planned;
+    ``streamed``: each step's sentence came first, 40 ms after the frame, as the torch backend streams it)."""
     bridge = gym.make(env_id)
     bridge.reset(seed=seed)
     sim = bridge.unwrapped
@@ -73,6 +74,10 @@ def _client_view(env_id: str, seed: int, fail_step: int | None = None) -> dict:
             goal = step.goal.to_dict() | {"goal_id": uuid.uuid4().hex, "stamp": t, "step_index": i}
             if bad:
                 goal["object"] = "ghost"  # no such object: the skill controller refuses it (SkillError)
+            if streamed:
+                feedback.append({"received": t + 0.04, "index": i, "sentence": step.text, "is_final": False,
+                                 "latency_ms": 30.0, "decode_mode": "dida", "frame_stamp": t, "goal": None,
+                                 "gate_rejections": 0, "image_pending": True})  # fmt: skip
             feedback.append({"received": t + 0.1, "index": i, "sentence": step.text if not bad else "pick up the ghost",
                              "is_final": False, "latency_ms": 90.0, "decode_mode": "dida", "frame_stamp": t, "goal": goal,
                              "gate_rejections": 0})  # fmt: skip
@@ -101,8 +106,16 @@ def test_what_the_client_saw_is_scored_on_a_mirror_like_in_process(env_id):
     assert ep["replans"] == ep["retries"] == 0 and ep["planning_calls"] == n + 1 and ep["attempts"] == n
     assert all(s["text_exact"] and s["goal_correct"] and s["outcome"] == "done" for s in ep["steps"][:-1])
     assert ep["steps"][-1]["outcome"] == "final" and ep["steps"][-1]["text_exact"]
-    assert ep["steps"][0]["frame_to_feedback_ms"] == pytest.approx(100.0)
+    assert ep["steps"][0]["frame_to_feedback_ms"] == pytest.approx(100.0) and ep["steps"][0]["frame_to_sentence_ms"] is None
     json.dumps(ep, allow_nan=False)  # bench.json material
+
+    streamed = episode_from_client(_client_view(env_id, SEED, streamed=True), mirror, SEED, "t", "torch", "auto",
+                                   "clear the table", 12.5)  # fmt: skip
+    assert {k: v for k, v in streamed.items() if k != "steps"} == {k: v for k, v in ep.items() if k != "steps"}
+    assert [s["frame_to_sentence_ms"] for s in streamed["steps"][:-1]] == pytest.approx([40.0] * n)
+    summary = over_ros_summary([streamed])  # the first feedback is the sentence; the complete step's time stays
+    assert summary["frame_to_first_feedback_ms_p50"] == pytest.approx(40.0)
+    assert summary["frame_to_feedback_ms_p50"] == pytest.approx(100.0)
 
     seen = _client_view(env_id, SEED, fail_step=1)  # a wrong object: the skill fails, the step is planned again
     ep = episode_from_client(seen, mirror, SEED, "t", "torch", "auto", "clear the table", 12.5)

@@ -164,8 +164,8 @@ def test_action_parts_and_step_result_serialize(ts, factory):
     assert back.mode == T["emu_guidance/action/Guide_Goal"].MODE_CONTINUOUS == 1
     np.testing.assert_array_equal(convert.frame_from_image(back.images[0]).image, RGB)
     step = convert.plan_step_msg(factory, _plan().steps[1])
-    fb = _cdr(ts, T["emu_guidance/action/Guide_Feedback"](step=step, steps_done=2, gate_rejections=1))
-    assert convert.plan_step_from_msg(fb.step).goal.object == "red cup" and fb.gate_rejections == 1
+    fb = _cdr(ts, T["emu_guidance/action/Guide_Feedback"](step=step, image_pending=True, steps_done=2, gate_rejections=1))
+    assert convert.plan_step_from_msg(fb.step).goal.object == "red cup" and fb.gate_rejections == 1 and fb.image_pending
     res = T["emu_guidance/msg/StepResult"](header=factory.header(2.0, "cam"), goal_id="g1", step_index=1, success=False,
                                            reason="dropped", duration_s=1.5, task_done=False)  # fmt: skip
     assert _cdr(ts, res).reason == "dropped"

@@ -63,7 +63,7 @@ def test_guide_action_parses_with_rosidl_adapter():
     goal = {f.name for f in spec.goal.fields}
     assert {"instruction", "images", "mode", "max_steps", "decode_mode", "decode_steps", "guidance_scale"} <= goal
     assert {f.name for f in spec.result.fields} == {"plan", "status", "error_message"}
-    assert {f.name for f in spec.feedback.fields} == {"step", "steps_done", "gate_rejections"}
+    assert {f.name for f in spec.feedback.fields} == {"step", "image_pending", "steps_done", "gate_rejections"}
     assert {c.name for c in spec.goal.constants} == {"MODE_ONE_SHOT", "MODE_CONTINUOUS"}
 
 

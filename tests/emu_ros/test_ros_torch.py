@@ -44,5 +44,14 @@ def test_closed_loop_over_ros_with_the_shipped_model(tmp_path):
     steps = res["steps"]
     assert all(s["decode_mode"] == "dida" for s in steps)  # the shipped model is DiDA-adapted
     assert steps[-1]["is_final"] and sum(not s["is_final"] for s in steps) >= 12  # 6 items: pick + place each
+    # Each step's sentence is streamed before its subgoal image: a feedback with image_pending, the
+    # same index and sentence, no image and no goal yet, then the complete step (a final "done" has no image).
+    feedback = out["feedback"]
+    for i, fb in enumerate(feedback):
+        if fb["image_pending"]:
+            done = feedback[i + 1]
+            assert not done["image_pending"] and (done["index"], done["sentence"]) == (fb["index"], fb["sentence"])
+            assert fb["image"][:2] == [0, 0] and fb["verb"] == "" and done["image"][:2] != [0, 0]
+    assert sum(fb["image_pending"] for fb in feedback) == sum(not fb["image_pending"] and not fb["is_final"] for fb in feedback)
     objects = out["stats"]["objects"]
     assert objects["received"] > 0 and objects["steps_grounded"] >= len(steps) - 1, objects

@@ -93,6 +93,22 @@ def test_answer_round_trip_step_and_final(pair):
     assert plain.perception is None and plain.text == STEPS[0]
 
 
+def test_parse_answer_text_only_reads_the_answer_cut_before_its_image(pair):
+    layout, tok = pair
+    codes = np.arange(6).reshape(2, 3) % 16
+    for perception in (format_perception(SEEN, None), None):
+        ids = build_answer(layout, tok, STEPS[0], codes, False, perception=perception)
+        cut = ids[: ids.index(layout.boi)]
+        fmt = "perceive" if perception else "step"
+        parsed = parse_answer(layout, tok, cut, answer_format=fmt, text_only=True)
+        assert parsed.text == STEPS[0] and parsed.codes is None and not parsed.is_final
+        assert (parsed.perception is not None) == (perception is not None)
+        with pytest.raises(ParseError, match="no subgoal image"):  # the full parse still wants its image
+            parse_answer(layout, tok, cut + [layout.eos], answer_format=fmt)
+        with pytest.raises(ParseError, match="cut before its image"):
+            parse_answer(layout, tok, ids, answer_format=fmt, text_only=True)
+
+
 def test_parse_answer_perceive_errors(pair):
     layout, tok = pair
     codes = np.zeros((2, 3), np.int64)

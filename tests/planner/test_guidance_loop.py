@@ -236,6 +236,26 @@ def test_on_plan_comes_before_execution_and_on_step_after_the_outcome():
                    "plan:done:3", "task_done", "step:final"]
 
 
+class StreamingScriptBackendForTest(ScriptBackendForTest):
+    """The scripted model, streaming each step's sentence first as the torch backend does."""
+
+    def next_step(self, frame, instruction, history, options=None) -> PlanStep:
+        step = super().next_step(frame, instruction, history, options)
+        if not step.is_final and options is not None and options.on_text is not None:
+            options.on_text(PlanStep(index=step.index, text=step.text))
+        return step
+
+
+def test_a_streamed_sentence_comes_before_its_step_with_the_frame_it_was_planned_from():
+    log: list[str] = []
+    ex = ExecutorForTest(verdicts=[True], log=log)
+    GuidanceLoop(StreamingScriptBackendForTest(["pick up the red cup", DONE]), "clear the table", ex,
+                 on_text=lambda step, plan, frame: log.append(f"text:{step.text}:{len(plan.steps)}:{frame.stamp:.0f}"),
+                 on_plan=lambda step, plan: log.append(f"plan:{step.text}:{len(plan.steps)}:{plan.stamp:.0f}")).run()
+    assert log == ["text:pick up the red cup:0:1", "plan:pick up the red cup:1:1", "execute:pick red cup",
+                   "plan:done:2:2", "task_done"]
+
+
 @pytest.mark.parametrize("horizon", [1, 2])
 def test_plan_ahead_stops_at_the_horizon(horizon):
     frame = Frame(np.zeros((8, 8, 3), np.uint8), stamp=5.0)

@@ -362,7 +362,8 @@ def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     settle = time.monotonic() + 5
     while len(probe.stats) <= n_stats and time.monotonic() < settle:  # counters after the goal ended
         time.sleep(0.05)
-    return {"result": result, "feedback": [step_dict(fb.step) for _, fb in feedback], "wall_s": time.monotonic() - t0,
+    return {"result": result, "feedback": [{**step_dict(fb.step), "image_pending": fb.image_pending} for _, fb in feedback],
+            "wall_s": time.monotonic() - t0,
             "stats": probe.stats[-1] if probe.stats else None,
             "step_results": [{"goal_id": r.goal_id, "success": r.success, "reason": r.reason, "task_done": r.task_done}
                              for _, r in probe.step_results],
@@ -409,6 +410,8 @@ def scenario_load(probe: Probe, args: dict) -> dict:
     latency: list[float] = []
 
     def on_feedback(fb: Any) -> None:
+        if fb.feedback.image_pending:  # a streamed sentence: its complete step follows
+            return
         now = time.monotonic()
         stamp = convert.stamp_to_float(fb.feedback.step.action_goal.header.stamp)
         with probe.lock:

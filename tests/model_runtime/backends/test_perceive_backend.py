@@ -70,6 +70,17 @@ def test_a_given_perception_is_the_next_answers_start(backend, frame):
     assert step.is_final or step.subgoal_image is not None
 
 
+def test_a_streamed_sentence_carries_the_given_perception(backend, frame):
+    streamed: list[PlanStep] = []
+    step = backend.next_step(frame, "clear the table", HISTORY, DecodeOptions(mode="ar", max_text_tokens=10,
+                                                                               perception=SEEN, on_text=streamed.append))
+    if step.is_final:
+        assert streamed == []
+    else:
+        [partial] = streamed
+        assert (partial.index, partial.text, partial.perception) == (1, step.text, parse_perception(SEEN))
+
+
 def test_teacher_forcing_the_models_own_perception_changes_nothing(backend, frame, monkeypatch):
     """Giving the model's own perception back reproduces the undivided answer token for token. (An
     untrained model's perception does not parse, so the parser accepts anything here.)"""

@@ -45,6 +45,25 @@ def test_history_index_and_determinism(backend, frame):
         assert np.array_equal(a.subgoal_tokens, b.subgoal_tokens)
 
 
+@pytest.mark.parametrize("mode", ["dida", "ar"])
+def test_the_sentence_is_streamed_before_the_image(backend, frame, mode):
+    steps = 0
+    for seed in range(6):
+        streamed: list[PlanStep] = []
+        opts = DecodeOptions(mode=mode, dida_steps=3, seed=seed, text_temperature=1.0, max_text_tokens=5,
+                             on_text=streamed.append)
+        step = backend.next_step(frame, "clear the table", [], opts)
+        if step.is_final:  # a "done" answer has no image to wait for: nothing streamed
+            assert streamed == []
+            continue
+        steps += 1
+        [partial] = streamed
+        assert (partial.index, partial.text, partial.subgoal_image, partial.goal) == (0, step.text, None, None)
+        # streamed before the image was decoded: no later than the step's time without the image
+        assert 0 < partial.timings_ms["text_ready"] <= step.timings_ms["total"] - step.timings_ms["image"]
+    assert steps
+
+
 def test_bad_inputs_raise_backend_error(backend, frame):
     with pytest.raises(BackendError, match="does not know"):
         backend.next_step(frame, "juggle the flamingo", [])
