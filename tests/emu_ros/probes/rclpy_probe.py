@@ -345,8 +345,9 @@ def scenario_closed_loop(probe: Probe, args: dict) -> dict:
     probe.wait_outputs()
     deadline = time.monotonic() + 30
     # Matched, not merely discovered: our step_result subscription must be connected to the bridge's
-    # publisher (under load the match lagged the graph discovery and every StepResult was lost).
-    while probe.step_result_sub.get_publisher_count() == 0:
+    # publisher (under load the match lagged the graph discovery and every StepResult was lost). Our
+    # own result_pub matches it at once, so the bridge's is the second publisher.
+    while probe.step_result_sub.get_publisher_count() < 2:
         if time.monotonic() > deadline:
             raise TimeoutError("the sim bridge's step_result publisher never matched our subscription")
         time.sleep(0.05)
