@@ -331,7 +331,8 @@ class LocalModelBackend:
         grammar = answer_grammar(self.layout, self.answer_format, self.text)
         cons = _UntilStepMarker(self.layout, grid, max_text_tokens=options.max_text_tokens,
                                 forbid_in_text=grammar["forbid_in_text"], final_ids=grammar["final_ids"],
-                                text_before_image=grammar["text_before_image"], step_marker=grammar["step_marker"])
+                                text_before_image=grammar["text_before_image"], step_marker=grammar["step_marker"],
+                                perception_grammar=grammar["perception_grammar"])
         with torch.inference_mode():
             runner = ForwardCounter(self.lm)
             t1 = time.perf_counter()

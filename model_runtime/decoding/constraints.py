@@ -10,6 +10,8 @@ Answer format "perceive" (``step_marker``): the answer opens with a perception t
 must end with the marker token before anything else (no BOI, EOS or final marker in it); the step
 then starts after the marker, and every rule about the answer's opening (the final marker, banned
 rejected answers, grounded-decoding mentions, text before the image) applies from there.
+With a ``PerceptionGrammar`` the perception itself follows ``see <objects> holding <object> .``
+word by word, so a perception always parses (``model_runtime.prompt.parse_perception``).
 
 Forced tokens need no forward pass (nothing is sampled); decoders queue them and run them through
 the model together with the next token that does need logits.
@@ -24,7 +26,7 @@ import torch
 
 from model_runtime.layout import TokenLayout
 
-__all__ = ["ConstraintError", "DecodeConstraint", "Phase"]
+__all__ = ["ConstraintError", "DecodeConstraint", "PerceptionGrammar", "Phase"]
 
 
 class ConstraintError(ValueError):
@@ -35,6 +37,72 @@ class Phase(str, Enum):
     TEXT = "text"
     IMAGE = "image"
     DONE = "done"
+
+
+class PerceptionGrammar:
+    """Word-level grammar of a perception: ``see`` then ``nothing`` or ``NAME COLUMN ROW`` items
+    joined by ``,``, then ``holding`` and ``nothing`` or a NAME, then the marker.
+
+    A NAME is one or more words that are not perception keywords, columns or rows. The grammar
+    bounds its own length: names have at most ``max_name_words`` words, the list at most
+    ``max_objects`` items, and with a token budget an item or a name word is only offered while
+    the rest still fits (the shortest ending, "holding nothing", needs 2 tokens). States are
+    ``(where, objects listed, words in the current name)``; the grammar holds ids only.
+    """
+
+    def __init__(self, *, see: int, holding: int, nothing: int, comma: int, marker: int,
+                 columns: Iterable[int], rows: Iterable[int], max_objects: int = 12, max_name_words: int = 4) -> None:
+        self.see, self.holding, self.nothing, self.comma, self.marker = see, holding, nothing, comma, marker
+        self.columns, self.rows = frozenset(int(c) for c in columns), frozenset(int(r) for r in rows)
+        self.max_objects, self.max_name_words = max_objects, max_name_words
+        self.non_names = frozenset({see, holding, nothing, comma, marker, *self.columns, *self.rows})
+
+    START = ("start", 0, 0)
+
+    def next_words(self, state: tuple[str, int, int], remaining: int | None) -> tuple[frozenset[int], bool]:
+        """(the keyword ids allowed next, whether a name word may come next) in ``state`` with
+        ``remaining`` text tokens left before the marker is forced (None: no budget)."""
+        where, n_objects, name_len = state
+        room = 10**9 if remaining is None else remaining
+        if where == "start":
+            return frozenset({self.see}), False
+        if where == "see":  # an item needs NAME COLUMN ROW, then "holding nothing": 5 tokens
+            return frozenset({self.nothing}), room >= 5
+        if where == "saw_nothing":
+            return frozenset({self.holding}), False
+        if where == "name":
+            return self.columns, room >= 5 and name_len < self.max_name_words
+        if where == "column":
+            return self.rows, False
+        if where == "item":  # ", NAME COLUMN ROW holding nothing": 6 tokens
+            more = n_objects < self.max_objects and room >= 6
+            return frozenset({self.holding, self.comma} if more else {self.holding}), False
+        if where == "comma":
+            return frozenset(), True
+        if where == "holding":
+            return frozenset({self.nothing}), room >= 1
+        if where == "held_name":
+            return frozenset({self.marker}), room >= 1 and name_len < self.max_name_words
+        return frozenset({self.marker}), False  # "held_nothing"
+
+    def advance(self, state: tuple[str, int, int], token: int) -> tuple[str, int, int]:
+        where, n_objects, name_len = state
+        is_name = token not in self.non_names
+        if where == "start":
+            return ("see", 0, 0)
+        if where == "see":
+            return ("name", 0, 1) if is_name else ("saw_nothing", 0, 0)
+        if where == "saw_nothing":
+            return ("holding", 0, 0)
+        if where in ("name", "comma"):
+            return ("name", n_objects, name_len + 1) if is_name else ("column", n_objects, 0)
+        if where == "column":
+            return ("item", n_objects + 1, 0)
+        if where == "item":
+            return ("comma", n_objects, 0) if token == self.comma else ("holding", n_objects, 0)
+        if where in ("holding", "held_name"):
+            return ("held_name", n_objects, name_len + 1) if is_name else ("held_nothing", n_objects, 0)
+        return state
 
 
 class DecodeConstraint:
@@ -56,6 +124,7 @@ class DecodeConstraint:
         mentions: tuple[Iterable[Sequence[int]], Iterable[Sequence[int]]] | None = None,
         step_marker: int | None = None,
         perception_only: Iterable[int] = (),
+        perception_grammar: PerceptionGrammar | None = None,
     ) -> None:
         self.layout = layout
         self.block = layout.image_block(*grid)
@@ -95,6 +164,8 @@ class DecodeConstraint:
         # Words only a perception uses ("see", "holding"): banned in the step, so a re-plan whose
         # first choice was banned cannot drift into a second perception inside the step sentence.
         self.perception_only = sorted(int(t) for t in perception_only)
+        self.perception_grammar = perception_grammar if self.step_marker is not None else None
+        self._pstate = PerceptionGrammar.START
         self.phase = Phase.TEXT
         self.offset = 0  # position inside the current image block (BOI = 0)
         self.images_done = 0
@@ -126,6 +197,10 @@ class DecodeConstraint:
         if self.in_perception:
             if self.max_text_tokens is not None and self.text_run >= self.max_text_tokens:
                 return self.step_marker
+            if self.perception_grammar is not None:
+                words, names = self._perception_next()
+                if not names and len(words) == 1:
+                    return next(iter(words))
             return None
         if self.phase is Phase.TEXT:
             if self.tokens and self.tokens[-1] in self.final_ids:
@@ -177,6 +252,11 @@ class DecodeConstraint:
                     mask[self.step_marker] = False
                     mask[self.perception_only] = False
             self._masks[key] = mask
+        if perceiving and self.perception_grammar is not None:
+            words, names = self._perception_next()
+            mask = self._masks[key] & self._name_mask(vocab_size, device) if names else torch.zeros_like(self._masks[key])
+            mask[[t for t in words if t < vocab_size]] = True
+            return mask
         mention_banned, mention_only, _ = self._mention_rule()
         banned = self._banned_next() | mention_banned
         if not banned and mention_only is None:
@@ -189,6 +269,21 @@ class DecodeConstraint:
             only[[t for t in mention_only if t < vocab_size]] = True
             mask &= only
         return mask
+
+    def _perception_next(self) -> tuple[frozenset[int], bool]:
+        remaining = None if self.max_text_tokens is None else self.max_text_tokens - self.text_run
+        return self.perception_grammar.next_words(self._pstate, remaining)
+
+    def _name_mask(self, vocab_size: int, device: torch.device | str) -> torch.Tensor:
+        """Ids that may be a word of an object's name: plain text, no perception keyword."""
+        key = ("names", vocab_size, str(device), False, False, False)
+        if key not in self._masks:
+            mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            mask[: self.text_id_limit] = True
+            mask[[t for t in {*self._text_forbidden, *self._specials, *self.perception_grammar.non_names}
+                  if t < vocab_size]] = False
+            self._masks[key] = mask
+        return self._masks[key]
 
     def _banned_next(self) -> set[int]:
         """Tokens that would complete a banned answer right now (only in the opening text run)."""
@@ -270,6 +365,10 @@ class DecodeConstraint:
         if self.in_perception and (token in (lay.eos, lay.boi) or token in self.final_ids
                                    or (token == self.step_marker and self.text_run == 0)):
             return False
+        if self.in_perception and self.perception_grammar is not None:
+            words, names = self._perception_next()
+            return token in words or (names and token not in self.perception_grammar.non_names
+                                      and token not in self._specials)
         if not self.in_perception and self.step_marker is not None and (token == self.step_marker
                                                                          or token in self.perception_only):
             return False  # one perception per answer: the step text has no marker, no "see"/"holding"
@@ -298,6 +397,8 @@ class DecodeConstraint:
             elif self.in_perception and token == self.step_marker:
                 self.step_start, self.text_run = len(self.tokens), 0  # the step begins after the marker
             else:
+                if self.in_perception and self.perception_grammar is not None:
+                    self._pstate = self.perception_grammar.advance(self._pstate, token)
                 self.text_run += 1
         else:  # IMAGE
             self.offset += 1

@@ -21,7 +21,7 @@ import torch
 from emu_guide.types import DecodeMode
 from model_runtime.decoding.ar import decode_image_ar, decode_text
 from model_runtime.decoding.cache import ForwardCounter, KVState
-from model_runtime.decoding.constraints import DecodeConstraint, Phase
+from model_runtime.decoding.constraints import DecodeConstraint, PerceptionGrammar, Phase
 from model_runtime.decoding.dida import decode_image_dida
 from model_runtime.decoding.sampling import make_generator
 from model_runtime.layout import TokenLayout
@@ -47,7 +47,8 @@ def answer_grammar(layout: TokenLayout, answer_format: str = "step", text_tok=No
         if text_tok is None:
             raise ValueError("answer format 'perceive' needs the text tokenizer (for the marker's id)")
         only = [int(text_tok.encode(w)[0]) for w in PERCEPTION_ONLY_WORDS]
-        return {**answer_grammar(layout), "step_marker": answer_marker_id(layout, text_tok), "perception_only": only}
+        return {**answer_grammar(layout), "step_marker": answer_marker_id(layout, text_tok), "perception_only": only,
+                "perception_grammar": _perception_grammar(text_tok)}
     if layout.name == "compact":
         keep = {layout.eos, layout.boi, layout.extra["done"]}
         return dict(
@@ -68,6 +69,17 @@ class Answer:
     image_confidence: float  # mean max-probability of image cells when committed
     forwards: dict[str, int] = field(default_factory=dict)  # sequential forward passes per phase
     timings_ms: dict[str, float] = field(default_factory=dict)  # "prefill", "text", "image", "total"
+
+
+def _perception_grammar(text_tok) -> PerceptionGrammar:
+    """The perception's word grammar with this tokenizer's ids (``model_runtime.prompt``'s words)."""
+    from model_runtime.prompt import COLUMNS, PERCEPTION_MARKER, ROWS
+
+    def one(word: str) -> int:
+        return int(text_tok.encode(word)[0])
+
+    return PerceptionGrammar(see=one("see"), holding=one("holding"), nothing=one("nothing"), comma=one(","),
+                             marker=one(PERCEPTION_MARKER), columns=[one(c) for c in COLUMNS], rows=[one(r) for r in ROWS])
 
 
 def _final_prob(logits: torch.Tensor, cons: DecodeConstraint, final_ids: Sequence[int]) -> float | None:
@@ -103,6 +115,7 @@ def generate_answer(
     mentions: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
     step_marker: int | None = None,
     perception_only: Sequence[int] = (),
+    perception_grammar: PerceptionGrammar | None = None,
     on_text: Callable[[list[int]], None] | None = None,
 ) -> Answer:
     """Decode one answer under the constraint grammar (see ``DecodeConstraint`` for the grammar knobs).
@@ -130,6 +143,7 @@ def generate_answer(
             end_after_image=end_after_image, forbid_in_text=forbid_in_text, final_ids=final_ids,
             text_before_image=text_before_image, text_id_limit=text_id_limit, banned=banned,
             mentions=mentions, step_marker=step_marker, perception_only=perception_only,
+            perception_grammar=perception_grammar,
         )  # fmt: skip
 
     cons = new_constraint()

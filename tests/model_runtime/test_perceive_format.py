@@ -189,13 +189,62 @@ def test_grammar_keeps_the_perception_before_the_step(pair):
 
 def test_grammar_forces_the_marker_when_the_perception_runs_long(pair):
     layout, tok = pair
-
-    class Opt:
-        max_text_tokens = 3
-
-    cons = DecodeConstraint(layout, (2, 3), max_text_tokens=Opt.max_text_tokens, **answer_grammar(layout, "perceive", tok))
+    grammar = answer_grammar(layout, "perceive", tok)
+    grammar.pop("perception_grammar")  # without the word grammar only the token budget ends it
+    cons = DecodeConstraint(layout, (2, 3), max_text_tokens=3, **grammar)
     cons.advance_all(tok.encode("see red cup"))
     assert cons.forced() == tok.encode(".")[0]
+
+
+def _ids(tok, text):
+    return [int(t) for t in tok.encode(text)]
+
+
+def test_perception_grammar_walks_the_format_word_by_word(pair):
+    layout, tok = pair
+    cons = _constraint(layout, tok)
+    assert cons.forced() == _ids(tok, "see")[0]  # one legal opening: no forward pass needed
+    cons.advance_all(_ids(tok, "see"))
+    left, back, comma, holding = (_ids(tok, w)[0] for w in ("left", "back", ",", "holding"))
+    assert not cons.is_allowed(left) and not cons.is_allowed(holding)  # a name or "nothing" comes first
+    cons.advance_all(_ids(tok, "red cup"))
+    assert cons.is_allowed(left) and not cons.is_allowed(back) and not cons.is_allowed(comma)
+    cons.advance_all(_ids(tok, "left"))
+    mask = cons.allowed_mask(layout.vocab_size)
+    assert mask.sum() == 2 and mask[_ids(tok, "back")[0]] and mask[_ids(tok, "front")[0]]  # a row, nothing else
+    cons.advance_all(_ids(tok, "back"))
+    assert cons.is_allowed(comma) and cons.is_allowed(holding) and not cons.is_allowed(_ids(tok, "red")[0])
+    cons.advance_all(_ids(tok, "holding"))
+    assert not cons.is_allowed(_ids(tok, ".")[0])  # "holding" needs "nothing" or a name
+    cons.advance_all(_ids(tok, "nothing"))
+    assert cons.forced() == _ids(tok, ".")[0]
+    cons.advance_all(_ids(tok, "."))
+    assert not cons.in_perception
+    cons2 = _constraint(layout, tok)
+    cons2.advance_all(_ids(tok, "see nothing"))
+    assert cons2.forced() == holding  # "see nothing" can only go on with "holding"
+
+
+@pytest.mark.parametrize("budget", [4, 5, 7, 12, 48])
+def test_perception_grammar_always_parses_within_the_token_budget(pair, budget):
+    """Random logits under the grammar: every perception parses and ends within the budget."""
+    import torch
+
+    layout, tok = pair
+    gen = torch.Generator().manual_seed(budget)
+    marker = _ids(tok, ".")[0]
+    for _ in range(60):
+        cons = _constraint(layout, tok, max_text_tokens=budget)
+        while cons.in_perception:
+            forced = cons.forced()
+            if forced is None:
+                logits = cons.mask_logits(torch.randn(layout.vocab_size, generator=gen) * 3)
+                forced = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            cons.advance(forced)
+        ids = cons.tokens
+        assert ids[-1] == marker and len(ids) - 1 <= budget
+        parsed = parse_perception(tok.decode(ids))
+        assert all(o["cell"] for o in parsed["objects"])
 
 
 def test_banned_answers_count_from_the_step_not_the_perception(pair):
