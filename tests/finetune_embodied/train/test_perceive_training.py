@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from test_train_bad_data import _tok_cfg
 from train_helpers import TINY_LM
 
@@ -16,14 +15,6 @@ from finetune_embodied.train.config import load_config
 from finetune_embodied.train.loop import train
 from finetune_embodied.train.stages.lm_data import dataset_sequences
 from model_runtime.prompt import parse_answer, parse_perception
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    out = tmp_path_factory.mktemp("perceive") / "ds"
-    rec.record(rec.RecordConfig(out=str(out), tasks=("sort_blocks",), episodes_per_task=2, seed_offset=7,
-                                resolution=32, mistake_rate=0.0), progress=False)
-    return out
 
 
 def test_recording_stores_one_perception_per_frame(recorded):

@@ -15,14 +15,6 @@ from finetune_embodied.train.stages.tokenizer_stage import HEAD_KEY, VISION_DIR
 from model_runtime.tokenizers import load_vision_tokenizer
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    out = tmp_path_factory.mktemp("semantic") / "ds"
-    rec.record(rec.RecordConfig(out=str(out), tasks=("sort_blocks",), episodes_per_task=3, seed_offset=7,
-                                resolution=32, mistake_rate=0.0), progress=False)
-    return out
-
-
 def _cfg(tmp_path, ds, *extra):
     return load_config(None, [
         "stage=tokenizer", f"data.path={ds}", "data.image_size=32", "model={channels: [16, 32], levels: [5, 5]}",
