@@ -95,3 +95,22 @@ def test_bad_pipeline_config(tmp_path):
     with pytest.raises(ValueError, match="unknown sections"):
         run_pipeline(bad, tmp_path / "o", tmp_path / "w")
     assert not Path(tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (PROJECT_ROOT / "configs" / "train").glob("default_model*.yaml")))
+def test_every_pipeline_recipe_loads_in_every_stage(recipe, tmp_path):
+    """A recipe's stage overrides are checked before hours of recording and training, not after."""
+    import yaml
+
+    from finetune_embodied.default_model import STAGES, _read_yaml
+    from finetune_embodied.train.config import load_config
+
+    doc = _read_yaml(PROJECT_ROOT / "configs" / "train" / recipe)
+    for stage in STAGES:
+        overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else v}"
+                     for k, v in (doc.get(stage) or {}).items()]
+        lm = [] if stage == "tokenizer" else [f"tokenizer={tmp_path}", "data.extra_texts=[a]"]
+        init = [f"init_from={tmp_path}"] if stage == "dida" else []
+        cfg = load_config(PROJECT_ROOT / "configs" / "train" / f"{stage}.yaml",
+                          [f"checkpoint.dir={tmp_path / stage}", f"data.path={tmp_path}", *lm, *init, *overrides])
+        assert cfg.stage == stage and cfg.optim.max_steps == doc[stage]["optim.max_steps"]
