@@ -65,6 +65,11 @@ def sim_instruction_texts() -> list[str]:
     return sorted(set(texts))
 
 
+def recipe_overrides(doc: dict[str, Any], stage: str) -> list[str]:
+    """A pipeline recipe's section for ``stage`` as ``key=value`` overrides of configs/train/<stage>.yaml."""
+    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (doc.get(stage) or {}).items()]
+
+
 def _stage_done(run_dir: Path, max_steps: int) -> bool:
     from finetune_embodied.train.checkpoint import latest_checkpoint
 
@@ -277,8 +282,7 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
     dataset = work / "dataset"
 
     def flat(stage: str) -> list[str]:
-        vals = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (doc.get(stage) or {}).items()]
-        return vals + list((stage_overrides or {}).get(stage, []))
+        return recipe_overrides(doc, stage) + list((stage_overrides or {}).get(stage, []))
 
     from finetune_embodied.train.checkpoint import latest_checkpoint
 

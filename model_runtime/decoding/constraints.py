@@ -154,7 +154,7 @@ class DecodeConstraint:
         known, allowed = mentions if mentions is not None else ((), ())
         self.allowed_mentions = {tuple(int(t) for t in a) for a in allowed if len(a)}
         self.known_mentions = {tuple(int(t) for t in k) for k in known if len(k)} | self.allowed_mentions
-        self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
         # "perceive" answers: the token that ends the perception; None: the step starts at once.
         self.step_marker = None if step_marker is None else int(step_marker)
         if self.step_marker is not None and (self.step_marker >= layout.visual_offset or self.step_marker in
@@ -276,7 +276,7 @@ class DecodeConstraint:
 
     def _name_mask(self, vocab_size: int, device: torch.device | str) -> torch.Tensor:
         """Ids that may be a word of an object's name: plain text, no perception keyword."""
-        key = ("names", vocab_size, str(device), False, False, False)
+        key = ("names", vocab_size, str(device))
         if key not in self._masks:
             mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             mask[: self.text_id_limit] = True

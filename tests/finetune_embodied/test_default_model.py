@@ -100,15 +100,12 @@ def test_bad_pipeline_config(tmp_path):
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (PROJECT_ROOT / "configs" / "train").glob("default_model*.yaml")))
 def test_every_pipeline_recipe_loads_in_every_stage(recipe, tmp_path):
     """A recipe's stage overrides are checked before hours of recording and training, not after."""
-    import yaml
-
-    from finetune_embodied.default_model import STAGES, _read_yaml
+    from finetune_embodied.default_model import STAGES, _read_yaml, recipe_overrides
     from finetune_embodied.train.config import load_config
 
     doc = _read_yaml(PROJECT_ROOT / "configs" / "train" / recipe)
     for stage in STAGES:
-        overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else v}"
-                     for k, v in (doc.get(stage) or {}).items()]
+        overrides = recipe_overrides(doc, stage)  # as the pipeline passes them
         lm = [] if stage == "tokenizer" else [f"tokenizer={tmp_path}", "data.extra_texts=[a]"]
         init = [f"init_from={tmp_path}"] if stage == "dida" else []
         cfg = load_config(PROJECT_ROOT / "configs" / "train" / f"{stage}.yaml",
