@@ -78,7 +78,13 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
             f"dataset {d.path}: words not in the vocabulary of init_from {cfg.init_from!r}: {unknown[:10]}"
             " (data.new_words=extend adds them to the vocabulary; or train next_token from scratch on this data)"
         )
-    cache = _cache_path(cfg, vision_path=cfg.tokenizer, words=text_tok.words if hasattr(text_tok, "words") else None)
+    words = text_tok.words if hasattr(text_tok, "words") else None
+    cache = _cache_path(cfg, vision_path=cfg.tokenizer, words=words, frame_cells=bool(cfg.perception_aux.weight))
+    if cache is not None and not cache.is_file() and not cfg.perception_aux.weight:
+        # The same sequences built with the probe's cell targets (next_token with perception_aux, then
+        # dida without it) serve as they are: the targets are only read when perception_aux is on.
+        with_cells = _cache_path(cfg, vision_path=cfg.tokenizer, words=words, frame_cells=True)
+        cache = with_cells if with_cells.is_file() else cache
 
     def report() -> str:
         parts = [reader.report.summary()] if reader.report.count else []
@@ -163,9 +169,10 @@ def step_labels(cfg, reader, key: str) -> tuple[dict, str]:
     return rep.labels, line
 
 
-def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
-    """Where this exact data (dataset files, tokenizer weights, vocabulary, sampling settings) is
-    cached, or None when it cannot be keyed (a tokenizer without a weights file, a non-word vocabulary)."""
+def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: bool) -> Path | None:
+    """Where this exact data (dataset files, tokenizer weights, vocabulary, sampling settings, with or
+    without the probe's ``frame_cells``) is cached, or None when it cannot be keyed (a tokenizer
+    without a weights file, a non-word vocabulary)."""
     from finetune_embodied.train.checkpoint import sha256_file
 
     d = cfg.data
@@ -181,7 +188,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None) -> Path | None:
         "words": list(words),
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
         + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
-        + (["frame_cells"] if cfg.perception_aux.weight else []),
+        + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 1,
     }

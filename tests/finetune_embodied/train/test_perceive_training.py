@@ -34,21 +34,35 @@ def test_recording_stores_one_perception_per_frame(recorded):
         assert last["holding"] is None
 
 
-def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model(recorded, tmp_path, monkeypatch):
+def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model(recorded, tmp_path, monkeypatch,
+                                                                                  capsys):
     from finetune_embodied.default_model import export_model
     from model_runtime.backends.torch_backend import TorchBackend
 
     monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
     train(_tok_cfg(tmp_path, recorded), progress=False)
     tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    cfg = load_config(None, [
+    common = [
         "stage=next_token", f"data.path={recorded}", f"tokenizer={tok}", "data.answer=perceive", TINY_LM,
         "model.tie_word_embeddings=false", "input_embedding_init_std=1.0", "data.heldout_fraction=0.5",
         "data.mid_samples_per_step=0", "optim.batch_size=2", "optim.max_steps=4", "optim.warmup_steps=1",
         "eval.max_samples=2", "eval.every=0", "log_every=1", f"checkpoint.dir={tmp_path / 'lm'}",
-        "perception_aux.weight=1.0",
-    ])
+    ]
+    cfg = load_config(None, [*common, "perception_aux.weight=1.0"])
     text_tok, layout, seqs, _, _ = dataset_sequences(cfg, None)
+    # A later stage without the probe (dida) reads the same sequences from the cache, cell targets and all;
+    # the probe's stage never takes sequences cached without them.
+    capsys.readouterr()
+    _, _, again, _, _ = dataset_sequences(load_config(None, common), None)
+    assert "from the cache" in capsys.readouterr().out
+    assert [a.input_ids.tolist() for a in again] == [s.input_ids.tolist() for s in seqs]
+    _, _, plain, _, _ = dataset_sequences(load_config(None, [*common, "data.max_history=3"]), None)
+    assert all(s.frame_cells is None for s in plain)
+    capsys.readouterr()
+    probe_cfg = load_config(None, [*common, "data.max_history=3", "perception_aux.weight=1.0"])
+    _, _, probed, _, _ = dataset_sequences(probe_cfg, None)
+    assert "from the cache" not in capsys.readouterr().out
+    assert any(s.frame_cells is not None for s in probed)
     steps = [s for s in seqs if s.kind == "step"]
     for s in steps[:5]:  # every guidance answer parses back with its perception first
         parsed = parse_answer(layout, text_tok, s.input_ids[s.prompt_length:], answer_format="perceive")
