@@ -1,7 +1,7 @@
 """Frame-verification benchmark: from the post-step frame alone, can the loop tell a step that
 happened from one that did not? And what does the perception cost per step?
 
-    python bench/verify_frames.py [--model-path DIR] [--tasks table_clear sort_blocks] [--episodes 5]
+    python bench/verify_frames.py [--model-path DIR] [--tasks table_clear sort_blocks fold_cloth] [--episodes 5]
                                   [--mistake-rate 1.0] [--timing-frames 6] [--out runs/bench/verify_frames.json]
 
 Held-out seeds only. Each episode runs the scripted expert with injected mistakes (a wrong item
@@ -114,7 +114,7 @@ def _pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-path", default=None, help="a 'perceive' model directory (none: ground truth only)")
-    ap.add_argument("--tasks", nargs="+", default=["table_clear", "sort_blocks"])
+    ap.add_argument("--tasks", nargs="+", default=["table_clear", "sort_blocks", "fold_cloth"])
     ap.add_argument("--episodes", type=int, default=5, help="held-out episodes per task")
     ap.add_argument("--mistake-rate", type=float, default=1.0, help="mistakes injected per plan step")
     ap.add_argument("--timing-frames", type=int, default=6, help="post-step frames per episode timed both ways")

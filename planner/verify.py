@@ -10,11 +10,13 @@ and ``judge_perception`` compares that with the step's action goal, generically 
   table), X is no longer on the table; where T lies on the table (an object the model sees, or
   the table itself), X must be seen on the table, in T's column when T is seen (on top of T it
   shows higher in the image, so its row may differ);
-- any other verb (fold, push, open...), or a goal whose object the model perceives neither before
+- fold X: the perception lists the parts of a cloth still to fold (their flaps are open); done when
+  X, seen before the step, is no longer seen and the cloth is not held;
+- any other verb (push, open...), or a goal whose object the model perceives neither before
   nor after the step: perception cannot tell.
 
-Where perception cannot tell (cloth folds: the perception lists no objects; a model without the
-format; a perception that does not parse) the verifier falls back to the pixel test,
+Where perception cannot tell (a model without the format; a perception that does not parse; a
+model trained before cloth parts were perceived) the verifier falls back to the pixel test,
 ``monitor.subgoal_progress`` (the new frame against the predicted subgoal image), and says so.
 Nothing here reads simulator state or knows a scene: the inputs are the goal and two perceptions.
 
@@ -39,6 +41,7 @@ __all__ = ["FrameVerdict", "FrameVerifier", "describe_perception", "judge_percep
 
 PICK_VERBS = ("pick",)
 PUT_VERBS = ("place", "stack")
+FOLD_VERBS = ("fold",)
 TABLE_TARGETS = ("table", "")  # a place "on the table" (or a stack's base that stays where it is)
 
 
@@ -94,7 +97,7 @@ def judge_perception(goal: ActionGoal, after: dict[str, Any] | None,
     if after is None:
         return None, "no perception of the new frame"
     verb = goal.verb
-    if verb not in PICK_VERBS + PUT_VERBS:
+    if verb not in PICK_VERBS + PUT_VERBS + FOLD_VERBS:
         return None, f"perception (objects and what is held) does not show whether a {verb!r} happened"
     seen_after, seen_before = _seen(after), _seen(before)
     held_after = _norm(after.get("holding"))
@@ -106,6 +109,14 @@ def judge_perception(goal: ActionGoal, after: dict[str, Any] | None,
         return None, f"the model perceives no {obj} before or after the step"
     on_table_after = [n for n in objs if n in seen_after]
     where = f" at {seen_after[on_table_after[0]]}" if on_table_after and seen_after[on_table_after[0]] else ""
+    if verb in FOLD_VERBS:  # the listed parts are those still to fold
+        if held_after:
+            return False, f"still holds the {held_after}"
+        if on_table_after:
+            return False, f"the {obj} is still seen unfolded{where}"
+        if not any(n in seen_before for n in objs):
+            return None, f"the model did not see the {obj} unfolded before the step"
+        return True, f"the {obj} is no longer seen unfolded"
     if verb in PICK_VERBS:
         if held_after in objs:
             return True, f"sees it holds the {obj}"

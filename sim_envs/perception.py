@@ -14,16 +14,25 @@ __all__ = ["visible_objects"]
 def visible_objects(env: Any) -> dict:
     """``{"objects": [{"name", "pixel": [u, v]}], "holding": name | None}`` of a TabletopEnv now.
 
-    Objects: those with a colour and a kind (TableClear items, SortBlocks blocks; FoldCloth's cloth
-    parts are not objects) that lie on the table or on another object (a stack), unordered. Put-away
-    items (in the rack, tray or bin) are not on the table; the held one is ``holding``.
+    Objects: those with a colour and a kind (TableClear items, SortBlocks blocks) that lie on the
+    table or on another object (a stack), unordered. Put-away items (in the rack, tray or bin) are
+    not on the table; the held one is ``holding``.
+    Parts of a deformable object (FoldCloth's sleeves, sides, bottom, top, halves: no colour or kind)
+    are listed while a step of the plan is still to act on them, at their tracked point: the shirt's
+    shape shows which flaps are still open, so a fold is seen done when its part leaves the list.
     """
     state = env.privileged_state()
     objects = state.get("objects", {})
     names = set(objects)
+    to_do = {s.goal.object for s in env.ground_truth_plan()[int(state.get("steps_done", 0)):]}
     seen, holding = [], None
     for name, o in objects.items():
-        if not isinstance(o, dict) or "colour" not in o or "kind" not in o:
+        if not isinstance(o, dict):
+            continue
+        if "colour" not in o or "kind" not in o:
+            if name in to_do and "pixel" in o:
+                u, v = o["pixel"]
+                seen.append({"name": name, "pixel": [float(u), float(v)]})
             continue
         loc = o.get("location")
         if loc == "gripper":

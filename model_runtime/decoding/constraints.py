@@ -43,7 +43,9 @@ class PerceptionGrammar:
     """Word-level grammar of a perception: ``see`` then ``nothing`` or ``NAME COLUMN ROW`` items
     joined by ``,``, then ``holding`` and ``nothing`` or a NAME, then the marker.
 
-    A NAME is one or more words that are not perception keywords, columns or rows. The grammar
+    A NAME is one or more words that are not perception keywords or rows; a column word may be one
+    of them ("left sleeve left back") but not the last: after a name word, a column word is read as
+    the column when a row follows and as a name word otherwise. The grammar
     bounds its own length: names have at most ``max_name_words`` words, the list at most
     ``max_objects`` items, and with a token budget an item or a name word is only offered while
     the rest still fits (the shortest ending, "holding nothing", needs 2 tokens). States are
@@ -67,18 +69,18 @@ class PerceptionGrammar:
         if where == "start":
             return frozenset({self.see}), False
         if where == "see":  # an item needs NAME COLUMN ROW, then "holding nothing": 5 tokens
-            return frozenset({self.nothing}), room >= 5
+            return frozenset({self.nothing} | (self.columns if room >= 5 else set())), room >= 5
         if where == "saw_nothing":
             return frozenset({self.holding}), False
         if where == "name":
             return self.columns, room >= 5 and name_len < self.max_name_words
-        if where == "column":
-            return self.rows, False
+        if where == "column":  # the row, or the column word was a name word and the name goes on
+            return self.rows, room >= 5 and name_len + 1 < self.max_name_words
         if where == "item":  # ", NAME COLUMN ROW holding nothing": 6 tokens
             more = n_objects < self.max_objects and room >= 6
             return frozenset({self.holding, self.comma} if more else {self.holding}), False
         if where == "comma":
-            return frozenset(), True
+            return self.columns, True
         if where == "holding":
             return frozenset({self.nothing}), room >= 1
         if where == "held_name":
@@ -91,13 +93,15 @@ class PerceptionGrammar:
         if where == "start":
             return ("see", 0, 0)
         if where == "see":
-            return ("name", 0, 1) if is_name else ("saw_nothing", 0, 0)
+            return ("saw_nothing", 0, 0) if token == self.nothing else ("name", 0, 1)
         if where == "saw_nothing":
             return ("holding", 0, 0)
-        if where in ("name", "comma"):
-            return ("name", n_objects, name_len + 1) if is_name else ("column", n_objects, 0)
+        if where == "comma":  # a name word or a column word: the name's first word either way
+            return ("name", n_objects, 1)
+        if where == "name":
+            return ("name", n_objects, name_len + 1) if is_name else ("column", n_objects, name_len)
         if where == "column":
-            return ("item", n_objects + 1, 0)
+            return ("item", n_objects + 1, 0) if token in self.rows else ("name", n_objects, name_len + 2)
         if where == "item":
             return ("comma", n_objects, 0) if token == self.comma else ("holding", n_objects, 0)
         if where in ("holding", "held_name"):

@@ -206,12 +206,15 @@ def test_perception_grammar_walks_the_format_word_by_word(pair):
     assert cons.forced() == _ids(tok, "see")[0]  # one legal opening: no forward pass needed
     cons.advance_all(_ids(tok, "see"))
     left, back, comma, holding = (_ids(tok, w)[0] for w in ("left", "back", ",", "holding"))
-    assert not cons.is_allowed(left) and not cons.is_allowed(holding)  # a name or "nothing" comes first
+    # a name or "nothing" comes first; a name may start with a column word ("left sleeve"), not a row
+    assert cons.is_allowed(left) and not cons.is_allowed(back) and not cons.is_allowed(holding)
     cons.advance_all(_ids(tok, "red cup"))
     assert cons.is_allowed(left) and not cons.is_allowed(back) and not cons.is_allowed(comma)
     cons.advance_all(_ids(tok, "left"))
-    mask = cons.allowed_mask(layout.vocab_size)
-    assert mask.sum() == 2 and mask[_ids(tok, "back")[0]] and mask[_ids(tok, "front")[0]]  # a row, nothing else
+    # the row (then "left" was the column), or a name word (then it was part of the name); not a column
+    for word, ok in (("back", True), ("front", True), ("cup", True), ("right", False), (",", False),
+                     ("holding", False)):
+        assert cons.is_allowed(_ids(tok, word)[0]) == ok, word
     cons.advance_all(_ids(tok, "back"))
     assert cons.is_allowed(comma) and cons.is_allowed(holding) and not cons.is_allowed(_ids(tok, "red")[0])
     cons.advance_all(_ids(tok, "holding"))
@@ -223,6 +226,18 @@ def test_perception_grammar_walks_the_format_word_by_word(pair):
     cons2 = _constraint(layout, tok)
     cons2.advance_all(_ids(tok, "see nothing"))
     assert cons2.forced() == holding  # "see nothing" can only go on with "holding"
+
+
+def test_perception_grammar_takes_part_names_that_hold_a_column_word(pair):
+    """FoldCloth's parts: "left sleeve left back": the column word inside the name, then the cell."""
+    layout, tok = pair
+    text = "see left cup left back , red cup right front , right red cup middle front holding red cup ."
+    cons = _constraint(layout, tok)
+    for t in _ids(tok, text):
+        assert cons.is_allowed(t), tok.decode([t])
+        cons.advance(t)
+    assert not cons.in_perception
+    assert [o["name"] for o in parse_perception(text)["objects"]] == ["left cup", "red cup", "right red cup"]
 
 
 @pytest.mark.parametrize("budget", [4, 5, 7, 12, 48])

@@ -23,7 +23,8 @@ def _truth(sim) -> dict:
     return perception_in_reading_order(seen["objects"], seen["holding"], sim.camera.width, sim.camera.height)
 
 
-@pytest.mark.parametrize("task, seeds", [("table_clear", HELDOUT_SEEDS[:2]), ("sort_blocks", HELDOUT_SEEDS[:3])])
+@pytest.mark.parametrize("task, seeds", [("table_clear", HELDOUT_SEEDS[:2]), ("sort_blocks", HELDOUT_SEEDS[:3]),
+                                         ("fold_cloth", HELDOUT_SEEDS[:2])])
 def test_decisions_on_recorded_steps_with_injected_mistakes(task, seeds):
     from bench.verify_frames import segment_cases
 
@@ -70,8 +71,17 @@ def test_reasons_name_what_was_seen():
     small = {"objects": [], "holding": "small orange block"}
     assert judge_perception(ActionGoal("pick", "orange block"), small, None, "pick up the small orange block")[0] is True
     assert judge_perception(ActionGoal("pick", "orange block"), small, None, "pick up the orange block")[0] is None
+    # Folds: the perception lists the cloth's parts still to fold.
+    fold = ActionGoal("fold", "left sleeve", target="centre")
+    sleeves = {"objects": [{"name": "left sleeve", "cell": "left back"}, {"name": "right sleeve", "cell": "right back"}],
+               "holding": None}
+    one_left = {"objects": [{"name": "right sleeve", "cell": "right back"}], "holding": None}
+    assert judge_perception(fold, one_left, sleeves) == (True, "the left sleeve is no longer seen unfolded")
+    assert judge_perception(fold, sleeves, sleeves) == (False, "the left sleeve is still seen unfolded at left back")
+    assert judge_perception(fold, {**one_left, "holding": "cloth"}, sleeves) == (False, "still holds the cloth")
     # What perception cannot tell.
-    assert judge_perception(ActionGoal("fold", "left sleeve", target="centre"), gone)[0] is None
+    assert judge_perception(fold, gone)[0] is None  # never saw the sleeve unfolded
+    assert judge_perception(ActionGoal("push", "red cup"), on_table, on_table)[0] is None
     assert judge_perception(pick, {"objects": [], "holding": None})[0] is None  # never perceived the cup
     assert judge_perception(pick, None)[0] is None
 
@@ -92,21 +102,26 @@ def _perceiver(perception: dict | None):
     return lambda frame: Perceived(text, perception, "" if perception else "malformed", {"total": 1.0})
 
 
-def test_fold_falls_back_to_pixels_and_says_why():
+def test_a_fold_is_judged_by_the_parts_seen_and_falls_back_to_pixels_when_none_are():
     env = make_env("fold_cloth", resolution=64)
     env.reset(seed=HELDOUT_SEEDS[0])
     sim = env.unwrapped
     step = sim.ground_truth_plan()[0]
     subgoal = sim.subgoal_images()[0]
-    before = Frame(sim.render())
+    before, seen_before = Frame(sim.render()), _truth(sim)
     sim.execute_skill(step.goal)
-    after = Frame(sim.render())
-    nothing = _truth(sim)
-    assert nothing == {"objects": [], "holding": None}  # cloth parts are not objects
+    after, seen_after = Frame(sim.render()), _truth(sim)
+    assert len(seen_before["objects"]) == 7 and len(seen_after["objects"]) == 6  # the sleeve's flap is closed
+    verdict = FrameVerifier(_perceiver(seen_after))(
+        PlanStep(0, step.text, subgoal_image=subgoal, perception=seen_before), step.goal, before, after)
+    assert verdict.by == "perception" and verdict.done is True
+    assert verdict.reason == f"the {step.goal.object} is no longer seen unfolded"
+    # A model that lists no cloth parts: perception cannot tell, the pixels decide.
+    nothing = {"objects": [], "holding": None}
     verdict = FrameVerifier(_perceiver(nothing))(PlanStep(0, step.text, subgoal_image=subgoal, perception=nothing),
                                                  step.goal, before, after)
     assert verdict.by == "subgoal" and verdict.done is True and verdict.progress > 0.5
-    assert verdict.reason.startswith("perception cannot tell: perception (objects and what is held) does not show")
+    assert verdict.reason.startswith("perception cannot tell: the model perceives no")
     assert "frame vs predicted subgoal" in verdict.reason and verdict.perception == nothing
     unparsed = FrameVerifier(_perceiver(None))(PlanStep(0, step.text, subgoal_image=subgoal), step.goal, before, after)
     assert unparsed.by == "subgoal" and "does not parse (malformed)" in unparsed.reason
