@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,9 @@ class RecordConfig:
     tasks: tuple[str, ...] = ("table_clear",)
     seeds: tuple[int, ...] = ()  # explicit TRAIN seeds; empty -> episodes_per_task seeds from seed_offset
     episodes_per_task: int = 10
+    # More scenes of some tasks: task -> episodes (its first N seeds from seed_offset); the others
+    # record episodes_per_task. Not with explicit seeds.
+    episodes_by_task: dict[str, int] = field(default_factory=dict)
     seed_offset: int = 0  # first seed = TRAIN_SEEDS[seed_offset]
     mistake_rate: float = 0.2
     resolution: int = 64
@@ -101,11 +104,19 @@ class RecordConfig:
         from sim_envs.seeds import recording_seeds
 
         self.tasks = tuple(self.tasks)
+        explicit_seeds = bool(self.seeds)
         known = task_env_ids()
         bad = [t for t in self.tasks if t not in known]
         if bad or not self.tasks:
             raise ValueError(f"unknown task(s) {bad or self.tasks}; registered: {', '.join(known)}")
         self.seeds = recording_seeds(self.seeds, self.episodes_per_task, self.seed_offset)
+        self.episodes_by_task = {str(t): n for t, n in dict(self.episodes_by_task or {}).items()}
+        stray = [t for t in self.episodes_by_task if t not in self.tasks]
+        if stray:
+            raise ValueError(f"episodes_by_task names task(s) {stray} that are not among the recorded tasks {list(self.tasks)}")
+        if self.episodes_by_task and explicit_seeds:
+            raise ValueError("episodes_by_task and explicit seeds do not go together (give one or the other)")
+        self._task_seeds = {t: recording_seeds((), int(n), self.seed_offset) for t, n in self.episodes_by_task.items()}
         if not 0.0 <= self.mistake_rate <= 1.0:
             raise ValueError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
         if self.resolution <= 0 or self.resolution % 2:
@@ -120,7 +131,7 @@ class RecordConfig:
 
     def jobs(self) -> list[tuple[str, int]]:
         """(task, seed) in dataset order: task-major, then seed."""
-        return [(t, s) for t in self.tasks for s in self.seeds]
+        return [(t, s) for t in self.tasks for s in self._task_seeds.get(t, self.seeds)]
 
     @property
     def shard_dir(self) -> Path:
@@ -318,7 +329,9 @@ def _up_to_date_manifest(cfg: RecordConfig) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     want = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in _CONTENT_FIELDS_IGNORED}
-    have = {k: v for k, v in manifest.get("config", {}).items() if k not in _CONTENT_FIELDS_IGNORED}
+    # A setting added after the dataset was recorded reads as its default there.
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(cfg)}
+    have = {k: manifest.get("config", {}).get(k, defaults[k]) for k in want}
     listed = len(manifest.get("episodes", [])) + len(manifest.get("excluded", []))
     return manifest if have == want and listed == len(cfg.jobs()) else None
 
@@ -382,6 +395,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record guidance-protocol envs instead (each one's ground_truth_plan through execute_skill, "
                              "finetune_embodied/record_env.py); --tasks and --mistake-rate do not apply")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (consecutive TRAIN seeds)")
+    parser.add_argument("--episodes-by-task", nargs="+", default=[], metavar="TASK=N",
+                        help="more (or fewer) episodes of some tasks, e.g. table_clear=3000; the others record --episodes")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed = TRAIN_SEEDS[offset]")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="explicit TRAIN seeds (overrides --episodes)")
     parser.add_argument("--mistake-rate", type=float, default=0.2, help="probability of an injected mistake per plan step")
@@ -404,8 +419,14 @@ def main(args: argparse.Namespace) -> int:
         return main_env(args)
     out = args.out or str(artifacts_root() / "datasets" / "sim")
     try:
+        by_task = {}
+        for item in getattr(args, "episodes_by_task", []) or []:
+            task, _, n = item.partition("=")
+            if not n.strip().isdigit():
+                raise ValueError(f"--episodes-by-task {item!r} is not TASK=N (e.g. table_clear=3000)")
+            by_task[task.strip()] = int(n)
         cfg = RecordConfig(out=out, tasks=tuple(args.tasks), seeds=tuple(args.seeds or ()), episodes_per_task=args.episodes,
-                           seed_offset=args.seed_offset, mistake_rate=args.mistake_rate, resolution=args.resolution,
+                           episodes_by_task=by_task, seed_offset=args.seed_offset, mistake_rate=args.mistake_rate, resolution=args.resolution,
                            fps=args.fps, max_steps=args.max_steps, workers=args.workers,
                            keep_shards=not args.no_keep_shards, pix_fmt=args.pix_fmt, crf=args.crf)
     except ValueError as exc:

@@ -74,6 +74,32 @@ def test_record_two_workers_writes_labelled_dataset(tmp_path):
     assert open_dataset(cfg.out).num_episodes == 2
 
 
+def test_more_episodes_of_one_task(tmp_path):
+    out = tmp_path / "ds"
+    cfg = rec.RecordConfig(out=str(out), tasks=("table_clear", "sort_blocks"), episodes_per_task=1,
+                           episodes_by_task={"sort_blocks": 2}, seed_offset=40, resolution=32)
+    assert cfg.jobs() == [("table_clear", 40), ("sort_blocks", 40), ("sort_blocks", 41)]
+    assert rec.record(cfg, progress=False)["episodes_in_dataset"] == 3
+    manifest_path = out / "meta" / "emu_recording.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert [(e["task"], e["seed"]) for e in manifest["episodes"]] == cfg.jobs()
+    # A dataset recorded before episodes_by_task existed reads as recorded without it: still up to date.
+    plain = rec.RecordConfig(out=str(out), tasks=("table_clear", "sort_blocks"), episodes_per_task=1, seed_offset=40,
+                             resolution=32)
+    del manifest["config"]["episodes_by_task"]
+    manifest["episodes"] = manifest["episodes"][:2]
+    manifest_path.write_text(json.dumps(manifest))
+    assert rec._up_to_date_manifest(plain) is not None and rec._up_to_date_manifest(cfg) is None
+    with pytest.raises(ValueError, match="not among the recorded tasks"):
+        rec.RecordConfig(out=str(out), tasks=("table_clear",), episodes_by_task={"sort_blocks": 2})
+    with pytest.raises(ValueError, match="explicit seeds"):
+        rec.RecordConfig(out=str(out), seeds=(40,), episodes_by_task={"table_clear": 2})
+    parser = ArgumentParser()
+    rec.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "d"), "--episodes-by-task", "table_clear:3", "--no-progress"])
+    assert rec.main(args) == 2 and not (tmp_path / "d").exists()
+
+
 def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
     out = tmp_path / "ds"
     shards = Path(str(out) + ".shards")
