@@ -79,11 +79,18 @@ def plan_episode(
     max_history: int | None = None,
     keyframes: Sequence[int] | None = None,
     step_texts: Sequence[str] | None = None,
+    unconfirmed: bool = False,
 ) -> list[StepSample]:
     """The samples of one episode: per step one at its boundary (the last frame of the previous step,
     where that one is complete; frame 0 for the first step) plus ``mid_samples_per_step`` frames drawn
     inside it (without replacement, never the step's last frame: there the step is already done),
-    then the final "done" sample on the last frame."""
+    then the final "done" sample on the last frame.
+
+    ``unconfirmed``: each boundary after a step (and the final frame) also gets a sample whose
+    history does not hold that step yet: what the guidance loop's verifier asks about the frame
+    after executing a step. Its target is the same, so the answer (a perception first) must come
+    from the frame: a history that lists every finished step would otherwise tell the model what
+    the frame shows (the FoldCloth parts still to fold follow from the steps done)."""
     if mid_samples_per_step < 0:
         raise ValueError(f"mid_samples_per_step must be >= 0, got {mid_samples_per_step}")
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -96,6 +103,8 @@ def plan_episode(
         # Boundary sample: the frame where the previous step was just completed (what the guidance
         # loop sees after executing it), or frame 0 for the first step.
         out.append(StepSample(ep.episode_index, prev_end, hist, text, last, False, False))
+        if unconfirmed and done:
+            out.append(StepSample(ep.episode_index, prev_end, _recent(done[:-1], max_history), text, last, False, False))
         inside = np.arange(max(first, prev_end + 1), last)  # in progress: started, not yet done
         if len(inside) and mid_samples_per_step:
             picks = rng.choice(inside, size=min(mid_samples_per_step, len(inside)), replace=False)
@@ -104,6 +113,8 @@ def plan_episode(
         done.append(text)
         prev_end = last
     out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done, max_history), None, None, True, False))
+    if unconfirmed and done:
+        out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done[:-1], max_history), None, None, True, False))
     return out
 
 
@@ -185,6 +196,7 @@ class SequenceDataset:
         seed: int = 0,
         task: str = "vla",
         plan_sequences: bool = False,
+        unconfirmed_samples: bool = False,
         perceptions: dict[int, list[str]] | None = None,
         perception_pixels: dict[int, list] | None = None,
         object_classes: Sequence[str] | None = None,
@@ -203,7 +215,7 @@ class SequenceDataset:
             key = camera_key or (ep.camera_keys[0] if ep.camera_keys else None)
             if key is None or key not in ep.images:
                 raise ValueError(f"episode {ep.episode_index}: no camera {camera_key!r} (has {ep.camera_keys})")
-            plan = plan_episode(ep, mid_samples_per_step, rng, max_history)
+            plan = plan_episode(ep, mid_samples_per_step, rng, max_history, unconfirmed=unconfirmed_samples)
             seen = None
             if perceptions is not None:
                 seen = perceptions.get(ep.episode_index)

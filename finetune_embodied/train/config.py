@@ -75,6 +75,9 @@ class DataConfig:
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
     plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (model_runtime.prompt.build_plan_sequence)
+    # LM stages: per step boundary also a sample whose history lacks the step just done (the frame the
+    # loop's verifier perceives before confirming it): the answer must come from the frame, not the history
+    unconfirmed_samples: bool = False
     # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
     # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
     # Evaluation always uses held-out "step" sequences.

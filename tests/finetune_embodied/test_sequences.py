@@ -44,6 +44,18 @@ def test_plan_covers_boundaries_mid_step_and_done():
     assert plan_episode(ep, 0, max_history=1)[2].history == (STEPS[1],)
 
 
+def test_unconfirmed_samples_repeat_each_boundary_without_the_step_just_done():
+    ep = make_episode()
+    plain = plan_episode(ep, 0)
+    plan = plan_episode(ep, 0, unconfirmed=True)
+    key = [(s.frame_index, s.history, s.step_text, s.is_final) for s in plan]
+    assert [k for k in key if k in {(s.frame_index, s.history, s.step_text, s.is_final) for s in plain}] == \
+        [(s.frame_index, s.history, s.step_text, s.is_final) for s in plain]
+    # after each done step (frames 6, 12 and the final 17): the same frame and target, the step not yet in the history
+    extra = [k for k in key if k not in {(s.frame_index, s.history, s.step_text, s.is_final) for s in plain}]
+    assert extra == [(6, (), STEPS[1], False), (12, (STEPS[0],), STEPS[2], False), (17, tuple(STEPS[:2]), None, True)]
+
+
 def test_plan_from_keyframes_for_unlabeled_episode():
     ep = make_episode()
     ep.subtasks = None

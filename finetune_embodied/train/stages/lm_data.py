@@ -114,6 +114,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         mid_samples_per_step=d.mid_samples_per_step,
         seed=cfg.seed,
         plan_sequences=d.plan_sequences,
+        unconfirmed_samples=d.unconfirmed_samples,
         perceptions=perceptions,
         perception_pixels=pixels,
         object_classes=classes,
@@ -188,6 +189,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: boo
         "words": list(words),
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
         + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
+        + (["unconfirmed"] if d.unconfirmed_samples else [])
         + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 1,
