@@ -12,8 +12,10 @@ a plan segment with its goal happened when the simulator's checker says so at it
 are skipped. The decision is ``planner.verify.judge_perception`` (what the loop runs) on:
 
 - ``truth``: ground-truth perceptions (``sim_envs.perception``): the decision rule's own ceiling;
-- ``model``: the model's perceptions (``TorchBackend.perceive``, the confirmed plan steps as
-  history, as the loop does), before and after.
+- ``model``: the model's perceptions (``TorchBackend.perceive``), before and after, each with the
+  plan steps confirmed when the loop asks: before the step for both (the verifier perceives the
+  post-step frame before it confirms the step; until session 10 the post-step frame had the step in
+  its history, which hid a model that reads the folds from the history instead of the frame).
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
@@ -143,16 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = {"truth": [], "model": []}
         for seed in seeds:
             ep = segment_cases(task, seed, args.mistake_rate, res)
-            seen = []
-            for f in ep["frames"]:  # the model's perception of every boundary frame (once each)
-                if backend is None:
-                    seen.append(None)
-                    continue
-                history = [PlanStep(i, t) for i, t in enumerate(f["history"])]
-                p = backend.perceive(Frame(f["image"]), ep["instruction"], history, opts)
+
+            def perceive(image: np.ndarray, done: list[str], instruction: str = ep["instruction"]):
+                p = backend.perceive(Frame(image), instruction, [PlanStep(i, t) for i, t in enumerate(done)], opts)
                 costs["perceive"].append(p.timings_ms["total"])
                 costs["tokens"].append(p.timings_ms["tokens"])
-                seen.append(p)
+                return p
+
+            # The model's perception of every boundary frame with the steps confirmed by then: the
+            # "before" of the next case (the step's own answer starts with it).
+            seen = [perceive(f["image"], f["history"]) if backend is not None else None for f in ep["frames"]]
             for c in ep["cases"]:
                 b, a = ep["frames"][c["before"]], ep["frames"][c["after"]]
                 row = {"task": task, "seed": seed, "kind": c["kind"], "text": c["text"], "happened": c["happened"],
@@ -160,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                 done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
                 rows["truth"].append({**row, "done": done, "why": why})
                 if backend is not None:
-                    pa, pb = seen[c["after"]], seen[c["before"]]
+                    # The loop's verifier perceives the post-step frame before it confirms the step:
+                    # with the history of the frame the step was planned on.
+                    pb = seen[c["before"]]
+                    pa = seen[c["after"]] if a["history"] == b["history"] else perceive(a["image"], b["history"])
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
                     if pa.perception is None:
                         why = f"perception does not parse: {pa.error}"
