@@ -111,12 +111,15 @@ class RecordConfig:
             raise ValueError(f"unknown task(s) {bad or self.tasks}; registered: {', '.join(known)}")
         self.seeds = recording_seeds(self.seeds, self.episodes_per_task, self.seed_offset)
         self.episodes_by_task = {str(t): n for t, n in dict(self.episodes_by_task or {}).items()}
+        not_counts = {t: n for t, n in self.episodes_by_task.items() if not isinstance(n, int) or isinstance(n, bool)}
+        if not_counts:
+            raise ValueError(f"episodes_by_task needs whole episode counts per task, got {not_counts}")
         stray = [t for t in self.episodes_by_task if t not in self.tasks]
         if stray:
             raise ValueError(f"episodes_by_task names task(s) {stray} that are not among the recorded tasks {list(self.tasks)}")
         if self.episodes_by_task and explicit_seeds:
             raise ValueError("episodes_by_task and explicit seeds do not go together (give one or the other)")
-        self._task_seeds = {t: recording_seeds((), int(n), self.seed_offset) for t, n in self.episodes_by_task.items()}
+        self._task_seeds = {t: recording_seeds((), n, self.seed_offset) for t, n in self.episodes_by_task.items()}
         if not 0.0 <= self.mistake_rate <= 1.0:
             raise ValueError(f"mistake_rate must be in [0, 1], got {self.mistake_rate}")
         if self.resolution <= 0 or self.resolution % 2:

@@ -92,6 +92,8 @@ def test_more_episodes_of_one_task(tmp_path):
     assert rec._up_to_date_manifest(plain) is not None and rec._up_to_date_manifest(cfg) is None
     with pytest.raises(ValueError, match="not among the recorded tasks"):
         rec.RecordConfig(out=str(out), tasks=("table_clear",), episodes_by_task={"sort_blocks": 2})
+    with pytest.raises(ValueError, match="whole episode counts"):
+        rec.RecordConfig(out=str(out), episodes_by_task={"table_clear": "many"})
     with pytest.raises(ValueError, match="explicit seeds"):
         rec.RecordConfig(out=str(out), seeds=(40,), episodes_by_task={"table_clear": 2})
     parser = ArgumentParser()
