@@ -98,6 +98,20 @@ def segment_cases(task: str, seed: int, mistake_rate: float = 1.0, resolution: i
     return {"instruction": instruction, "frames": frames, "cases": cases}
 
 
+def perceptions_as_the_loop_asks(ep: dict, perceive) -> tuple[list, list[tuple]]:
+    """``perceive(image, history)`` of every boundary frame with the plan steps confirmed by then (the
+    "before" of the next case: the step's own answer starts with it), and per case the pair (before,
+    after): the loop's verifier perceives the post-step frame before it confirms the step, so with
+    the history of the frame the step was planned on (a frame is perceived again where that differs)."""
+    seen = [perceive(f["image"], f["history"]) for f in ep["frames"]]
+    pairs = []
+    for c in ep["cases"]:
+        b, a = ep["frames"][c["before"]], ep["frames"][c["after"]]
+        after = seen[c["after"]] if a["history"] == b["history"] else perceive(a["image"], b["history"])
+        pairs.append((seen[c["before"]], after))
+    return seen, pairs
+
+
 def _rates(rows: list[dict]) -> dict:
     happened = [r for r in rows if r["happened"] and r["done"] is not None]
     not_happened = [r for r in rows if not r["happened"] and r["done"] is not None]
@@ -152,20 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                 costs["tokens"].append(p.timings_ms["tokens"])
                 return p
 
-            # The model's perception of every boundary frame with the steps confirmed by then: the
-            # "before" of the next case (the step's own answer starts with it).
-            seen = [perceive(f["image"], f["history"]) if backend is not None else None for f in ep["frames"]]
-            for c in ep["cases"]:
+            seen, pairs = perceptions_as_the_loop_asks(ep, perceive) if backend is not None else ([], [])
+            for i, c in enumerate(ep["cases"]):
                 b, a = ep["frames"][c["before"]], ep["frames"][c["after"]]
                 row = {"task": task, "seed": seed, "kind": c["kind"], "text": c["text"], "happened": c["happened"],
                        "goal": c["goal"].to_dict()}
                 done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
                 rows["truth"].append({**row, "done": done, "why": why})
                 if backend is not None:
-                    # The loop's verifier perceives the post-step frame before it confirms the step:
-                    # with the history of the frame the step was planned on.
-                    pb = seen[c["before"]]
-                    pa = seen[c["after"]] if a["history"] == b["history"] else perceive(a["image"], b["history"])
+                    pb, pa = pairs[i]
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
                     if pa.perception is None:
                         why = f"perception does not parse: {pa.error}"

@@ -46,6 +46,27 @@ def test_decisions_on_recorded_steps_with_injected_mistakes(task, seeds):
     assert counts["done_ok"] >= 8 and counts["not_done_ok"] >= 2  # mistakes were injected and caught
 
 
+def test_the_bench_perceives_a_post_step_frame_without_the_step_in_its_history():
+    """As the loop's verifier asks: the step under test is not yet confirmed when its outcome is seen."""
+    from bench.verify_frames import perceptions_as_the_loop_asks, segment_cases
+
+    ep = segment_cases("table_clear", HELDOUT_SEEDS[0], mistake_rate=1.0)
+    asked: list[tuple[int, tuple[str, ...]]] = []
+
+    def perceive(image, history):
+        asked.append((next(i for i, f in enumerate(ep["frames"]) if f["image"] is image), tuple(history)))
+        return asked[-1]
+
+    seen, pairs = perceptions_as_the_loop_asks(ep, perceive)
+    assert [frame for frame, _ in seen] == list(range(len(ep["frames"])))
+    assert any(c["happened"] for c in ep["cases"]) and any(not c["happened"] for c in ep["cases"])
+    for c, (before, after) in zip(ep["cases"], pairs):
+        assert before == (c["before"], tuple(ep["frames"][c["before"]]["history"]))
+        assert after == (c["after"], tuple(ep["frames"][c["before"]]["history"]))
+        if c["happened"]:  # the step is in the post-step frame's own history, not in the one it was asked with
+            assert c["text"] in ep["frames"][c["after"]]["history"] and c["text"] not in after[1]
+
+
 def test_reasons_name_what_was_seen():
     cup, bin_ = "red cup", "bin"
     on_table = {"objects": [{"name": cup, "cell": "left back"}], "holding": None}
