@@ -39,7 +39,7 @@ import numpy as np
 
 from emu_guide.paths import artifacts_root
 
-__all__ = ["PERCEPTION_FILE", "RecordConfig", "add_arguments", "load_perceptions", "main", "record", "record_episode",
+__all__ = ["PERCEPTION_FILE", "RecordConfig", "add_arguments", "load_perceptions", "load_step_kinds", "main", "record", "record_episode",
            "frame_perception", "scene_perception", "task_env_ids"]
 
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper", "holding"]  # sim_envs TabletopEnv state layout
@@ -162,12 +162,24 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
     res = obs["image"].shape
     perceptions = [frame_perception(u, res[1], res[0])]
     error = ""
+    segment, kinds, first = None, [], 0  # kinds: per action, the kind of the segment it belongs to
+
+    def close_segment() -> None:  # at its end, before the next segment's first action
+        ok = segment.goal is not None and u.check_step(segment.goal)
+        kind = segment.kind if segment.kind != "plan" else ("plan" if ok else "failed")
+        kinds[first:] = [kind] * (len(kinds) - first)
+
     try:
         while not expert.done:
             action, _, text = expert.next_action()
+            if expert.segment is not segment:
+                if segment is not None:
+                    close_segment()
+                segment, first = expert.segment, len(kinds)
             obs, _, terminated, truncated, _ = env.step(action)
             actions.append(action)
             labels.append(text)
+            kinds.append(segment.kind)
             images.append(obs["image"])
             states.append(obs["state"])
             perceptions.append(frame_perception(u, res[1], res[0]))
@@ -175,6 +187,8 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
                 break
     except ExpertError as exc:
         error = str(exc)
+    if segment is not None:
+        close_segment()
     success = bool(u.task_success())
     instruction = u.instruction
     env.close()
@@ -185,6 +199,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
     hold[3] = 1.0 if states[-1][3] > 0.5 else -1.0
     actions.append(hold)
     subtasks = [labels[0]] + labels  # frame t>0 carries the label of the action that led to it
+    kinds = [kinds[0]] + kinds
     path = shard_path(cfg.shard_dir, task, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -195,6 +210,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             state=np.stack(states).astype(np.float32),
             action=np.stack(actions).astype(np.float32),
             subtasks=np.array(subtasks),
+            step_kinds=np.array(kinds),
             perception=np.array([text for text, _ in perceptions]),
             perception_pixels=np.array(json.dumps([pixels for _, pixels in perceptions])),
             meta=np.array(json.dumps({"task": task, "seed": seed, "instruction": instruction, "success": success,
@@ -237,6 +253,22 @@ def load_perceptions(root: str | Path, pixels: bool = False) -> dict[int, list] 
     return out
 
 
+def load_step_kinds(root: str | Path) -> dict[int, list[str]] | None:
+    """episode_index -> the kind of step each frame belongs to (``finetune_embodied.sequences.STEP_KINDS``),
+    from a recording's PERCEPTION_FILE; None when absent or recorded before step kinds were stored."""
+    path = Path(root) / PERCEPTION_FILE
+    if not path.is_file():
+        return None
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            doc = json.loads(line)
+            if "step_kinds" not in doc:
+                return None
+            out[int(doc["episode_index"])] = [str(k) for k in doc["step_kinds"]]
+    return out
+
+
 def load_shard(path: Path, cfg: RecordConfig | None = None):
     """A shard -> (Episode, meta dict); with ``cfg``, refuse a shard recorded with other settings.
     ``meta["perception"]``: the per-frame perception texts (None for shards from before them)."""
@@ -246,6 +278,7 @@ def load_shard(path: Path, cfg: RecordConfig | None = None):
         meta = json.loads(str(z["meta"]))
         meta["perception"] = [str(t) for t in z["perception"]] if "perception" in z.files else None
         meta["perception_pixels"] = json.loads(str(z["perception_pixels"])) if "perception_pixels" in z.files else None
+        meta["step_kinds"] = [str(k) for k in z["step_kinds"]] if "step_kinds" in z.files else None
         if cfg is not None:
             want = shard_settings(cfg)
             got = {k: meta.get(k) for k in want}
@@ -282,6 +315,8 @@ def consolidate(cfg: RecordConfig) -> dict:
                 line = {"episode_index": idx, "task": task, "seed": seed, "frames": meta["perception"]}
                 if meta["perception_pixels"] is not None:
                     line["pixels"] = meta["perception_pixels"]
+                if meta["step_kinds"] is not None:
+                    line["step_kinds"] = meta["step_kinds"]
                 perception_lines.append(json.dumps(line))
             included.append({"episode_index": idx, "task": task, "seed": seed, "mistakes": meta["mistakes"],
                              "length": ep.length})

@@ -44,6 +44,14 @@ class StepSample:
     keyframe_index: int | None  # frame at the end of that step (its subgoal image); None when final
     is_final: bool
     mid_step: bool  # True: sampled inside a step, not at its first frame
+    unconfirmed: bool = False  # a post-step frame whose history does not hold that step yet
+    rest: tuple[str, ...] = ()  # boundary samples: the steps still to do, this one first
+
+
+# What each recorded frame belongs to (``emu-guide record`` stores one per frame): a plan step that
+# reached its goal, a plan step's attempt that did not (the item slipped), an injected mistake (a
+# wrong item, a missed grasp) or the recovery from one.
+STEP_KINDS = ("plan", "failed", "mistake", "recovery")
 
 
 def episode_segments(ep: Episode, keyframes: Sequence[int] | None = None,
@@ -80,14 +88,22 @@ def plan_episode(
     keyframes: Sequence[int] | None = None,
     step_texts: Sequence[str] | None = None,
     unconfirmed: bool = False,
+    kinds: Sequence[str] | None = None,
 ) -> list[StepSample]:
     """The samples of one episode: per step one at its boundary (the last frame of the previous step,
     where that one is complete; frame 0 for the first step) plus ``mid_samples_per_step`` frames drawn
     inside it (without replacement, never the step's last frame: there the step is already done),
     then the final "done" sample on the last frame.
 
-    ``unconfirmed``: each boundary after a step (and the final frame) also gets a sample whose
-    history does not hold that step yet: what the guidance loop's verifier asks about the frame
+    ``kinds`` (one of STEP_KINDS per frame, as ``emu-guide record`` stores them; None: every step is
+    a plan step) keeps the recorder's injected mistakes out of the targets and the histories, as the
+    guidance loop would have them: a mistake is never a step to say (at its start the answer is the
+    plan step it displaced) and never confirmed; a failed attempt is the right step to say, its
+    subgoal the outcome of the attempt that succeeds, and it is not confirmed; a recovery is a step
+    to say after the mistake, and confirmed.
+
+    ``unconfirmed``: each boundary after a confirmed step (and the final frame) also gets a sample
+    whose history does not hold that step yet: what the guidance loop's verifier asks about the frame
     after executing a step. Its target is the same, so the answer (a perception first) must come
     from the frame: a history that lists every finished step would otherwise tell the model what
     the frame shows (the FoldCloth parts still to fold follow from the steps done)."""
@@ -95,26 +111,52 @@ def plan_episode(
         raise ValueError(f"mid_samples_per_step must be >= 0, got {mid_samples_per_step}")
     rng = rng if rng is not None else np.random.default_rng(0)
     segs = episode_segments(ep, keyframes, step_texts)
+    if kinds is not None:
+        if len(kinds) != ep.length:
+            raise ValueError(f"episode {ep.episode_index}: step kinds for {len(kinds)} frames, the episode has {ep.length}")
+        unknown = sorted(set(kinds) - set(STEP_KINDS))
+        if unknown:
+            raise ValueError(f"episode {ep.episode_index}: unknown step kinds {unknown} (known: {', '.join(STEP_KINDS)})")
+    seg_kinds = [kinds[last] if kinds is not None else "plan" for _, _, last in segs]
+    plan_steps = [i for i, k in enumerate(seg_kinds) if k == "plan"]
+
+    def target(i: int) -> int | None:
+        """The segment whose step to say at the start of segment i: its own, but for a mistake the next
+        plan step, for a failed attempt the same step's attempt that succeeds (its end is the subgoal)."""
+        if seg_kinds[i] in ("plan", "recovery"):
+            return i
+        later = [j for j in plan_steps if j > i and (seg_kinds[i] == "mistake" or segs[j][0] == segs[i][0])]
+        return later[0] if later else None
+
     out: list[StepSample] = []
     done: list[str] = []
+    confirmed_last = False  # the previous segment's step went into the history
     prev_end = 0
-    for text, first, last in segs:
-        hist = _recent(done, max_history)
-        # Boundary sample: the frame where the previous step was just completed (what the guidance
-        # loop sees after executing it), or frame 0 for the first step.
-        out.append(StepSample(ep.episode_index, prev_end, hist, text, last, False, False))
-        if unconfirmed and done:
-            out.append(StepSample(ep.episode_index, prev_end, _recent(done[:-1], max_history), text, last, False, False))
-        inside = np.arange(max(first, prev_end + 1), last)  # in progress: started, not yet done
-        if len(inside) and mid_samples_per_step:
-            picks = rng.choice(inside, size=min(mid_samples_per_step, len(inside)), replace=False)
-            for f in sorted(int(p) for p in picks):
-                out.append(StepSample(ep.episode_index, f, hist, text, last, False, True))
-        done.append(text)
+    for i, (_, first, last) in enumerate(segs):
+        t = target(i)
+        if t is not None:
+            text, keyframe = segs[t][0], segs[t][2]
+            rest = (text, *(segs[j][0] for j in plan_steps if j > t))
+            hist = _recent(done, max_history)
+            # Boundary sample: the frame where the previous step was just completed (what the guidance
+            # loop sees after executing it), or frame 0 for the first step.
+            out.append(StepSample(ep.episode_index, prev_end, hist, text, keyframe, False, False, rest=rest))
+            if unconfirmed and confirmed_last:
+                out.append(StepSample(ep.episode_index, prev_end, _recent(done[:-1], max_history), text, keyframe,
+                                      False, False, unconfirmed=True))
+            inside = np.arange(max(first, prev_end + 1), last)  # in progress: started, not yet done
+            if len(inside) and mid_samples_per_step and seg_kinds[i] != "mistake":
+                picks = rng.choice(inside, size=min(mid_samples_per_step, len(inside)), replace=False)
+                for f in sorted(int(p) for p in picks):
+                    out.append(StepSample(ep.episode_index, f, hist, text, keyframe, False, True))
+        confirmed_last = seg_kinds[i] in ("plan", "recovery")
+        if confirmed_last:
+            done.append(segs[i][0])
         prev_end = last
     out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done, max_history), None, None, True, False))
-    if unconfirmed and done:
-        out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done[:-1], max_history), None, None, True, False))
+    if unconfirmed and confirmed_last:
+        out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done[:-1], max_history), None, None, True, False,
+                              unconfirmed=True))
     return out
 
 
@@ -177,6 +219,8 @@ class SequenceDataset:
     With ``perception_pixels`` (episode_index -> per frame the listed objects' [u, v]) and
     ``object_classes`` each guidance sequence also carries ``frame_cells`` (:func:`frame_cell_targets`
     of its prompt frame), the targets of the training-only ``perception_aux`` loss.
+    ``step_kinds`` (episode_index -> per frame one of STEP_KINDS, ``finetune_embodied.record.load_step_kinds``)
+    keeps the recorder's injected mistakes out of targets and histories (:func:`plan_episode`).
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
@@ -200,6 +244,7 @@ class SequenceDataset:
         perceptions: dict[int, list[str]] | None = None,
         perception_pixels: dict[int, list] | None = None,
         object_classes: Sequence[str] | None = None,
+        step_kinds: dict[int, list[str]] | None = None,
     ) -> None:
         from model_runtime.prompt import build_plan_sequence, build_training_sequence
 
@@ -215,7 +260,12 @@ class SequenceDataset:
             key = camera_key or (ep.camera_keys[0] if ep.camera_keys else None)
             if key is None or key not in ep.images:
                 raise ValueError(f"episode {ep.episode_index}: no camera {camera_key!r} (has {ep.camera_keys})")
-            plan = plan_episode(ep, mid_samples_per_step, rng, max_history, unconfirmed=unconfirmed_samples)
+            kinds = None
+            if step_kinds is not None:
+                kinds = step_kinds.get(ep.episode_index)
+                if kinds is None:
+                    raise ValueError(f"episode {ep.episode_index}: the recording's step kinds do not list it")
+            plan = plan_episode(ep, mid_samples_per_step, rng, max_history, unconfirmed=unconfirmed_samples, kinds=kinds)
             seen = None
             if perceptions is not None:
                 seen = perceptions.get(ep.episode_index)
@@ -244,10 +294,11 @@ class SequenceDataset:
                 self.samples.append(s)
                 self.sequences.append(seq)
             if plan_sequences:  # one rest-of-plan answer per step boundary (see build_plan_sequence)
-                bounds = [s for s in plan if not s.mid_step and not s.is_final]
-                for i, s in enumerate(bounds):
-                    rest = [b.step_text for b in bounds[i:]]
-                    seq = build_plan_sequence(layout, text_tok, ep.task, list(s.history), codes[s.frame_index], rest, task=task)
+                for s in plan:
+                    if not s.rest:
+                        continue
+                    seq = build_plan_sequence(layout, text_tok, ep.task, list(s.history), codes[s.frame_index],
+                                              list(s.rest), task=task)
                     self.samples.append(s)
                     self.sequences.append(seq)
         if not self.sequences:

@@ -55,6 +55,15 @@ def test_record_two_workers_writes_labelled_dataset(tmp_path):
         assert ep.state[0, 3] == 0.0
     assert any(t.startswith("put the") and t.endswith("back") for t in labels) or any("again" in t for t in labels)
     assert reader.subtasks is not None and len(reader.subtasks) == len(labels)
+    # Each frame says what its step was: a plan step, a failed attempt, a mistake or a recovery.
+    kinds = rec.load_step_kinds(cfg.out)
+    for ep in reader.iter_episodes(load_images=False):
+        per_frame = kinds[ep.episode_index]
+        assert len(per_frame) == ep.length and per_frame[-1] == "plan"  # the last step reached its goal
+        for text, _, last in ep.subtask_segments():
+            if text.endswith(" back") or text.endswith(" again"):
+                assert per_frame[last] == "recovery", text
+    assert {k for v in kinds.values() for k in v} >= {"plan", "mistake", "recovery"}
     # A re-run with nothing new to record (a resumed pipeline) keeps the dataset as it is...
     stamp = (Path(cfg.out) / "meta" / "emu_recording.json").stat().st_mtime_ns
     again = rec.record(rec.RecordConfig(out=cfg.out, episodes_per_task=3, seed_offset=40, mistake_rate=0.5, workers=1),

@@ -56,6 +56,48 @@ def test_unconfirmed_samples_repeat_each_boundary_without_the_step_just_done():
     assert extra == [(6, (), STEPS[1], False), (12, (STEPS[0],), STEPS[2], False), (17, tuple(STEPS[:2]), None, True)]
 
 
+def test_recorded_mistakes_are_never_targets_nor_history():
+    # The recorder's episode: step 0, a wrong pick and its recovery, step 1 slips once (failed) and
+    # is picked up again, then done.
+    segs = [("pick up the red cup", "plan", 4), ("pick up the blue block", "mistake", 3),
+            ("put the blue block back", "recovery", 3), ("place the red cup in the bin", "failed", 2),
+            ("pick up the red cup again", "recovery", 3), ("place the red cup in the bin", "plan", 4),
+            ("pick up the blue block", "plan", 4)]
+    labels = [t for t, _, n in segs for _ in range(n)]
+    kinds = [k for _, k, n in segs for _ in range(n)]
+    ends = list(np.cumsum([n for _, _, n in segs]) - 1)  # 3, 6, 9, 11, 14, 18, 22
+    n = len(labels)
+    ep = Episode(task="clear the table", images={CAM: np.zeros((n, 8, 8, 3), np.uint8)}, state=np.zeros((n, 3)),
+                 action=np.zeros((n, 4)), subtasks=labels, episode_index=0)
+    plan = plan_episode(ep, 1, kinds=kinds, unconfirmed=True)
+    said = [(s.frame_index, s.history, s.step_text, s.keyframe_index, s.unconfirmed) for s in plan if not s.mid_step]
+    cup, place, again = "pick up the red cup", "place the red cup in the bin", "pick up the red cup again"
+    assert said == [
+        (0, (), cup, 3, False),
+        (3, (cup,), place, 18, False),  # where the wrong pick began: the step it displaced, its outcome
+        (3, (), place, 18, True),
+        (6, (cup,), "put the blue block back", 9, False),  # the mistake is not in the history
+        (9, (cup, "put the blue block back"), place, 18, False),  # the slip: the outcome of the attempt that works
+        (9, (cup,), place, 18, True),
+        (11, (cup, "put the blue block back"), again, 14, False),  # the failed attempt is not confirmed
+        (14, (cup, "put the blue block back", again), place, 18, False),
+        (14, (cup, "put the blue block back"), place, 18, True),
+        (18, (cup, "put the blue block back", again, place), "pick up the blue block", 22, False),
+        (18, (cup, "put the blue block back", again), "pick up the blue block", 22, True),
+        (22, (cup, "put the blue block back", again, place, "pick up the blue block"), None, None, False),
+        (22, (cup, "put the blue block back", again, place), None, None, True),
+    ]
+    # no sample inside the mistake; the rest of the plan names each remaining step once
+    assert not [s for s in plan if s.mid_step and 4 <= s.frame_index <= 6]
+    assert [s.rest for s in plan if s.rest][:3] == [(cup, place, "pick up the blue block"),
+                                                     (place, "pick up the blue block"),
+                                                     ("put the blue block back", place, "pick up the blue block")]
+    with pytest.raises(ValueError, match="unknown step kinds \\['oops'\\]"):
+        plan_episode(ep, 0, kinds=kinds[:-1] + ["oops"])
+    with pytest.raises(ValueError, match="step kinds for 3 frames"):
+        plan_episode(ep, 0, kinds=kinds[:3])
+
+
 def test_plan_from_keyframes_for_unlabeled_episode():
     ep = make_episode()
     ep.subtasks = None
@@ -149,3 +191,8 @@ def test_plan_sequences_name_every_remaining_step_and_are_training_only():
     # the frame and history are the boundary sample's
     bound = [s for s in ds.samples if not s.mid_step and not s.is_final]
     assert [s.history for s in bound[-3:]] == [(), (STEPS[0],), tuple(STEPS[:2])]
+    # the verifier's samples (no step just done in the history) add no rest-of-plan answer of their own
+    both = SequenceDataset(episodes, layout, text_tok, vision, mid_samples_per_step=1, plan_sequences=True,
+                           unconfirmed_samples=True)
+    assert [text_tok.decode(s.input_ids[s.prompt_length:-1]) for s in both.sequences if s.kind == "plan"] == \
+        [text_tok.decode(s.input_ids[s.prompt_length:-1]) for s in plans]

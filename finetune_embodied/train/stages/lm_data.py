@@ -53,6 +53,10 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
 
         return apply_labels(reader.iter_episodes(load_images=load_images), labels)
 
+    from finetune_embodied.record import load_step_kinds
+
+    # Which frames are the recorder's injected mistakes: never a target, never in a history.
+    step_kinds = load_step_kinds(d.path) if not labels else None
     plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
     perceptions, perception_words, pixels, classes = None, [], None, None
     if d.answer == "perceive":
@@ -118,6 +122,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         perceptions=perceptions,
         perception_pixels=pixels,
         object_classes=classes,
+        step_kinds=step_kinds,
     )
     groups = [s.episode_index for s in ds.samples]
     if cache is not None and not reader.report.count:  # a run that skipped bad episodes is not cached
@@ -192,7 +197,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: boo
         + (["unconfirmed"] if d.unconfirmed_samples else [])
         + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
-        "format": 1,
+        "format": 2,  # 2: rest-of-plan answers without the unconfirmed samples' repeats; step kinds
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     from emu_guide.paths import artifacts_root
