@@ -19,7 +19,8 @@ Perception targets: every frame's ground truth (the objects on the table with th
 and the held object, from ``privileged_state()``) is stored as ``model_runtime.prompt.format_perception``
 text in the shard and, at consolidation, in ``meta/emu_perception.jsonl`` next to the LeRobot files
 (one line per episode: ``{"episode_index", "task", "seed", "frames": [text per frame], "pixels": [per
-frame, the [u, v] pixel of each listed object]}``). The "perceive" answer format trains on it
+frame, the [u, v] pixel of each listed object], "step_kinds": [per frame "plan" | "failed" | "mistake" |
+"recovery"]}``; a plan segment is "failed" when its goal does not hold at its end). The "perceive" answer format trains on it
 (``data.answer: perceive``; the pixels give the per-cell targets of ``perception_aux``); LeRobot
 readers ignore the file.
 """
