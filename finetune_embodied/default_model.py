@@ -131,9 +131,10 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # the model directory records whether its images were DiDA-adapted (else the backend decodes AR)
-    answer_format = ((ck["config"].get("train") or {}).get("data") or {}).get("answer", "step")
+    data = (ck["config"].get("train") or {}).get("data") or {}
+    # ... and how many done steps its prompts held in training (the backend keeps as many)
     save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg, dida_adapted=ck["config"].get("stage") == "dida",
-                   answer_format=answer_format)
+                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"))
     total = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
     if total > max_total_mb * 1e6:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -121,13 +121,16 @@ def save_model_dir(
     task: str = "vla",
     dida_adapted: bool | None = None,
     answer_format: str = "step",
+    max_history: int | None = None,
 ) -> Path:
     """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
 
     ``dida_adapted``: recorded in guidance.json (True after the dida stage, False for a next-token
     model); None leaves it out (read as a directory from before the field: DiDA allowed).
     ``answer_format``: "perceive" is recorded as ``"answer": "perceive"`` (answers start with what
-    the model sees, model_runtime.prompt); the plain "step" format is the default and left out."""
+    the model sees, model_runtime.prompt); the plain "step" format is the default and left out.
+    ``max_history``: the most recent done steps the model was trained to see in its prompt (the
+    training data's ``data.max_history``); the backend keeps only those. None: all of them."""
     from model_runtime.prompt import check_answer_format
 
     check_answer_format(answer_format)
@@ -150,6 +153,10 @@ def save_model_dir(
         doc["dida_adapted"] = bool(dida_adapted)
     if answer_format != "step":
         doc["answer"] = answer_format
+    if max_history is not None:
+        if not (isinstance(max_history, int) and max_history >= 0):
+            raise ValueError(f"max_history must be an integer >= 0, got {max_history!r}")
+        doc["max_history"] = max_history
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -178,6 +185,9 @@ class LocalModelBackend:
     # guidance.json "answer": "step" (step + subgoal image) or "perceive" (what the model sees first;
     # PlanStep.perception carries it)
     answer_format: str = "step"
+    # guidance.json "max_history": the prompt keeps the most recent this many done steps, as in
+    # training (None: every done step; the step's index still counts them all)
+    max_history: int | None = None
 
     @property
     def default_mode(self) -> DecodeMode:
@@ -189,6 +199,13 @@ class LocalModelBackend:
         return {**self.sampling_defaults, "mode": self.default_mode}
 
     # ---- inputs -------------------------------------------------------------------------------
+    def history_texts(self, history: list[PlanStep]) -> list[str]:
+        """The done steps the prompt shows: the most recent ``max_history`` (all when None)."""
+        texts = [h.text for h in history]
+        if self.max_history is None:
+            return texts
+        return texts[len(texts) - self.max_history:] if self.max_history else []
+
     def prepare_frame(self, frame: Frame) -> np.ndarray:
         """Validate the frame and resize it to ``image_size`` (an explicit, documented resize)."""
         from model_runtime.tokenizers.base import resize_image
@@ -266,7 +283,7 @@ class LocalModelBackend:
         self.check_instruction(instruction)
         if not all(isinstance(h, PlanStep) for h in history):
             raise BackendError(f"{self.name}: history must be a list of PlanStep")
-        done_texts = [h.text for h in history]
+        done_texts = self.history_texts(history)
         t0 = time.perf_counter()
         image = self.prepare_frame(frame)
         codes = self.vision.encode_one(image)  # (h, w)
@@ -478,6 +495,11 @@ def load_model_dir(
         except ValueError as exc:
             raise BackendError(f"{gfile}: {exc}") from None
     parts["answer_format"] = answer_format
+    max_history = doc.get("max_history")
+    if max_history is not None and not (isinstance(max_history, int) and not isinstance(max_history, bool)
+                                        and max_history >= 0):
+        raise BackendError(f"{gfile}: max_history must be an integer >= 0, got {max_history!r}")
+    parts["max_history"] = max_history
     return parts
 
 
@@ -637,4 +659,5 @@ class TorchBackend(LocalModelBackend):
         self.task = parts["task"]
         self.dida_adapted = parts["dida_adapted"]
         self.answer_format = parts.get("answer_format", "step")
+        self.max_history = parts.get("max_history")
         self.model_id = str(Path(model_path))

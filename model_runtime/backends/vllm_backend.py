@@ -282,7 +282,7 @@ class VllmBackend(LocalModelBackend):
         t0 = time.perf_counter()
         codes = self.vision.encode_one(self.prepare_frame(frame))
         try:
-            prompt = build_prompt(self.layout, self.text, instruction, [h.text for h in history], codes, task=self.task)
+            prompt = build_prompt(self.layout, self.text, instruction, self.history_texts(history), codes, task=self.task)
         except ValueError as exc:
             raise BackendError(f"{self.name}: cannot build the prompt: {exc}") from None
         grid = tuple(codes.shape)

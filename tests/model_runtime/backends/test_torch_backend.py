@@ -119,6 +119,34 @@ def test_load_errors_name_the_problem(model_dir, tmp_path, monkeypatch):
         load_backend("torch", model_path=d)
 
 
+def test_the_prompt_keeps_the_done_steps_the_model_was_trained_on(model_dir, tmp_path, frame):
+    """guidance.json "max_history" (export writes the training data's): the prompt shows the most
+    recent that many done steps; the step's index still counts them all."""
+    from model_runtime.prompt import build_prompt
+
+    d = tmp_path / "recent"
+    shutil.copytree(model_dir, d)
+    doc = json.loads((d / "guidance.json").read_text())
+    hist = [PlanStep(index=i, text=t) for i, t in enumerate(["pick up the red cup", "put the red cup in the bin",
+                                                               "pick up the blue block"])]
+    for keep, shown in ((2, [h.text for h in hist[1:]]), (0, []), (None, [h.text for h in hist])):
+        doc.pop("max_history", None)
+        if keep is not None:
+            doc["max_history"] = keep
+        (d / "guidance.json").write_text(json.dumps(doc))
+        b = load_backend("torch", model_path=d)
+        assert b.history_texts(hist) == shown
+        opts = DecodeOptions(mode="ar", max_text_tokens=4)
+        asked, _, _, _ = b._prompt(frame, "clear the table", hist, opts, answer_runs=1)
+        codes = b.vision.encode_one(b.prepare_frame(frame))
+        assert asked == build_prompt(b.layout, b.text, "clear the table", shown, codes, task=b.task)
+        assert b.next_step(frame, "clear the table", hist, opts).index == 3
+    doc["max_history"] = -1
+    (d / "guidance.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="max_history must be an integer >= 0, got -1"):
+        load_backend("torch", model_path=d)
+
+
 def test_sharded_checkpoint_loads(model_dir, tmp_path):
     """A sharded safetensors checkpoint (index + shards), as real Emu3.5 weights come."""
     from model_runtime.lm import LMLoadError, load_lm
