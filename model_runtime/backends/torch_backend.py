@@ -204,7 +204,7 @@ class LocalModelBackend:
         texts = [h.text for h in history]
         if self.max_history is None:
             return texts
-        return texts[len(texts) - self.max_history:] if self.max_history else []
+        return texts[-self.max_history:] if self.max_history else []
 
     def prepare_frame(self, frame: Frame) -> np.ndarray:
         """Validate the frame and resize it to ``image_size`` (an explicit, documented resize)."""

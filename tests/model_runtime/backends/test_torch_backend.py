@@ -129,7 +129,8 @@ def test_the_prompt_keeps_the_done_steps_the_model_was_trained_on(model_dir, tmp
     doc = json.loads((d / "guidance.json").read_text())
     hist = [PlanStep(index=i, text=t) for i, t in enumerate(["pick up the red cup", "put the red cup in the bin",
                                                                "pick up the blue block"])]
-    for keep, shown in ((2, [h.text for h in hist[1:]]), (0, []), (None, [h.text for h in hist])):
+    for keep, shown in ((2, [h.text for h in hist[1:]]), (4, [h.text for h in hist]), (0, []),
+                        (None, [h.text for h in hist])):
         doc.pop("max_history", None)
         if keep is not None:
             doc["max_history"] = keep
