@@ -19,7 +19,7 @@ Perception targets: every frame's ground truth (the objects on the table with th
 and the held object, from ``privileged_state()``) is stored as ``model_runtime.prompt.format_perception``
 text in the shard and, at consolidation, in ``meta/emu_perception.jsonl`` next to the LeRobot files
 (one line per episode: ``{"episode_index", "task", "seed", "frames": [text per frame], "pixels": [per
-frame, the [u, v] pixel of each listed object], "step_kinds": [per frame "plan" | "failed" | "mistake" |
+frame, the [u, v] pixel of each listed object, then of the held one when the frame holds one], "step_kinds": [per frame "plan" | "failed" | "mistake" |
 "recovery"]}``; a plan segment is "failed" when its goal does not hold at its end). The "perceive" answer format trains on it
 (``data.answer: perceive``; the pixels give the per-cell targets of ``perception_aux``); LeRobot
 readers ignore the file.
@@ -57,15 +57,18 @@ def scene_perception(env, width: int, height: int) -> dict:
     from sim_envs.perception import visible_objects
 
     seen = visible_objects(env)
-    return perception_in_reading_order(seen["objects"], seen["holding"], width, height)
+    return {**perception_in_reading_order(seen["objects"], seen["holding"], width, height),
+            "holding_pixel": seen.get("holding_pixel")}
 
 
 def frame_perception(env, width: int, height: int) -> tuple[str, list[list[float]]]:
-    """(perception text, pixel [u, v] of each listed object in the text's order) of the frame now."""
+    """(perception text, pixel [u, v] of each listed object in the text's order, then of the held
+    object when one is held and the sim says where) of the frame now."""
     from model_runtime.prompt import format_perception
 
     p = scene_perception(env, width, height)
-    return format_perception(p["objects"], p["holding"]), [[round(c, 2) for c in o["pixel"]] for o in p["objects"]]
+    pixels = [o["pixel"] for o in p["objects"]] + ([p["holding_pixel"]] if p["holding"] and p["holding_pixel"] else [])
+    return format_perception(p["objects"], p["holding"]), [[round(float(c), 2) for c in px] for px in pixels]
 
 
 def task_env_ids() -> dict[str, str]:

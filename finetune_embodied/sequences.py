@@ -187,27 +187,37 @@ def perception_object_classes(texts: Iterable[str]) -> list[str]:
 
 def frame_cell_targets(text: str, pixels: Sequence[Sequence[float]], classes: Sequence[str],
                        grid: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
-    """(grid_h * grid_w,) int64 per image token of a frame: 1 + the class of the listed object whose
-    centre pixel lies in that token's cell, 0 where none does (row-major, the image's token order).
+    """(grid_h * grid_w,) int64 per image token of a frame: 1 + the class of the object whose centre
+    pixel lies in that token's cell, 0 where none does (row-major, the image's token order).
 
     ``text`` is the frame's perception (its objects in order), ``pixels`` their [u, v] centres in a
-    frame of ``frame_size`` (height, width) pixels. Training-only targets of ``perception_aux``.
+    frame of ``frame_size`` (height, width) pixels, then the held object's when the perception holds
+    one and the recording has its pixel (recordings from before session 11 have none: the held
+    object's cell then reads as empty, which taught the codes to hide what the gripper holds).
+    A listed object keeps its cell over the held one. Training-only targets of ``perception_aux``
+    and of the tokenizer's ``semantic_aux``.
     """
     from model_runtime.prompt import parse_perception
 
-    objects = parse_perception(text)["objects"]
-    if len(objects) != len(pixels):
+    parsed = parse_perception(text)
+    objects, held, held_pixel = parsed["objects"], parsed["holding"], None
+    if held is not None and len(pixels) == len(objects) + 1:
+        pixels, held_pixel = pixels[:-1], pixels[-1]
+    elif len(objects) != len(pixels):
         raise ValueError(f"perception lists {len(objects)} objects but has {len(pixels)} pixels: {text!r}")
     index = {name: i + 1 for i, name in enumerate(classes)}
     gh, gw = grid
     fh, fw = frame_size
     out = np.zeros(gh * gw, dtype=np.int64)
+    def cell(u: float, v: float) -> int:
+        return min(max(int(gh * float(v) / fh), 0), gh - 1) * gw + min(max(int(gw * float(u) / fw), 0), gw - 1)
+
     for obj, (u, v) in zip(objects, pixels):
         if obj["name"] not in index:
             raise ValueError(f"object {obj['name']!r} is not among the {len(classes)} perception classes")
-        r = min(max(int(gh * float(v) / fh), 0), gh - 1)
-        c = min(max(int(gw * float(u) / fw), 0), gw - 1)
-        out[r * gw + c] = index[obj["name"]]
+        out[cell(u, v)] = index[obj["name"]]
+    if held_pixel is not None and held in index and not out[cell(*held_pixel)]:  # a class the data names
+        out[cell(*held_pixel)] = index[held]
     return out
 
 

@@ -12,7 +12,8 @@ __all__ = ["visible_objects"]
 
 
 def visible_objects(env: Any) -> dict:
-    """``{"objects": [{"name", "pixel": [u, v]}], "holding": name | None}`` of a TabletopEnv now.
+    """``{"objects": [{"name", "pixel": [u, v]}], "holding": name | None, "holding_pixel": [u, v] | None}``
+    of a TabletopEnv now (``holding_pixel``: where the held object is drawn, when the sim says).
 
     Objects: those with a colour and a kind (TableClear items, SortBlocks blocks) that lie on the
     table or on another object (a stack), unordered. Put-away items (in the rack, tray or bin) are
@@ -25,7 +26,7 @@ def visible_objects(env: Any) -> dict:
     objects = state.get("objects", {})
     names = set(objects)
     to_do = {s.goal.object for s in env.ground_truth_plan()[int(state.get("steps_done", 0)):]}
-    seen, holding = [], None
+    seen, holding, holding_pixel = [], None, None
     for name, o in objects.items():
         if not isinstance(o, dict):
             continue
@@ -37,9 +38,11 @@ def visible_objects(env: Any) -> dict:
         loc = o.get("location")
         if loc == "gripper":
             holding = name
+            if "pixel" in o:
+                holding_pixel = [float(o["pixel"][0]), float(o["pixel"][1])]
         elif loc == "table" or loc in names:
             u, v = o["pixel"]
             seen.append({"name": name, "pixel": [float(u), float(v)]})
     if holding is None and state.get("held"):
         holding = str(state["held"])
-    return {"objects": seen, "holding": holding}
+    return {"objects": seen, "holding": holding, "holding_pixel": holding_pixel}

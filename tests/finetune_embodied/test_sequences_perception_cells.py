@@ -28,3 +28,39 @@ def test_mismatched_pixels_or_unknown_names_are_errors():
         frame_cell_targets(TEXT, [[1.0, 1.0]], ["big blue block", "red cup"], (12, 12), (96, 96))
     with pytest.raises(ValueError, match="not among"):
         frame_cell_targets(TEXT, [[1.0, 1.0], [2.0, 2.0]], ["red cup"], (12, 12), (96, 96))
+
+
+def test_the_held_object_marks_its_token_too():
+    """Recordings store the held object's pixel after the listed ones: its token is named, not empty."""
+    text = "see red cup left back holding big blue block ."
+    classes = ["big blue block", "red cup"]
+    cells = frame_cell_targets(text, [[10.0, 5.0], [50.0, 60.0]], classes, (12, 12), (96, 96))
+    assert cells[0 * 12 + 1] == 2 and cells[7 * 12 + 6] == 1 and np.count_nonzero(cells) == 2
+    # a listed object keeps its token; a recording without the held pixel leaves it empty
+    assert np.count_nonzero(frame_cell_targets(text, [[10.0, 5.0], [12.0, 6.0]], classes, (12, 12), (96, 96))) == 1
+    assert np.count_nonzero(frame_cell_targets(text, [[10.0, 5.0]], classes, (12, 12), (96, 96))) == 1
+    with pytest.raises(ValueError, match="lists 1 objects but has 2 pixels"):  # nothing held: no extra pixel
+        frame_cell_targets("see red cup left back holding nothing .", [[1.0, 1.0], [2.0, 2.0]], classes, (12, 12),
+                           (96, 96))
+
+
+def test_a_recorded_frame_gives_the_held_object_a_pixel():
+    from finetune_embodied.record import frame_perception
+    from planner.envs import make_env
+    from sim_envs.expert import ScriptedExpert
+
+    env = make_env("table_clear", resolution=96)
+    env.reset(seed=5)
+    expert = ScriptedExpert(env, mistake_rate=0.0, seed=5)
+    held = None
+    for _ in range(200):
+        action, _, _ = expert.next_action()
+        env.step(action)
+        text, pixels = frame_perception(env.unwrapped, 96, 96)
+        held = env.unwrapped.privileged_state().get("held")
+        if held:
+            break
+    env.close()
+    assert held and f"holding {held} ." in text
+    listed = text.count(",") + 1 if not text.startswith("see nothing") else 0
+    assert len(pixels) == listed + 1 and all(0 <= c <= 96 for c in pixels[-1])

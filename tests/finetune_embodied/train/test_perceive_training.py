@@ -69,7 +69,8 @@ def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model
         assert parsed.perception is not None and len(parsed.perception["objects"]) <= 4
         # the probe's targets: one object class per listed object, on its centre's token
         assert s.frame_cells is not None and s.frame_cells.shape == (s.image_spans[0].height * s.image_spans[0].width,)
-        assert np.count_nonzero(s.frame_cells) <= len(parsed.perception["objects"])
+        # (and the held object's, on its token)
+        assert np.count_nonzero(s.frame_cells) <= len(parsed.perception["objects"]) + bool(parsed.perception["holding"])
     summary = train(cfg, progress=False)
     logged = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
     losses = [d["loss"] for d in logged if d.get("split") == "train" and "loss" in d]
