@@ -65,7 +65,7 @@ def test_recorded_mistakes_are_never_targets_nor_history():
             ("pick up the blue block", "plan", 4)]
     labels = [t for t, _, n in segs for _ in range(n)]
     kinds = [k for _, k, n in segs for _ in range(n)]
-    ends = list(np.cumsum([n for _, _, n in segs]) - 1)  # 3, 6, 9, 11, 14, 18, 22
+    # the segments end at frames 3, 6, 9, 11, 14, 18, 22
     n = len(labels)
     ep = Episode(task="clear the table", images={CAM: np.zeros((n, 8, 8, 3), np.uint8)}, state=np.zeros((n, 3)),
                  action=np.zeros((n, 4)), subtasks=labels, episode_index=0)
