@@ -235,42 +235,41 @@ def shard_settings(cfg: RecordConfig) -> dict:
     return {"resolution": cfg.resolution, "mistake_rate": cfg.mistake_rate, "max_steps": cfg.max_steps}
 
 
-def load_perceptions(root: str | Path, pixels: bool = False) -> dict[int, list] | None:
-    """episode_index -> perception text per frame, from a recording's PERCEPTION_FILE (None if absent).
-
-    ``pixels=True``: per frame ``(text, [[u, v] per listed object])`` instead, or None when the
-    file was recorded before object pixels were stored."""
+def _perception_docs(root: str | Path) -> list[dict] | None:
+    """The per-episode lines of a recording's PERCEPTION_FILE (None when it has none)."""
     path = Path(root) / PERCEPTION_FILE
     if not path.is_file():
         return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_perceptions(root: str | Path, pixels: bool = False) -> dict[int, list] | None:
+    """episode_index -> perception text per frame, from a recording's PERCEPTION_FILE (None if absent).
+
+    ``pixels=True``: per frame ``(text, [[u, v] per listed object, then the held one's])`` instead,
+    or None when the file was recorded before object pixels were stored."""
+    docs = _perception_docs(root)
+    if docs is None:
+        return None
     out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            doc = json.loads(line)
-            texts = [str(t) for t in doc["frames"]]
-            if pixels:
-                if "pixels" not in doc or len(doc["pixels"]) != len(texts):
-                    return None
-                out[int(doc["episode_index"])] = list(zip(texts, doc["pixels"]))
-            else:
-                out[int(doc["episode_index"])] = texts
+    for doc in docs:
+        texts = [str(t) for t in doc["frames"]]
+        if pixels:
+            if "pixels" not in doc or len(doc["pixels"]) != len(texts):
+                return None
+            out[int(doc["episode_index"])] = list(zip(texts, doc["pixels"]))
+        else:
+            out[int(doc["episode_index"])] = texts
     return out
 
 
 def load_step_kinds(root: str | Path) -> dict[int, list[str]] | None:
     """episode_index -> the kind of step each frame belongs to (``finetune_embodied.sequences.STEP_KINDS``),
     from a recording's PERCEPTION_FILE; None when absent or recorded before step kinds were stored."""
-    path = Path(root) / PERCEPTION_FILE
-    if not path.is_file():
+    docs = _perception_docs(root)
+    if docs is None or any("step_kinds" not in doc for doc in docs):
         return None
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            doc = json.loads(line)
-            if "step_kinds" not in doc:
-                return None
-            out[int(doc["episode_index"])] = [str(k) for k in doc["step_kinds"]]
-    return out
+    return {int(doc["episode_index"]): [str(k) for k in doc["step_kinds"]] for doc in docs}
 
 
 def load_shard(path: Path, cfg: RecordConfig | None = None):
