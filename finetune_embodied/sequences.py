@@ -209,6 +209,7 @@ def frame_cell_targets(text: str, pixels: Sequence[Sequence[float]], classes: Se
     gh, gw = grid
     fh, fw = frame_size
     out = np.zeros(gh * gw, dtype=np.int64)
+
     def cell(u: float, v: float) -> int:
         return min(max(int(gh * float(v) / fh), 0), gh - 1) * gw + min(max(int(gw * float(u) / fw), 0), gw - 1)
 
