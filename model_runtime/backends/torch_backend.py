@@ -111,6 +111,11 @@ def _layout_doc(layout: TokenLayout) -> dict[str, Any]:
     return {"layout": layout.name, "layout_kwargs": {}}
 
 
+def _is_history_limit(value: Any) -> bool:
+    """guidance.json "max_history": an integer >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def save_model_dir(
     path: str | Path,
     lm: torch.nn.Module,
@@ -154,7 +159,7 @@ def save_model_dir(
     if answer_format != "step":
         doc["answer"] = answer_format
     if max_history is not None:
-        if not (isinstance(max_history, int) and max_history >= 0):
+        if not _is_history_limit(max_history):
             raise ValueError(f"max_history must be an integer >= 0, got {max_history!r}")
         doc["max_history"] = max_history
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -496,8 +501,7 @@ def load_model_dir(
             raise BackendError(f"{gfile}: {exc}") from None
     parts["answer_format"] = answer_format
     max_history = doc.get("max_history")
-    if max_history is not None and not (isinstance(max_history, int) and not isinstance(max_history, bool)
-                                        and max_history >= 0):
+    if max_history is not None and not _is_history_limit(max_history):
         raise BackendError(f"{gfile}: max_history must be an integer >= 0, got {max_history!r}")
     parts["max_history"] = max_history
     return parts
