@@ -15,11 +15,15 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
 - ``model``: the model's perceptions (``TorchBackend.perceive``), before and after, each with the
   plan steps confirmed when the loop asks: before the step for both (the verifier perceives the
   post-step frame before it confirms the step; until session 10 the post-step frame had the step in
-  its history, which hid a model that reads the folds from the history instead of the frame).
+  its history, which hid a model that reads the folds from the history instead of the frame);
+- ``check``: models trained on step checks (guidance.json ``"checks"``): the model's own answer to
+  "did this step happen" about the post-step frame and the plan step's sentence
+  (``TorchBackend.check_step``), which is what the loop decides by for such a model.
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
-decide: the loop then falls back to pixels; not counted in the two rates). Costs, on the first
+decide: the loop then falls back to pixels; not counted in the two rates). Costs (a step check's
+too), on the first
 ``--timing-frames`` post-step frames per episode: the perception-only decode (``perceive``), the
 next step decoded whole, and the next step with that perception given (teacher-forced, as the
 loop reuses it). The subgoal is decoded by DiDA (forced on next-token weights: timing only; the
@@ -93,8 +97,8 @@ def segment_cases(task: str, seed: int, mistake_rate: float = 1.0, resolution: i
             continue
         k = seg.step_index if seg.step_index >= 0 else next(s.step_index for s, _ in segments[i:] if s.step_index >= 0)
         happened = ok if (seg.kind == "plan" and seg.goal is not None) else False
-        cases.append({"kind": seg.kind, "text": seg.text, "goal": expert.plan[k].goal, "happened": happened,
-                      "before": i, "after": i + 1})
+        cases.append({"kind": seg.kind, "text": seg.text, "plan_text": expert.plan[k].text, "goal": expert.plan[k].goal,
+                      "happened": happened, "before": i, "after": i + 1})
     return {"instruction": instruction, "frames": frames, "cases": cases}
 
 
@@ -147,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     backend = load_backend("torch", model_path=args.model_path) if args.model_path else None
-    if backend is not None and getattr(backend, "answer_format", "step") != "perceive":
-        print(f"error: {args.model_path} does not answer in the 'perceive' format: nothing to verify with", file=sys.stderr)
+    perceives = backend is not None and getattr(backend, "answer_format", "step") == "perceive"
+    checks = backend is not None and getattr(backend, "checks", False)
+    if backend is not None and not (perceives or checks):
+        print(f"error: {args.model_path} neither answers in the 'perceive' format nor was trained on step checks:"
+              " nothing to verify with", file=sys.stderr)
         return 2
     res = backend.image_size[0] if backend is not None else 64
     opts = DecodeOptions(mode="dida", force_dida=True)
     seeds = seeds_for("heldout", args.episodes)
-    table, cases_out, costs = {}, [], {"perceive": [], "tokens": [], "step_whole": [], "step_given": []}
+    table, cases_out, costs = {}, [], {"perceive": [], "tokens": [], "step_whole": [], "step_given": [], "check": []}
     t0 = time.perf_counter()
     for task in args.tasks:
-        rows = {"truth": [], "model": []}
+        rows = {"truth": [], "model": [], "check": []}
         for seed in seeds:
             ep = segment_cases(task, seed, args.mistake_rate, res)
 
@@ -166,20 +173,25 @@ def main(argv: list[str] | None = None) -> int:
                 costs["tokens"].append(p.timings_ms["tokens"])
                 return p
 
-            seen, pairs = perceptions_as_the_loop_asks(ep, perceive) if backend is not None else ([], [])
+            seen, pairs = perceptions_as_the_loop_asks(ep, perceive) if perceives else ([], [])
             for i, c in enumerate(ep["cases"]):
                 b, a = ep["frames"][c["before"]], ep["frames"][c["after"]]
                 row = {"task": task, "seed": seed, "kind": c["kind"], "text": c["text"], "happened": c["happened"],
                        "goal": c["goal"].to_dict()}
                 done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
                 rows["truth"].append({**row, "done": done, "why": why})
-                if backend is not None:
+                if checks:  # the loop asks about the step it planned: the plan step's sentence
+                    judged = backend.check_step(Frame(a["image"]), c["plan_text"])
+                    costs["check"].append(judged.ms)
+                    rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
+                                          "why": f"asked about {c['plan_text']!r}"})
+                if perceives:
                     pb, pa = pairs[i]
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
                     if pa.perception is None:
                         why = f"perception does not parse: {pa.error}"
                     rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
-            if backend is not None:  # the next step after a post-step frame: decoded whole vs perception given
+            if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:
                         continue
@@ -210,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print("costs (ms, p50 / p90): perceive {0[p50]:.1f} / {0[p90]:.1f} ({1[p50]:.0f} tokens); next step whole"
               " {2[p50]:.1f} / {2[p90]:.1f}; next step with the perception given {3[p50]:.1f} / {3[p90]:.1f}".format(
                   summary["perceive"], summary["tokens"], summary["step_whole"], summary["step_given"]))
+    if costs["check"]:
+        print("step check (ms, p50 / p90): {0[p50]:.1f} / {0[p90]:.1f}".format(summary["check"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["python", "bench/verify_frames.py", *(argv or sys.argv[1:])]),

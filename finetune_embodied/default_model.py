@@ -132,9 +132,11 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     shutil.rmtree(tmp, ignore_errors=True)
     # the model directory records whether its images were DiDA-adapted (else the backend decodes AR)
     data = (ck["config"].get("train") or {}).get("data") or {}
-    # ... and how many done steps its prompts held in training (the backend keeps as many)
+    # ... how many done steps its prompts held in training (the backend keeps as many), and whether it
+    # learnt step checks (the loop's frame verification asks them)
     save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg, dida_adapted=ck["config"].get("stage") == "dida",
-                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"))
+                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"),
+                   checks=bool(data.get("check_sequences")) and "check" in data.get("train_kinds", ["check"]))
     total = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
     if total > max_total_mb * 1e6:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,10 +22,12 @@ import numpy as np
 from finetune_embodied.datasets.episode import Episode
 
 __all__ = [
+    "CheckSample",
     "StepSample",
     "SequenceDataset",
     "collate_sequences",
     "dataset_texts",
+    "check_samples",
     "episode_segments",
     "frame_cell_targets",
     "perception_object_classes",
@@ -46,6 +48,16 @@ class StepSample:
     mid_step: bool  # True: sampled inside a step, not at its first frame
     unconfirmed: bool = False  # a post-step frame whose history does not hold that step yet
     rest: tuple[str, ...] = ()  # boundary samples: the steps still to do, this one first
+
+
+@dataclass(frozen=True)
+class CheckSample:
+    """One untokenised step check: did ``step_text`` happen, judged from frame ``frame_index``?"""
+
+    episode_index: int
+    frame_index: int
+    step_text: str
+    happened: bool
 
 
 # What each recorded frame belongs to (``emu-guide record`` stores one per frame): a plan step that
@@ -110,30 +122,14 @@ def plan_episode(
     if mid_samples_per_step < 0:
         raise ValueError(f"mid_samples_per_step must be >= 0, got {mid_samples_per_step}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    segs = episode_segments(ep, keyframes, step_texts)
-    if kinds is not None:
-        if len(kinds) != ep.length:
-            raise ValueError(f"episode {ep.episode_index}: step kinds for {len(kinds)} frames, the episode has {ep.length}")
-        unknown = sorted(set(kinds) - set(STEP_KINDS))
-        if unknown:
-            raise ValueError(f"episode {ep.episode_index}: unknown step kinds {unknown} (known: {', '.join(STEP_KINDS)})")
-    seg_kinds = [kinds[last] if kinds is not None else "plan" for _, _, last in segs]
+    segs, seg_kinds, targets = _segments_and_targets(ep, keyframes, step_texts, kinds)
     plan_steps = [i for i, k in enumerate(seg_kinds) if k == "plan"]
-
-    def target(i: int) -> int | None:
-        """The segment whose step to say at the start of segment i: its own, but for a mistake the next
-        plan step, for a failed attempt the same step's attempt that succeeds (its end is the subgoal)."""
-        if seg_kinds[i] in ("plan", "recovery"):
-            return i
-        later = [j for j in plan_steps if j > i and (seg_kinds[i] == "mistake" or segs[j][0] == segs[i][0])]
-        return later[0] if later else None
-
     out: list[StepSample] = []
     done: list[str] = []
     confirmed_last = False  # the previous segment's step went into the history
     prev_end = 0
     for i, (_, first, last) in enumerate(segs):
-        t = target(i)
+        t = targets[i]
         if t is not None:
             text, keyframe = segs[t][0], segs[t][2]
             rest = (text, *(segs[j][0] for j in plan_steps if j > t))
@@ -158,6 +154,55 @@ def plan_episode(
         out.append(StepSample(ep.episode_index, ep.length - 1, _recent(done[:-1], max_history), None, None, True, False,
                               unconfirmed=True))
     return out
+
+
+def _segments_and_targets(ep: Episode, keyframes: Sequence[int] | None, step_texts: Sequence[str] | None,
+                          kinds: Sequence[str] | None) -> tuple[list[tuple[str, int, int]], list[str], list[int | None]]:
+    """(segments, each segment's step kind, each segment's target): the segment whose step the loop
+    says at its start: its own, but for a mistake the next plan step (the one it displaced), for a
+    failed attempt the same step's attempt that succeeds (its end is the subgoal); None when none follows."""
+    segs = episode_segments(ep, keyframes, step_texts)
+    if kinds is not None:
+        if len(kinds) != ep.length:
+            raise ValueError(f"episode {ep.episode_index}: step kinds for {len(kinds)} frames, the episode has {ep.length}")
+        unknown = sorted(set(kinds) - set(STEP_KINDS))
+        if unknown:
+            raise ValueError(f"episode {ep.episode_index}: unknown step kinds {unknown} (known: {', '.join(STEP_KINDS)})")
+    seg_kinds = [kinds[last] if kinds is not None else "plan" for _, _, last in segs]
+    plan_steps = [i for i, k in enumerate(seg_kinds) if k == "plan"]
+    targets: list[int | None] = []
+    for i, k in enumerate(seg_kinds):
+        if k in ("plan", "recovery"):
+            targets.append(i)
+            continue
+        later = [j for j in plan_steps if j > i and (k == "mistake" or segs[j][0] == segs[i][0])]
+        targets.append(later[0] if later else None)
+    return segs, seg_kinds, targets
+
+
+def check_samples(ep: Episode, kinds: Sequence[str] | None = None, keyframes: Sequence[int] | None = None,
+                  step_texts: Sequence[str] | None = None) -> list[CheckSample]:
+    """The step checks of one episode, as the loop's verifier asks them after executing a step (the
+    step the loop said at a segment's start, ``plan_episode``'s target):
+
+    - the segment's last frame: it happened for a plan step or a recovery; not for a failed attempt
+      (the item slipped) nor for the plan step a mistake displaced (a wrong item, a missed grasp);
+    - the frame the step starts from: it has not happened yet.
+
+    ``kinds`` as in ``plan_episode`` (None: every segment is a plan step that happened). Each
+    (frame, step) is asked once."""
+    segs, seg_kinds, targets = _segments_and_targets(ep, keyframes, step_texts, kinds)
+    out: dict[tuple[int, str], CheckSample] = {}
+    prev_end = 0
+    for i, (_, _, last) in enumerate(segs):
+        t = targets[i]
+        if t is not None:
+            text = segs[t][0]
+            out.setdefault((prev_end, text), CheckSample(ep.episode_index, prev_end, text, False))
+            happened = seg_kinds[i] in ("plan", "recovery")
+            out.setdefault((last, text), CheckSample(ep.episode_index, last, text, happened))
+        prev_end = last
+    return list(out.values())
 
 
 def _recent(done: list[str], max_history: int | None) -> tuple[str, ...]:
@@ -234,6 +279,8 @@ class SequenceDataset:
     keeps the recorder's injected mistakes out of targets and histories (:func:`plan_episode`).
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
+    ``check_sequences`` adds the episode's step checks (:func:`check_samples`,
+    ``model_runtime.prompt.build_check_sequence``; ``kind`` "check", ``samples[i]`` a CheckSample).
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
     frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
     """
@@ -252,12 +299,13 @@ class SequenceDataset:
         task: str = "vla",
         plan_sequences: bool = False,
         unconfirmed_samples: bool = False,
+        check_sequences: bool = False,
         perceptions: dict[int, list[str]] | None = None,
         perception_pixels: dict[int, list] | None = None,
         object_classes: Sequence[str] | None = None,
         step_kinds: dict[int, list[str]] | None = None,
     ) -> None:
-        from model_runtime.prompt import build_plan_sequence, build_training_sequence
+        from model_runtime.prompt import build_check_sequence, build_plan_sequence, build_training_sequence
 
         if not visual_loss_weight >= 0:
             raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
@@ -265,7 +313,7 @@ class SequenceDataset:
             raise ValueError("perception_pixels needs perceptions and object_classes (the probe's targets)")
         rng = np.random.default_rng(seed)
         self.layout = layout
-        self.samples: list[StepSample] = []
+        self.samples: list[StepSample | CheckSample] = []
         self.sequences = []
         for ep in episodes:
             key = camera_key or (ep.camera_keys[0] if ep.camera_keys else None)
@@ -289,7 +337,9 @@ class SequenceDataset:
                 if pixels is None or len(pixels) != ep.length:
                     raise ValueError(f"episode {ep.episode_index}: object pixels for "
                                      f"{'no' if pixels is None else len(pixels)} frames, the episode has {ep.length}")
-            needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None})
+            checks = check_samples(ep, kinds) if check_sequences else []
+            needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None}
+                            | {c.frame_index for c in checks})
             codes = dict(zip(needed, self._encode(vision_tok, ep.images[key][needed])))
             for s in plan:
                 seq = build_training_sequence(
@@ -312,6 +362,9 @@ class SequenceDataset:
                                               list(s.rest), task=task)
                     self.samples.append(s)
                     self.sequences.append(seq)
+            for c in checks:
+                self.samples.append(c)
+                self.sequences.append(build_check_sequence(layout, text_tok, c.step_text, codes[c.frame_index], c.happened))
         if not self.sequences:
             raise ValueError("SequenceDataset: no episodes given")
 

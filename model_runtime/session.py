@@ -3,6 +3,7 @@
     session = GuidanceSession(load_backend("torch"), "clear the table", DecodeOptions())
     step = session.next_step(frame)      # PlanStep: sentence + subgoal image
     seen = session.perceive(frame)       # "perceive" models: what the model sees (no step)
+    judged = session.check(after, step.text)  # models trained on step checks: did it happen?
     ...execute step...
     session.mark_done(step)              # it worked: it joins the history
     session.replan()                     # or: forget the pending step and ask again from the next frame
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from emu_guide.types import Frame, Plan, PlanStatus, PlanStep
-from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend, Perceived
+from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend, Perceived, StepCheck
 
 __all__ = ["GuidanceSession", "SessionError"]
 
@@ -67,6 +68,18 @@ class GuidanceSession:
         options = dataclasses.replace(self.options, perception=None)
         steps = list(self.history if history is None else history)
         return self.backend.perceive(frame, self.instruction, steps, options)  # type: ignore[attr-defined]
+
+    @property
+    def checks(self) -> bool:
+        """Whether the backend's model was trained to judge from a frame whether a step happened (``check``)."""
+        return bool(getattr(self.backend, "checks", False)) and hasattr(self.backend, "check_step")
+
+    def check(self, frame: Frame, step_text: str) -> StepCheck:
+        """The model's judgement, from ``frame`` alone, of whether ``step_text`` happened (no history,
+        no instruction: model_runtime/prompt.py "step checks"). BackendError when ``checks`` is False."""
+        if not self.checks:
+            raise BackendError(f"backend {getattr(self.backend, 'name', '?')!r} was not trained on step checks")
+        return self.backend.check_step(frame, step_text)  # type: ignore[attr-defined]
 
     def next_step(
         self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None,

@@ -5,9 +5,10 @@ One iteration is one planning call:
     frame -> plan step (model) -> parse with context -> ground -> check -> execute -> verify
           -> confirm (the step joins the history) or re-plan (the step is rejected, ask again)
 
-Verify (``planner.verify``): a "perceive" model perceives the post-step frame (a perception-only
-decode) and the perception is compared with the step's goal; without perception, the new frame
-against the predicted subgoal image. That perception is the start of the next answer about the
+Verify (``planner.verify``): a model trained on step checks judges from the post-step frame alone
+whether the step happened; a "perceive" model perceives the post-step frame (a perception-only
+decode) and, without step checks, the perception is compared with the step's goal; without
+either, the new frame against the predicted subgoal image. That perception is the start of the next answer about the
 same frame: the next planning call teacher-forces it instead of decoding it again.
 
 What differs between the places that run it plugs in behind small interfaces:
@@ -206,7 +207,7 @@ class GuidanceLoop:
         self._post: tuple[Frame, Any] | None = None  # (post-step frame, the model's Perceived of it): reused once
         mc = self.config.monitor
         verifier = FrameVerifier(self._perceive if self.session.perceives else None, mc.progress_threshold,
-                                 mc.change_threshold)
+                                 mc.change_threshold, check=self._check if self.session.checks else None)
         self.monitor = ExecutionMonitor(executor, mc, verifier=verifier)
         self.plan = Plan(instruction=self.session.instruction, model_id=str(getattr(backend, "model_id", "")))
         self.context = ParseContext()
@@ -440,6 +441,11 @@ class GuidanceLoop:
         self._post = (frame, seen)
         return seen
 
+    def _check(self, frame: Frame, step_text: str) -> Any:
+        """The model's step check of a post-step frame (model_runtime/prompt.py "step checks")."""
+        size = self.config.frame_size or getattr(self.backend, "image_size", None)
+        return self.session.check(resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame, step_text)
+
     def _true_perception(self) -> dict[str, Any] | None:
         """Evaluation only: what the current frame truly shows (the GroundTruth's optional ``perception``)."""
         truth = getattr(self.ground_truth, "perception", None)
@@ -453,8 +459,9 @@ class GuidanceLoop:
             "done": done, "decided_by": decided_by, "reason": rec.reason, "frames": verdict.to_dict(),
             "gt_after": gt_after, "after_match": perception_match(verdict.perception, gt_after),
         }
-        if verdict.perceive_ms is not None:
-            rec.latency_ms["verify"] = verdict.perceive_ms
+        verify_ms = (verdict.perceive_ms or 0.0) + (verdict.check_ms or 0.0)
+        if verdict.perceive_ms is not None or verdict.check_ms is not None:
+            rec.latency_ms["verify"] = verify_ms
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _confirm(self, step: PlanStep) -> None:

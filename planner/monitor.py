@@ -4,13 +4,14 @@ Every decision goes into ``events`` (a JSON-serialisable list) with the reason, 
 say exactly why an episode went the way it did.
 
 Is a step done? After every attempt the frame verifier (``planner.verify.FrameVerifier``) judges
-the new frame: the model's perception of it against the step's goal ("perceive" models), else
-the new frame against the predicted subgoal image (``subgoal_progress``). Then:
+the new frame: the model's step check (models trained on them), else its perception of the frame
+against the step's goal ("perceive" models), else the new frame against the predicted subgoal
+image (``subgoal_progress``). Then:
 
 1. An executor whose checker reads the world's true state (``authoritative_check``: the
    simulator's checker) decides alone; the frames' verdict is recorded beside it.
-2. Another executor's check (a robot's own StepResult) is a second opinion: when perception
-   decided, the step is done only if both say so; when it could not, the executor's report decides.
+2. Another executor's check (a robot's own StepResult) is a second opinion: when the model read
+   the frame (a step check or perception), the step is done only if both say so; when it could not, the executor's report decides.
 3. No checker: the frames decide.
 """
 
@@ -92,7 +93,8 @@ class StepOutcome:
     results: list[StepResult] = field(default_factory=list)
     progress: float | None = None  # subgoal_progress of the last check, when pixels were compared
     verdict: FrameVerdict | None = None  # what the last post-step frame said (perception or pixels)
-    decided_by: str = ""  # "checker" | "perception" | "subgoal" | "executor" | "perception+executor" | "none"
+    # "checker" | "check" | "perception" | "subgoal" | "executor" | "check+executor" | "perception+executor" | "none"
+    decided_by: str = ""
 
 
 class ExecutionMonitor:
@@ -146,14 +148,14 @@ class ExecutionMonitor:
         seen = f"frames ({frames.by}): {'done' if frames.done else 'not done'}: {frames.reason}"
         if checked is not None and getattr(self.executor, "authoritative_check", False):
             return checked, f"checker says {'done' if checked else 'not done'}; second opinion, {seen}", "checker", frames
-        if checked is not None and frames.by == "perception":
+        if checked is not None and frames.by in ("check", "perception"):  # the model read the frame
             done = bool(frames.done and checked)
             report = "reports success" if checked else "reports failure"
             if frames.done == checked:
                 why = f"{seen}; the executor {report}"
             else:
                 why = f"{seen}; the executor {report}: {'not ' if not done else ''}done (both must agree)"
-            return done, why, "perception+executor", frames
+            return done, why, f"{frames.by}+executor", frames
         if checked is not None:
             return checked, (f"the executor {'reports success' if checked else 'reports failure'}; {seen}"
                              " (perception cannot tell, so the executor's report decides)"), "executor", frames
@@ -198,7 +200,7 @@ class ExecutionMonitor:
                 reason = f"{reason} (the skill reported failure: {result.reason})"
             self.record("check", idx, reason, done=done, progress=progress, decided_by=by, frames=verdict.by,
                         frames_done=verdict.done, perception=verdict.perception_text or None,
-                        perceive_ms=verdict.perceive_ms)
+                        perceive_ms=verdict.perceive_ms, p_happened=verdict.p_happened)
             if done:
                 return StepOutcome("done", attempt + 1, reason, before, after, results, progress, verdict, by)
             if attempt < self.config.max_retries:

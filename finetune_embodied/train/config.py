@@ -78,10 +78,14 @@ class DataConfig:
     # LM stages: per step boundary also a sample whose history lacks the step just done (the frame the
     # loop's verifier perceives before confirming it): the answer must come from the frame, not the history
     unconfirmed_samples: bool = False
+    # LM stages: also train step checks (model_runtime.prompt.build_check_sequence): from the frame alone,
+    # did a step happen (the loop's frame verification); from the recording's plan steps, failed
+    # attempts and injected mistakes (finetune_embodied.sequences.check_samples)
+    check_sequences: bool = False
     # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
-    # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
-    # Evaluation always uses held-out "step" sequences.
-    train_kinds: list[str] = field(default_factory=lambda: ["step", "plan"])
+    # plan, text only; "check": step checks). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
+    # Evaluation uses held-out "step" sequences (and "check" ones for the check accuracy).
+    train_kinds: list[str] = field(default_factory=lambda: ["step", "plan", "check"])
     # LM stages: the answer format ("step": step + subgoal image; "perceive": what the frame shows
     # first, from the recording's perception targets, model_runtime.prompt.format_perception)
     answer: str = "step"
@@ -108,8 +112,8 @@ class DataConfig:
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
         _check(isinstance(self.extra_texts, list) and all(isinstance(t, str) for t in self.extra_texts),
                f"data.extra_texts must be a list of strings, got {self.extra_texts!r}")
-        _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan"},
-               f"data.train_kinds must be a non-empty list of 'step' and/or 'plan', got {self.train_kinds!r}")
+        _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan", "check"},
+               f"data.train_kinds must be a non-empty list of 'step', 'plan' and/or 'check', got {self.train_kinds!r}")
         _check(self.plan_sequences or "step" in self.train_kinds,
                f"data.train_kinds {self.train_kinds!r} trains plan sequences only; set data.plan_sequences: true")
         _check(self.answer in ("step", "perceive"), f"data.answer must be 'step' or 'perceive', got {self.answer!r}")

@@ -156,6 +156,19 @@ class Perceived:
     timings_ms: dict[str, float] = field(default_factory=dict)  # "prefill", "text", "total"
 
 
+@dataclass
+class StepCheck:
+    """A model's judgement of whether a step happened, from the frame after it (``check_step``)."""
+
+    step_text: str
+    p_happened: float  # P("yes") over P("yes") + P("no"): the model's two answers to the step check
+    ms: float = 0.0  # frame encoding + one prompt prefill
+
+    @property
+    def happened(self) -> bool:
+        return self.p_happened >= 0.5
+
+
 @runtime_checkable
 class GuidanceBackend(Protocol):
     """What the guidance session, the planner and the ROS node need from a model."""

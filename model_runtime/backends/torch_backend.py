@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
-from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions, Perceived
+from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions, Perceived, StepCheck
 from model_runtime.decoding.constraints import DecodeConstraint, Phase
 from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
 
@@ -127,6 +127,7 @@ def save_model_dir(
     dida_adapted: bool | None = None,
     answer_format: str = "step",
     max_history: int | None = None,
+    checks: bool = False,
 ) -> Path:
     """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
 
@@ -135,7 +136,9 @@ def save_model_dir(
     ``answer_format``: "perceive" is recorded as ``"answer": "perceive"`` (answers start with what
     the model sees, model_runtime.prompt); the plain "step" format is the default and left out.
     ``max_history``: the most recent done steps the model was trained to see in its prompt (the
-    training data's ``data.max_history``); the backend keeps only those. None: all of them."""
+    training data's ``data.max_history``); the backend keeps only those. None: all of them.
+    ``checks``: the model was trained on step checks (``data.check_sequences``): recorded as
+    ``"checks": true``, the backend's ``check_step`` then answers (the loop's frame verification)."""
     from model_runtime.prompt import check_answer_format
 
     check_answer_format(answer_format)
@@ -162,6 +165,11 @@ def save_model_dir(
         if not _is_history_limit(max_history):
             raise ValueError(f"max_history must be an integer >= 0, got {max_history!r}")
         doc["max_history"] = max_history
+    if checks:
+        from model_runtime.prompt import check_answer_ids
+
+        check_answer_ids(layout, text_tokenizer)  # ValueError: this vocabulary cannot say the answers
+        doc["checks"] = True
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -193,6 +201,9 @@ class LocalModelBackend:
     # guidance.json "max_history": the prompt keeps the most recent this many done steps, as in
     # training (None: every done step; the step's index still counts them all)
     max_history: int | None = None
+    # guidance.json "checks": the model was trained to judge from a frame whether a step happened
+    # (``check_step``; model_runtime/prompt.py "step checks")
+    checks: bool = False
 
     @property
     def default_mode(self) -> DecodeMode:
@@ -372,6 +383,33 @@ class LocalModelBackend:
         except ParseError as exc:
             return Perceived(text=text, perception=None, error=str(exc), timings_ms=timings)
 
+    def check_step(self, frame: Frame, step_text: str) -> StepCheck:
+        """How likely ``step_text`` happened, judged by the model from ``frame`` (the frame after the step
+        was executed) alone: the probabilities of its two answers ("yes", "no") after the check prompt
+        (model_runtime/prompt.py, "step checks"), renormalised over the two. One prompt prefill, no
+        decoding. BackendError for a model not trained on step checks (guidance.json "checks")."""
+        from model_runtime.prompt import build_check_prompt, check_answer_ids
+
+        if not self.checks:
+            raise BackendError(f"{self.name}: {self.model_id} was not trained on step checks (no \"checks\" in its"
+                               " guidance.json): it cannot judge from a frame whether a step happened")
+        t0 = time.perf_counter()
+        codes = self.vision.encode_one(self.prepare_frame(frame))
+        try:
+            prompt = build_check_prompt(self.layout, self.text, step_text, codes)
+            yes, no = check_answer_ids(self.layout, self.text)
+        except ValueError as exc:
+            raise BackendError(f"{self.name}: cannot ask the step check: {exc}") from None
+        logits = self.answer_logits(prompt)
+        p_yes = float(torch.softmax(logits[[yes, no]].float(), dim=0)[0])
+        return StepCheck(step_text, p_yes, 1e3 * (time.perf_counter() - t0))
+
+    def answer_logits(self, prompt: list[int]) -> torch.Tensor:
+        """The logits (V,) of the token that follows ``prompt`` (one forward pass)."""
+        ids = torch.as_tensor([prompt], dtype=torch.long, device=next(self.lm.parameters()).device)
+        with torch.inference_mode():
+            return self.lm(input_ids=ids).logits[0, -1]
+
     def _stream_text(self, ids: list[int], prefix: list[int], index: int, options: DecodeOptions, t0: float) -> None:
         """``options.on_text`` with the step as decoded so far (its text; the image is next)."""
         from model_runtime.prompt import ParseError, parse_answer
@@ -504,6 +542,17 @@ def load_model_dir(
     if max_history is not None and not _is_history_limit(max_history):
         raise BackendError(f"{gfile}: max_history must be an integer >= 0, got {max_history!r}")
     parts["max_history"] = max_history
+    checks = doc.get("checks", False)
+    if not isinstance(checks, bool):
+        raise BackendError(f"{gfile}: checks must be true or false, got {checks!r}")
+    if checks:
+        from model_runtime.prompt import check_answer_ids
+
+        try:
+            check_answer_ids(layout, parts["text"])
+        except ValueError as exc:
+            raise BackendError(f"{gfile}: {exc}") from None
+    parts["checks"] = checks
     return parts
 
 
@@ -664,4 +713,5 @@ class TorchBackend(LocalModelBackend):
         self.dida_adapted = parts["dida_adapted"]
         self.answer_format = parts.get("answer_format", "step")
         self.max_history = parts.get("max_history")
+        self.checks = parts.get("checks", False)
         self.model_id = str(Path(model_path))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emu_guide.types import ActionGoal, Frame, PlanStep, StepResult
-from model_runtime.backends.base import Perceived
+from model_runtime.backends.base import Perceived, StepCheck
 from model_runtime.prompt import format_perception, perception_in_reading_order
 from planner.envs import make_env
 from planner.monitor import ExecutionMonitor, MonitorConfig
@@ -65,6 +65,16 @@ def test_the_bench_perceives_a_post_step_frame_without_the_step_in_its_history()
         assert after == (c["after"], tuple(ep["frames"][c["before"]]["history"]))
         if c["happened"]:  # the step is in the post-step frame's own history, not in the one it was asked with
             assert c["text"] in ep["frames"][c["after"]]["history"] and c["text"] not in after[1]
+
+
+def test_the_bench_asks_step_checks_about_the_step_the_loop_planned():
+    """A mistake is the plan step it displaced NOT happening: the check names that plan step."""
+    from bench.verify_frames import segment_cases
+
+    ep = segment_cases("table_clear", HELDOUT_SEEDS[0], mistake_rate=1.0)
+    mistakes = [c for c in ep["cases"] if c["kind"] == "mistake"]
+    assert mistakes and all(c["plan_text"] != c["text"] and not c["happened"] for c in mistakes)
+    assert all(c["plan_text"] == c["text"] for c in ep["cases"] if c["kind"] == "plan")
 
 
 def test_reasons_name_what_was_seen():
@@ -151,6 +161,36 @@ def test_a_fold_is_judged_by_the_parts_seen_and_falls_back_to_pixels_when_none_a
     env.close()
 
 
+def test_a_step_check_decides_and_the_perception_is_its_second_reading():
+    env = make_env("table_clear", resolution=64)
+    env.reset(seed=HELDOUT_SEEDS[0])
+    sim = env.unwrapped
+    step = sim.ground_truth_plan()[0]  # a pick
+    before, seen_before = Frame(sim.render()), _truth(sim)
+    sim.execute_skill(step.goal)
+    after, seen_after = Frame(sim.render()), _truth(sim)
+    asked = []
+
+    def check(p_happened):
+        def judge(frame, text):
+            asked.append((frame, text))
+            return StepCheck(text, p_happened, 3.0)
+        return judge
+
+    planned = PlanStep(0, step.text, perception=seen_before)
+    verdict = FrameVerifier(_perceiver(seen_after), check=check(0.9))(planned, step.goal, before, after)
+    assert asked == [(after, step.text)]  # the post-step frame and the step's own sentence
+    assert verdict.by == "check" and verdict.done is True and verdict.p_happened == 0.9 and verdict.check_ms == 3.0
+    assert verdict.reason.startswith("the model checks the new frame: the step happened (p 0.90)")
+    assert "its perception reads done" in verdict.reason and verdict.perception == seen_after
+    # the check decides even where the perception disagrees; without a perception it decides alone
+    verdict = FrameVerifier(_perceiver(seen_after), check=check(0.2))(planned, step.goal, before, after)
+    assert verdict.done is False and "did not happen (p 0.20)" in verdict.reason and "reads done" in verdict.reason
+    verdict = FrameVerifier(None, check=check(0.5))(PlanStep(0, step.text), step.goal, before, after)
+    assert verdict.done is True and verdict.perception is None and "perception" not in verdict.reason
+    env.close()
+
+
 class _Executor:
     """A robot or sim double: every execution 'succeeds'; ``check`` is what its checker says."""
 
@@ -188,6 +228,9 @@ STEP = PlanStep(0, "pick up the red cup", goal=GOAL)
     (True, False, "perception", False, False, "perception+executor"),  # robot says success, frames say no
     (False, False, "perception", True, False, "perception+executor"),  # robot says failure: retry
     (True, False, "perception", True, True, "perception+executor"),
+    (True, False, "check", False, False, "check+executor"),  # the model's step check, as its perception
+    (True, False, "check", True, True, "check+executor"),
+    (None, False, "check", False, False, "check"),
     (True, False, "subgoal", False, True, "executor"),  # perception cannot tell: the robot's report decides
 ])
 def test_monitor_combines_frames_and_checkers(check, authoritative, frames_by, frames_done, done, decided_by):

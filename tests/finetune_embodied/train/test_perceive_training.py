@@ -97,3 +97,42 @@ def test_tiny_next_token_training_on_perceive_answers_exports_a_perceiving_model
     tokens = backend.last_answer.tokens
     marker = text_tok.encode(".")[0]
     assert marker in tokens and (layout.boi not in tokens or tokens.index(marker) < tokens.index(layout.boi))
+
+
+def test_tiny_training_with_step_checks_exports_a_model_that_checks_steps(recorded, tmp_path, monkeypatch):
+    from finetune_embodied.default_model import export_model
+    from finetune_embodied.record import load_step_kinds
+    from finetune_embodied.sequences import check_samples
+    from model_runtime.backends.torch_backend import TorchBackend
+    from model_runtime.prompt import check_answer_ids
+
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    train(_tok_cfg(tmp_path, recorded), progress=False)
+    tok = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    cfg = load_config(None, [
+        "stage=next_token", f"data.path={recorded}", f"tokenizer={tok}", "data.answer=perceive", "data.check_sequences=true",
+        TINY_LM, "data.heldout_fraction=0.34", "data.mid_samples_per_step=0", "optim.batch_size=2", "optim.max_steps=3",
+        "optim.warmup_steps=1", "eval.max_samples=2", "eval.every=0", f"checkpoint.dir={tmp_path / 'lm'}",
+    ])
+    text_tok, layout, seqs, groups, _ = dataset_sequences(cfg, None)
+    checks = [s for s in seqs if s.kind == "check"]
+    kinds = load_step_kinds(recorded)
+    from finetune_embodied.datasets import open_dataset
+
+    expected = sum(len(check_samples(ep, kinds[ep.episode_index]))
+                   for ep in open_dataset(recorded).iter_episodes(load_images=False))
+    assert len(checks) == expected > 0
+    yes, no = check_answer_ids(layout, text_tok)
+    answers = [int(s.input_ids[s.prompt_length]) for s in checks]
+    assert answers.count(yes) > 0 and answers.count(no) > 0  # every step: not yet at its start, done at its end
+    summary = train(cfg, progress=False)
+    assert 0.0 <= summary.final_eval["check_acc"] <= 1.0  # held-out step checks, decided as at runtime
+
+    out = tmp_path / "model"
+    export_model(latest_checkpoint(tmp_path / "lm" / "checkpoints"), tok, out)
+    assert json.loads((out / "guidance.json").read_text())["checks"] is True
+    from emu_guide.types import Frame
+
+    judged = TorchBackend(model_path=str(out)).check_step(Frame(np.zeros((32, 32, 3), np.uint8)),
+                                                          "pick up the red block")
+    assert 0.0 < judged.p_happened < 1.0
