@@ -8,7 +8,14 @@ import pytest
 from finetune_embodied.datasets import Episode
 from finetune_embodied.sequences import SequenceDataset, check_samples, dataset_texts
 from model_runtime.layout import COMPACT_NUM_SPECIALS, compact
-from model_runtime.prompt import CHECK_ANSWERS, CHECK_REQUEST, build_check_prompt, build_check_sequence, check_answer_ids, check_texts
+from model_runtime.prompt import (
+    CHECK_ANSWERS,
+    CHECK_REQUEST,
+    build_check_prompt,
+    build_check_sequence,
+    check_answer_ids,
+    check_texts,
+)
 from model_runtime.text_tokenizer import WordTokenizer
 from model_runtime.tokenizers.fsq import FSQConfig, FSQTokenizer
 
