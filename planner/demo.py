@@ -53,7 +53,7 @@ def _print_step(rec: object) -> None:
     extra = f", parse+ground {t['planner']:.1f} ms" if "planner" in t else ""
     print(f"     plan {total:.1f} ms{extra} -> {mark.get(rec.outcome, rec.outcome)}"  # type: ignore[attr-defined]
           + (f" ({rec.reason})" if rec.outcome not in ("done", "final") else ""), flush=True)  # type: ignore[attr-defined]
-    if rec.perception is not None:  # type: ignore[attr-defined]  # a "perceive" model: what it saw, how it verified
+    if rec.perception is not None or rec.verification is not None:  # type: ignore[attr-defined]  # what it saw, how it verified
         from planner.report import perception_lines
 
         for kind, text in perception_lines(rec):  # type: ignore[arg-type]
