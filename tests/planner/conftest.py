@@ -42,10 +42,9 @@ def make_tiny_model_dir(path, corpus: list[str], image_size: int = 32, seed: int
     from model_runtime.backends.torch_backend import save_model_dir
     from model_runtime.layout import compact
     from model_runtime.lm import LMConfig, build_lm
+    from model_runtime.prompt import check_texts
     from model_runtime.text_tokenizer import WordTokenizer
     from model_runtime.tokenizers.fsq import FSQConfig, FSQTokenizer
-
-    from model_runtime.prompt import check_texts
 
     text = WordTokenizer.build(corpus + (check_texts() if checks else []))
     vision = FSQTokenizer.from_config(
