@@ -238,7 +238,9 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         " exactly (greedy, equivalent to teacher forcing when every token is right); `subgoal_code_acc`"
         " / `subgoal_psnr_db` subgoal image codes (next_token: autoregressive with the true prefix; dida:"
         " one parallel pass from a fully masked block) and the PSNR of their decoding against the"
-        " decoded true codes.",
+        " decoded true codes. `check_acc` / `check_false_done` / `check_missed_done` (models trained on step"
+        " checks): held-out step checks decided as the runtime does (P(yes) vs P(no) from the frame after"
+        " the step); false done: of the steps that did not happen, judged done.",
         "",
         "## Check through the runtime",
         "",
