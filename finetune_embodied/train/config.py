@@ -358,6 +358,8 @@ class TrainConfig:
                    "layout 'emu35' starts from the release's weights: visual_codes, visual_embedding_init and "
                    "input_embedding_init_std are for LMs trained from scratch (leave them at their defaults)")
             _check(self.data.answer == "step", f"layout 'emu35' answers in the plain step format, got data.answer {self.data.answer!r}")
+            _check(not self.data.check_sequences, "layout 'emu35' does not train step checks (data.check_sequences: the"
+                   " compact layout's word answers only)")
             _check(self.data.source == "dataset", f"layout 'emu35' trains on a dataset, got data.source {self.data.source!r}")
 
     @property
