@@ -280,7 +280,8 @@ class SequenceDataset:
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
     ``check_sequences`` adds the episode's step checks (:func:`check_samples`,
-    ``model_runtime.prompt.build_check_sequence``; ``kind`` "check", ``samples[i]`` a CheckSample).
+    ``model_runtime.prompt.build_check_sequence``; ``kind`` "check", ``samples[i]`` a CheckSample), their
+    yes/no token weighing ``check_answer_weight``.
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
     frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
     """
@@ -300,6 +301,7 @@ class SequenceDataset:
         plan_sequences: bool = False,
         unconfirmed_samples: bool = False,
         check_sequences: bool = False,
+        check_answer_weight: float = 1.0,
         perceptions: dict[int, list[str]] | None = None,
         perception_pixels: dict[int, list] | None = None,
         object_classes: Sequence[str] | None = None,
@@ -364,7 +366,8 @@ class SequenceDataset:
                     self.sequences.append(seq)
             for c in checks:
                 self.samples.append(c)
-                self.sequences.append(build_check_sequence(layout, text_tok, c.step_text, codes[c.frame_index], c.happened))
+                self.sequences.append(build_check_sequence(layout, text_tok, c.step_text, codes[c.frame_index], c.happened,
+                                                           check_answer_weight))
         if not self.sequences:
             raise ValueError("SequenceDataset: no episodes given")
 

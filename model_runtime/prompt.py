@@ -730,8 +730,16 @@ def build_check_prompt(layout: TokenLayout, text_tok: TextTokenizer, step_text: 
 
 
 def build_check_sequence(layout: TokenLayout, text_tok: TextTokenizer, step_text: str, frame_codes: np.ndarray,
-                         happened: bool) -> TrainingSequence:
-    """Training example of a step check: the frame after ``step_text`` was attempted -> "yes" or "no"."""
+                         happened: bool, answer_weight: float = 1.0) -> TrainingSequence:
+    """Training example of a step check: the frame after ``step_text`` was attempted -> "yes" or "no".
+
+    ``answer_weight``: the loss weight of the yes/no token. The loss is a mean over weighted tokens,
+    so a one-word answer beside guidance answers of ~90 weighted tokens (text + subgoal cells) gets
+    almost no gradient at weight 1 (session 12: held-out checks stayed at the majority answer)."""
+    if not answer_weight > 0:
+        raise ValueError(f"answer_weight must be > 0, got {answer_weight}")
     prompt = build_check_prompt(layout, text_tok, step_text, frame_codes)
     yes, no = check_answer_ids(layout, text_tok)
-    return _training_sequence(layout, prompt, [yes if happened else no, layout.eos], 1.0, "check")
+    seq = _training_sequence(layout, prompt, [yes if happened else no, layout.eos], 1.0, "check")
+    seq.loss_weights[seq.prompt_length] = answer_weight
+    return seq

@@ -82,6 +82,10 @@ class DataConfig:
     # did a step happen (the loop's frame verification); from the recording's plan steps, failed
     # attempts and injected mistakes (finetune_embodied.sequences.check_samples)
     check_sequences: bool = False
+    # the loss weight of a step check's yes/no token: the loss averages weighted tokens, and a guidance
+    # answer weighs ~90 (its text, and its subgoal cells at visual_loss_weight); at 1 the checks got
+    # almost no gradient and stayed at the majority answer (session 12). 20: about one answer's text.
+    check_loss_weight: float = 20.0
     # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
     # plan, text only; "check": step checks). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
     # Evaluation uses held-out "step" sequences (and "check" ones for the check accuracy).
@@ -110,6 +114,7 @@ class DataConfig:
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
+        _check(self.check_loss_weight > 0, f"data.check_loss_weight must be > 0, got {self.check_loss_weight!r}")
         _check(isinstance(self.extra_texts, list) and all(isinstance(t, str) for t in self.extra_texts),
                f"data.extra_texts must be a list of strings, got {self.extra_texts!r}")
         _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan", "check"},

@@ -67,6 +67,10 @@ def test_check_sequence_answers_yes_or_no_after_the_step_and_frame():
         assert seq.kind == "check" and list(seq.input_ids[seq.prompt_length:]) == [answer, layout.eos]
         assert list(seq.input_ids[: seq.prompt_length]) == build_check_prompt(layout, tok, CUP, codes)
         assert (seq.labels[: seq.prompt_length] == -100).all() and seq.loss_weights[seq.prompt_length] == 1.0
+        weighed = build_check_sequence(layout, tok, CUP, codes, happened, answer_weight=20.0)
+        assert list(weighed.loss_weights[weighed.prompt_length:]) == [20.0, 1.0]  # the answer word, then EOS
+    with pytest.raises(ValueError, match="answer_weight must be > 0"):
+        build_check_sequence(layout, tok, CUP, codes, True, answer_weight=0.0)
     # no instruction and no history in the prompt: the step and the frame only
     words = [i for i in build_check_prompt(layout, tok, CUP, codes) if COMPACT_NUM_SPECIALS <= i < layout.visual_offset]
     assert words == tok.encode(f"{CHECK_REQUEST} {CUP}")
@@ -77,8 +81,9 @@ def test_check_sequence_answers_yes_or_no_after_the_step_and_frame():
         check_answer_ids(compact(bare.vocab_size, vision.num_codes), bare)
     assert CHECK_ANSWERS == ("yes", "no")
 
-    ds = SequenceDataset([ep], layout, tok, vision, mid_samples_per_step=0, step_kinds={7: kinds}, check_sequences=True)
+    ds = SequenceDataset([ep], layout, tok, vision, mid_samples_per_step=0, step_kinds={7: kinds}, check_sequences=True,
+                         check_answer_weight=5.0)
     checks = [(s, q) for s, q in zip(ds.samples, ds.sequences) if q.kind == "check"]
     assert len(checks) == len(check_samples(ep, kinds))
     for s, q in checks:
-        assert int(q.input_ids[q.prompt_length]) == (yes if s.happened else no)
+        assert int(q.input_ids[q.prompt_length]) == (yes if s.happened else no) and q.loss_weights[q.prompt_length] == 5.0

@@ -120,6 +120,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         plan_sequences=d.plan_sequences,
         unconfirmed_samples=d.unconfirmed_samples,
         check_sequences=d.check_sequences,
+        check_answer_weight=d.check_loss_weight,
         perceptions=perceptions,
         perception_pixels=pixels,
         object_classes=classes,
@@ -196,7 +197,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: boo
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
         + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
         + (["unconfirmed"] if d.unconfirmed_samples else [])
-        + (["check"] if d.check_sequences else [])
+        + (["check", d.check_loss_weight] if d.check_sequences else [])
         + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 2,  # 2: rest-of-plan answers without the unconfirmed samples' repeats; step kinds
