@@ -217,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         for src, r in by.items():
             print(f"{task:<12}{src:<8}{r['cases']:>6}{r['happened']:>9}{r['false_done']:>11.3f}{r['missed_done']:>12.3f}"
                   f"{r['cannot_tell']:>12.3f}")
-    summary = {k: {"p50": _pct(v, 50), "p90": _pct(v, 90), "n": len(v)} for k, v in costs.items()}
-    if costs["perceive"]:
+    # only what was measured (an empty list has no percentile; NaN is not JSON)
+    summary = {k: {"p50": _pct(v, 50), "p90": _pct(v, 90), "n": len(v)} for k, v in costs.items() if v}
+    if all(costs[k] for k in ("perceive", "tokens", "step_whole", "step_given")):
         print("costs (ms, p50 / p90): perceive {0[p50]:.1f} / {0[p90]:.1f} ({1[p50]:.0f} tokens); next step whole"
               " {2[p50]:.1f} / {2[p90]:.1f}; next step with the perception given {3[p50]:.1f} / {3[p90]:.1f}".format(
                   summary["perceive"], summary["tokens"], summary["step_whole"], summary["step_given"]))
