@@ -8,8 +8,9 @@ One iteration is one planning call:
 Verify (``planner.verify``): a model trained on step checks judges from the post-step frame alone
 whether the step happened; a "perceive" model perceives the post-step frame (a perception-only
 decode) and, without step checks, the perception is compared with the step's goal; without
-either, the new frame against the predicted subgoal image. That perception is the start of the next answer about the
-same frame: the next planning call teacher-forces it instead of decoding it again.
+either, the new frame against the predicted subgoal image. That perception is the start of the
+next answer about the same frame: the next planning call teacher-forces it instead of decoding it
+again.
 
 What differs between the places that run it plugs in behind small interfaces:
 
@@ -309,8 +310,7 @@ class GuidanceLoop:
         gt = self.ground_truth.step(gt_k) if self.ground_truth is not None else None
         self.monitor.planning_calls += 1
         allowed, known, detect_ms = self._allowed_names(frame, index)
-        size = self.config.frame_size or getattr(self.backend, "image_size", None)  # the model's input size
-        frame_in = resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
+        frame_in = self._model_input(frame)
         post, self._post = self._post, None
         given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
         on_text = (lambda partial: self.on_text(partial, self.plan, frame)) if self.on_text is not None else None  # noqa: E731
@@ -435,16 +435,18 @@ class GuidanceLoop:
     def _perceive(self, frame: Frame) -> Any:
         """The model's perception of ``frame`` (a post-step frame) with the confirmed steps as history;
         kept so the next planning call on this frame starts its answer with it (decoded once)."""
-        size = self.config.frame_size or getattr(self.backend, "image_size", None)
-        frame_in = resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
-        seen = self.session.perceive(frame_in)
+        seen = self.session.perceive(self._model_input(frame))
         self._post = (frame, seen)
         return seen
 
     def _check(self, frame: Frame, step_text: str) -> Any:
         """The model's step check of a post-step frame (model_runtime/prompt.py "step checks")."""
+        return self.session.check(self._model_input(frame), step_text)
+
+    def _model_input(self, frame: Frame) -> Frame:
+        """``frame`` at the model's input size (``LoopConfig.frame_size``, else the backend's)."""
         size = self.config.frame_size or getattr(self.backend, "image_size", None)
-        return self.session.check(resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame, step_text)
+        return resize_frame(frame, (int(size[0]), int(size[1]))) if size else frame
 
     def _true_perception(self) -> dict[str, Any] | None:
         """Evaluation only: what the current frame truly shows (the GroundTruth's optional ``perception``)."""
@@ -459,9 +461,8 @@ class GuidanceLoop:
             "done": done, "decided_by": decided_by, "reason": rec.reason, "frames": verdict.to_dict(),
             "gt_after": gt_after, "after_match": perception_match(verdict.perception, gt_after),
         }
-        verify_ms = (verdict.perceive_ms or 0.0) + (verdict.check_ms or 0.0)
         if verdict.perceive_ms is not None or verdict.check_ms is not None:
-            rec.latency_ms["verify"] = verify_ms
+            rec.latency_ms["verify"] = (verdict.perceive_ms or 0.0) + (verdict.check_ms or 0.0)
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _confirm(self, step: PlanStep) -> None:

@@ -11,7 +11,8 @@ image (``subgoal_progress``). Then:
 1. An executor whose checker reads the world's true state (``authoritative_check``: the
    simulator's checker) decides alone; the frames' verdict is recorded beside it.
 2. Another executor's check (a robot's own StepResult) is a second opinion: when the model read
-   the frame (a step check or perception), the step is done only if both say so; when it could not, the executor's report decides.
+   the frame (a step check or perception), the step is done only if both say so; when it could
+   not, the executor's report decides.
 3. No checker: the frames decide.
 """
 
