@@ -181,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                 done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
                 rows["truth"].append({**row, "done": done, "why": why})
                 if checks:  # the loop asks about the step it planned: the plan step's sentence
-                    judged = backend.check_step(Frame(a["image"]), c["plan_text"])
-                    costs["check"].append(judged.ms)
-                    rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
-                                          "why": f"asked about {c['plan_text']!r}"})
+                    try:
+                        judged = backend.check_step(Frame(a["image"]), c["plan_text"])
+                    except BackendError as exc:  # a sentence the model cannot say: cannot tell
+                        rows["check"].append({**row, "done": None, "why": str(exc)})
+                    else:
+                        costs["check"].append(judged.ms)
+                        rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
+                                              "why": f"asked about {c['plan_text']!r}"})
                 if perceives:
                     pb, pa = pairs[i]
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])

@@ -321,3 +321,29 @@ def test_the_loop_verifies_by_perception_reuses_it_and_the_report_shows_it(tmp_p
     sheet = Image.open(next(p for k, p in paths.items() if k.startswith("sheet:")))
     assert sheet.height > 64 + len(result.steps) * 198  # rows grew to show perceptions and verification
     env.close()
+
+
+def test_the_bench_measures_a_models_step_checks(tmp_path):
+    """bench/verify_frames.py's ``check`` rows: every case asked, the plan step's sentence, a cost each;
+    a sentence the model cannot say is "cannot tell", not a crash."""
+    import json
+
+    from bench.verify_frames import main
+    from tests.planner.conftest import make_tiny_model_dir
+
+    env = make_env("table_clear", resolution=32)
+    env.reset(seed=HELDOUT_SEEDS[0])
+    texts = [s.text for s in env.unwrapped.ground_truth_plan()]
+    env.close()
+    for name, corpus, asked in (("knows", texts, True), ("mute", texts[:1], False)):
+        model = make_tiny_model_dir(tmp_path / name, ["clear the table", *corpus], checks=True)
+        assert main(["--model-path", str(model), "--tasks", "table_clear", "--episodes", "1",
+                     "--out", str(tmp_path / f"{name}.json")]) == 0
+        out = json.loads((tmp_path / f"{name}.json").read_text())
+        rows = [c for c in out["cases"] if c["source"] == "check"]
+        assert rows and len(rows) == out["table"]["table_clear"]["check"]["cases"]
+        if asked:
+            assert all(0.0 < r["p_happened"] < 1.0 for r in rows) and out["costs_ms"]["check"]["n"] == len(rows)
+            assert out["table"]["table_clear"]["check"]["cannot_tell"] == 0.0
+        else:  # the sentences of the later steps are words it lacks: those checks cannot tell
+            assert out["table"]["table_clear"]["check"]["cannot_tell"] > 0.0
