@@ -22,9 +22,8 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
-decide: the loop then falls back to pixels; not counted in the two rates). Costs (a step check's
-too), on the first
-``--timing-frames`` post-step frames per episode: the perception-only decode (``perceive``), the
+decide: the loop then falls back to pixels; not counted in the two rates). Costs: every step check,
+and on the first ``--timing-frames`` post-step frames per episode the perception-only decode (``perceive``), the
 next step decoded whole, and the next step with that perception given (teacher-forced, as the
 loop reuses it). The subgoal is decoded by DiDA (forced on next-token weights: timing only; the
 perception is greedy text before the image, the same either way). Prints a table, writes JSON.

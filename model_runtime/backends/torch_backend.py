@@ -400,15 +400,12 @@ class LocalModelBackend:
             yes, no = check_answer_ids(self.layout, self.text)
         except ValueError as exc:
             raise BackendError(f"{self.name}: cannot ask the step check: {exc}") from None
-        logits = self.answer_logits(prompt)
-        p_yes = float(torch.softmax(logits[[yes, no]].float(), dim=0)[0])
-        return StepCheck(step_text, p_yes, 1e3 * (time.perf_counter() - t0))
+        from model_runtime.decoding.cache import ForwardCounter, KVState
 
-    def answer_logits(self, prompt: list[int]) -> torch.Tensor:
-        """The logits (V,) of the token that follows ``prompt`` (one forward pass)."""
-        ids = torch.as_tensor([prompt], dtype=torch.long, device=next(self.lm.parameters()).device)
         with torch.inference_mode():
-            return self.lm(input_ids=ids).logits[0, -1]
+            _, logits = KVState.prefill(ForwardCounter(self.lm), prompt)  # the prompt, as every answer starts
+        p_yes = float(torch.softmax(logits[0, [yes, no]].float(), dim=0)[0])
+        return StepCheck(step_text, p_yes, 1e3 * (time.perf_counter() - t0))
 
     def _stream_text(self, ids: list[int], prefix: list[int], index: int, options: DecodeOptions, t0: float) -> None:
         """``options.on_text`` with the step as decoded so far (its text; the image is next)."""
