@@ -16,13 +16,13 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
   plan steps confirmed when the loop asks: before the step for both (the verifier perceives the
   post-step frame before it confirms the step; until session 10 the post-step frame had the step in
   its history, which hid a model that reads the folds from the history instead of the frame);
-- ``check``: models trained on step checks (guidance.json ``"checks"``): the model's own answer to
-  "did this step happen" about the post-step frame and the plan step's sentence
-  (``TorchBackend.check_step``), which is what the loop decides by for such a model.
+- ``check``: models with a step verifier (``step_verifier/``, model_runtime/step_verifier.py): its
+  judgement of whether the plan step's sentence happened between the frame before and the frame
+  after (``TorchBackend.check_step``), which is what the loop decides by for such a model.
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
-decide: the loop then falls back to pixels; not counted in the two rates). Costs: every step check,
+decide: the loop then falls back to pixels; not counted in the two rates). Costs: every step verifier call,
 and on the first ``--timing-frames`` post-step frames per episode the perception-only decode (``perceive``), the
 next step decoded whole, and the next step with that perception given (teacher-forced, as the
 loop reuses it). The subgoal is decoded by DiDA (forced on next-token weights: timing only; the
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     perceives = backend is not None and getattr(backend, "answer_format", "step") == "perceive"
     checks = backend is not None and getattr(backend, "checks", False)
     if backend is not None and not (perceives or checks):
-        print(f"error: {args.model_path} neither answers in the 'perceive' format nor was trained on step checks:"
+        print(f"error: {args.model_path} neither answers in the 'perceive' format nor has a step verifier:"
               " nothing to verify with", file=sys.stderr)
         return 2
     res = backend.image_size[0] if backend is not None else 64
@@ -180,14 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 done, why = judge_perception(c["goal"], a["truth"], b["truth"], c["text"])
                 rows["truth"].append({**row, "done": done, "why": why})
                 if checks:  # the loop asks about the step it planned: the plan step's sentence
-                    try:
-                        judged = backend.check_step(Frame(a["image"]), c["plan_text"])
-                    except BackendError as exc:  # a sentence the model cannot say: cannot tell
-                        rows["check"].append({**row, "done": None, "why": str(exc)})
-                    else:
-                        costs["check"].append(judged.ms)
-                        rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
-                                              "why": f"asked about {c['plan_text']!r}"})
+                    judged = backend.check_step(Frame(b["image"]), Frame(a["image"]), c["plan_text"])
+                    costs["check"].append(judged.ms)
+                    rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
+                                          "why": f"asked about {c['plan_text']!r}",
+                                          "unknown_words": judged.unknown_words})
                 if perceives:
                     pb, pa = pairs[i]
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
@@ -227,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
               " {2[p50]:.1f} / {2[p90]:.1f}; next step with the perception given {3[p50]:.1f} / {3[p90]:.1f}".format(
                   summary["perceive"], summary["tokens"], summary["step_whole"], summary["step_given"]))
     if costs["check"]:
-        print("step check (ms, p50 / p90): {0[p50]:.1f} / {0[p90]:.1f}".format(summary["check"]))
+        print("step verifier (ms, p50 / p90): {0[p50]:.1f} / {0[p90]:.1f}".format(summary["check"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["python", "bench/verify_frames.py", *(argv or sys.argv[1:])]),

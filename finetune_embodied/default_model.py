@@ -3,8 +3,9 @@
     python -m finetune_embodied.default_model [--config configs/train/default_model.yaml] [--quick]
 
 record (sim experts with mistakes + recoveries, TRAIN seeds) -> train the vision tokenizer ->
-next-token training -> DiDA adaptation -> export a model directory (``model_runtime.backends.torch_backend``
-format: guidance.json, lm/, vision_tokenizer/, text_tokenizer/) with MODEL_CARD.md, checked by
+next-token training -> DiDA adaptation -> (optional, a ``verifier`` section) the step verifier -> export
+a model directory (``model_runtime.backends.torch_backend`` format: guidance.json, lm/,
+vision_tokenizer/, text_tokenizer/, step_verifier/) with MODEL_CARD.md, checked by
 loading it through ``TorchBackend`` and running one guidance step on a held-out sim episode.
 
 Everything is resumable: the recording from its per-episode shards, each stage from its latest
@@ -28,7 +29,7 @@ from emu_guide.paths import PROJECT_ROOT, artifacts_root
 
 __all__ = ["add_arguments", "export_model", "main", "run_pipeline"]
 
-STAGES = ("tokenizer", "next_token", "dida")
+STAGES = ("tokenizer", "next_token", "dida", "verifier")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -94,8 +95,10 @@ def _run_stage(stage: str, overrides: list[str], work: Path, state: dict[str, An
     return summary
 
 
-def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: float = 20.0) -> dict[str, Any]:
-    """Our LM checkpoint + vision tokenizer checkpoint -> a TorchBackend model directory at ``out``.
+def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: float = 20.0,
+                 verifier_ckpt: Path | None = None) -> dict[str, Any]:
+    """Our LM checkpoint + vision tokenizer checkpoint (+ a verifier-stage checkpoint) -> a TorchBackend
+    model directory at ``out``.
 
     Written next to ``out`` first and renamed into place (an interrupted export never leaves half a
     model where the backend looks). Raises ValueError when the weights exceed ``max_total_mb``.
@@ -132,11 +135,16 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
     shutil.rmtree(tmp, ignore_errors=True)
     # the model directory records whether its images were DiDA-adapted (else the backend decodes AR)
     data = (ck["config"].get("train") or {}).get("data") or {}
-    # ... how many done steps its prompts held in training (the backend keeps as many), and whether it
-    # learnt step checks (the loop's frame verification asks them)
+    # ... and how many done steps its prompts held in training (the backend keeps as many)
+    verifier = None
+    if verifier_ckpt is not None:
+        from model_runtime.step_verifier import VERIFIER_DIR
+
+        verifier = Path(verifier_ckpt) / VERIFIER_DIR
+        if not verifier.is_dir():
+            raise ValueError(f"{verifier_ckpt} is not a verifier-stage checkpoint (no {VERIFIER_DIR}/)")
     save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg, dida_adapted=ck["config"].get("stage") == "dida",
-                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"),
-                   checks=bool(data.get("check_sequences")) and "check" in data.get("train_kinds", ["check"]))
+                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"), step_verifier=verifier)
     total = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
     if total > max_total_mb * 1e6:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -238,9 +246,10 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         " exactly (greedy, equivalent to teacher forcing when every token is right); `subgoal_code_acc`"
         " / `subgoal_psnr_db` subgoal image codes (next_token: autoregressive with the true prefix; dida:"
         " one parallel pass from a fully masked block) and the PSNR of their decoding against the"
-        " decoded true codes. `check_acc` / `check_false_done` / `check_missed_done` (models trained on step"
-        " checks): held-out step checks decided as the runtime does (P(yes) vs P(no) from the frame after"
-        " the step); false done: of the steps that did not happen, judged done.",
+        " decoded true codes. verifier: `acc`, `false_done` (of the held-out steps that did not happen,"
+        " the share judged done), `missed_done` (of those that did, judged not done), per sample source"
+        " (`acc_step` a recorded attempt's end, `acc_partway` a frame part way into it, `acc_other_step`"
+        " another step's sentence), at the verifier's threshold.",
         "",
         "## Check through the runtime",
         "",
@@ -262,7 +271,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
 def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progress: bool = True,
                  stage_overrides: dict[str, list[str]] | None = None,
                  record_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record -> tokenizer -> next_token -> dida -> export to ``out`` -> TorchBackend check -> model card.
+    """Record -> tokenizer -> next_token -> dida (-> verifier) -> export to ``out`` -> TorchBackend check
+    -> model card.
 
     ``stage_overrides`` / ``record_overrides`` go on top of the config (tests use them for tiny models).
     """
@@ -309,10 +319,15 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
     stages["dida"] = _run_stage("dida", lm_common + [f"init_from={nt_ckpt}"] + flat("dida"), work, state, progress)
     state_path.write_text(json.dumps(state, indent=1))
     dida_ckpt = latest_checkpoint(work / "dida" / "checkpoints")
+    verifier_ckpt = None
+    if "verifier" in doc:  # the step verifier: the loop's frame verification (model_runtime/step_verifier.py)
+        stages["verifier"] = _run_stage("verifier", common + flat("verifier"), work, state, progress)
+        state_path.write_text(json.dumps(state, indent=1))
+        verifier_ckpt = latest_checkpoint(work / "verifier" / "checkpoints")
 
     # 5. export + check through the runtime
     max_mb = float((doc.get("export") or {}).get("max_total_mb", 20))
-    exp = export_model(dida_ckpt, tok_ckpt, out, max_total_mb=max_mb)
+    exp = export_model(dida_ckpt, tok_ckpt, out, max_total_mb=max_mb, verifier_ckpt=verifier_ckpt)
     try:
         smoke = smoke_check(out)
         smoke["result"] = (f"OK, first step {smoke['first_step_text']!r} in {smoke['step_latency_s'] * 1000:.0f} ms")

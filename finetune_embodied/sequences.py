@@ -7,6 +7,7 @@ is mid-way: the model must still name the step in progress), plus one final samp
 
 Two layers:
 - :func:`plan_episode` -> :class:`StepSample` list (frame indices and texts only, no tokens);
+  :func:`verification_pairs` -> :class:`VerifyPair` list, the step verifier's samples (stage verifier);
 - :class:`SequenceDataset` tokenises them with a vision tokenizer + text tokenizer through
   ``model_runtime.prompt.build_training_sequence`` (visual-token loss weight 0.5 by default, as Emu3.5),
   and :func:`collate_sequences` pads a batch (labels -100, loss weight 0).
@@ -22,12 +23,11 @@ import numpy as np
 from finetune_embodied.datasets.episode import Episode
 
 __all__ = [
-    "CheckSample",
     "StepSample",
     "SequenceDataset",
     "collate_sequences",
     "dataset_texts",
-    "check_samples",
+    "verification_pairs",
     "episode_segments",
     "frame_cell_targets",
     "perception_object_classes",
@@ -51,13 +51,15 @@ class StepSample:
 
 
 @dataclass(frozen=True)
-class CheckSample:
-    """One untokenised step check: did ``step_text`` happen, judged from frame ``frame_index``?"""
+class VerifyPair:
+    """One step-verifier sample: did ``step_text`` happen between frames ``before_index`` and ``after_index``?"""
 
     episode_index: int
-    frame_index: int
+    before_index: int
+    after_index: int
     step_text: str
     happened: bool
+    source: str  # "step" (a recorded attempt), "partway" (stopped inside it), "other step" (another step's sentence)
 
 
 # What each recorded frame belongs to (``emu-guide record`` stores one per frame): a plan step that
@@ -180,29 +182,37 @@ def _segments_and_targets(ep: Episode, keyframes: Sequence[int] | None, step_tex
     return segs, seg_kinds, targets
 
 
-def check_samples(ep: Episode, kinds: Sequence[str] | None = None, keyframes: Sequence[int] | None = None,
-                  step_texts: Sequence[str] | None = None) -> list[CheckSample]:
-    """The step checks of one episode, as the loop's verifier asks them after executing a step (the
-    step the loop said at a segment's start, ``plan_episode``'s target):
+def verification_pairs(ep: Episode, kinds: Sequence[str] | None = None, rng: np.random.Generator | None = None,
+                       keyframes: Sequence[int] | None = None, step_texts: Sequence[str] | None = None) -> list[VerifyPair]:
+    """The step verifier's samples of one episode: per step the loop said (``plan_episode``'s target),
+    from the frame it was planned on (the previous segment's end) to
 
-    - the segment's last frame: it happened for a plan step or a recovery; not for a failed attempt
-      (the item slipped) nor for the plan step a mistake displaced (a wrong item, a missed grasp);
-    - the frame the step starts from: it has not happened yet.
+    - the segment's end: it happened for a plan step or a recovery; not for a failed attempt (the
+      item slipped) nor for the plan step an injected mistake displaced (a wrong item, a miss);
+    - a frame in the first third of the segment (an executor that stopped part way): not yet;
 
-    ``kinds`` as in ``plan_episode`` (None: every segment is a plan step that happened). Each
-    (frame, step) is asked once."""
+    and, for a step that happened, the same two frames asked about another step of the episode's
+    plan (a different sentence): not what happened. ``rng`` draws the partway frame and the other
+    sentence (default seed 0)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
     segs, seg_kinds, targets = _segments_and_targets(ep, keyframes, step_texts, kinds)
-    out: dict[tuple[int, str], CheckSample] = {}
+    texts = sorted({segs[t][0] for t in targets if t is not None})
+    out: list[VerifyPair] = []
     prev_end = 0
-    for i, (_, _, last) in enumerate(segs):
+    for i, (_, first, last) in enumerate(segs):
         t = targets[i]
-        if t is not None:
+        if t is not None and last > prev_end:
             text = segs[t][0]
-            out.setdefault((prev_end, text), CheckSample(ep.episode_index, prev_end, text, False))
             happened = seg_kinds[i] in ("plan", "recovery")
-            out.setdefault((last, text), CheckSample(ep.episode_index, last, text, happened))
+            out.append(VerifyPair(ep.episode_index, prev_end, last, text, happened, "step"))
+            early = np.arange(max(first, prev_end + 1), prev_end + 1 + max(1, (last - prev_end) // 3))
+            if len(early):
+                out.append(VerifyPair(ep.episode_index, prev_end, int(rng.choice(early)), text, False, "partway"))
+            others = [x for x in texts if x != text]
+            if happened and others:
+                out.append(VerifyPair(ep.episode_index, prev_end, last, str(rng.choice(others)), False, "other step"))
         prev_end = last
-    return list(out.values())
+    return out
 
 
 def _recent(done: list[str], max_history: int | None) -> tuple[str, ...]:
@@ -279,9 +289,6 @@ class SequenceDataset:
     keeps the recorder's injected mistakes out of targets and histories (:func:`plan_episode`).
     ``plan_sequences`` adds, per step boundary, the auxiliary rest-of-plan sequence of
     ``model_runtime.prompt.build_plan_sequence`` (its ``kind`` is "plan"; evaluation skips it).
-    ``check_sequences`` adds the episode's step checks (:func:`check_samples`,
-    ``model_runtime.prompt.build_check_sequence``; ``kind`` "check", ``samples[i]`` a CheckSample), their
-    yes/no token weighing ``check_answer_weight``.
     Frames are resized to the vision tokenizer's image size and encoded once per episode (only the
     frames some sample uses). ``samples[i]`` tells which episode/frame/step sequence ``i`` came from.
     """
@@ -300,14 +307,12 @@ class SequenceDataset:
         task: str = "vla",
         plan_sequences: bool = False,
         unconfirmed_samples: bool = False,
-        check_sequences: bool = False,
-        check_answer_weight: float = 1.0,
         perceptions: dict[int, list[str]] | None = None,
         perception_pixels: dict[int, list] | None = None,
         object_classes: Sequence[str] | None = None,
         step_kinds: dict[int, list[str]] | None = None,
     ) -> None:
-        from model_runtime.prompt import build_check_sequence, build_plan_sequence, build_training_sequence
+        from model_runtime.prompt import build_plan_sequence, build_training_sequence
 
         if not visual_loss_weight >= 0:
             raise ValueError(f"visual_loss_weight must be >= 0, got {visual_loss_weight}")
@@ -315,7 +320,7 @@ class SequenceDataset:
             raise ValueError("perception_pixels needs perceptions and object_classes (the probe's targets)")
         rng = np.random.default_rng(seed)
         self.layout = layout
-        self.samples: list[StepSample | CheckSample] = []
+        self.samples: list[StepSample] = []
         self.sequences = []
         for ep in episodes:
             key = camera_key or (ep.camera_keys[0] if ep.camera_keys else None)
@@ -339,9 +344,7 @@ class SequenceDataset:
                 if pixels is None or len(pixels) != ep.length:
                     raise ValueError(f"episode {ep.episode_index}: object pixels for "
                                      f"{'no' if pixels is None else len(pixels)} frames, the episode has {ep.length}")
-            checks = check_samples(ep, kinds) if check_sequences else []
-            needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None}
-                            | {c.frame_index for c in checks})
+            needed = sorted({s.frame_index for s in plan} | {s.keyframe_index for s in plan if s.keyframe_index is not None})
             codes = dict(zip(needed, self._encode(vision_tok, ep.images[key][needed])))
             for s in plan:
                 seq = build_training_sequence(
@@ -364,10 +367,6 @@ class SequenceDataset:
                                               list(s.rest), task=task)
                     self.samples.append(s)
                     self.sequences.append(seq)
-            for c in checks:
-                self.samples.append(c)
-                self.sequences.append(build_check_sequence(layout, text_tok, c.step_text, codes[c.frame_index], c.happened,
-                                                           check_answer_weight))
         if not self.sequences:
             raise ValueError("SequenceDataset: no episodes given")
 

@@ -50,13 +50,7 @@ __all__ = [
     "PLAN_REQUEST",
     "PLAN_SEPARATOR",
     "ANSWER_FORMATS",
-    "CHECK_ANSWERS",
-    "CHECK_REQUEST",
-    "build_check_prompt",
-    "build_check_sequence",
     "check_answer_format",
-    "check_answer_ids",
-    "check_texts",
     "PERCEPTION_MARKER",
     "PERCEPTION_WORDS",
     "answer_marker_id",
@@ -80,8 +74,6 @@ __all__ = [
 TASKS = ("t2i", "x2i", "howto", "story", "explore", "vla")  # Emu3.5's template tasks
 PLAN_REQUEST = "list the remaining steps:"  # rest-of-plan training sequences: prefix of the instruction
 PLAN_SEPARATOR = ";"  # between the steps of a rest-of-plan answer
-CHECK_REQUEST = "did this step happen:"  # step checks (frame verification): prefix of the step sentence
-CHECK_ANSWERS = ("yes", "no")  # a step check's one-word answer: the step happened / did not
 DONE_TEXT = "Task complete."  # the final answer's text (emu35/emu3); compact uses the <done> token
 IGNORE_INDEX = -100  # label of positions that carry no loss (the prompt)
 _EMU35_SYSTEM = "You are a helpful assistant for {task} task.{extra}"
@@ -129,8 +121,7 @@ class TrainingSequence:
     loss_weights: np.ndarray  # (T,) float32
     image_spans: list[ImageSpan] = field(default_factory=list)
     prompt_length: int = 0  # answer starts here
-    # "step" (a guidance answer), "plan" (auxiliary rest-of-plan answer, training only) or "check" (did
-    # a step happen, judged from the frame: build_check_sequence)
+    # "step" (a guidance answer) or "plan" (auxiliary rest-of-plan answer, training only)
     kind: str = "step"
     # Training-only targets of the perception probe: per prompt-frame token, 1 + the class of the object
     # centred in it, 0 for none (finetune_embodied.sequences.frame_cell_targets); None when not recorded.
@@ -689,57 +680,3 @@ def build_plan_sequence(
                           frame_codes, task=task)
     answer = _encode(layout, text_tok, f" {PLAN_SEPARATOR} ".join(steps), "remaining_steps") + [layout.eos]
     return _training_sequence(layout, prompt, answer, 1.0, "plan")  # a text-only answer: no visual cells
-
-
-# ---- step checks (frame verification) ---------------------------------------------------------
-# After the loop executes a step it asks the model whether the step happened, from the new frame alone:
-#
-#   prompt  <bos> <user> did this step happen: pick up the red cup <image block> <assistant>
-#   answer  yes <eos>   |   no <eos>
-#
-# No instruction and no done steps: the history cannot tell what the frame shows, so the answer has
-# to come from the frame (a perception asked with the history followed the history: docs/training.md).
-# The runtime reads the two answers' probabilities from one forward pass (the backends' check_step).
-# Compact (word) layout only.
-def check_texts() -> list[str]:
-    """Texts that put every step-check word into a word vocabulary (``WordTokenizer.build``)."""
-    return [CHECK_REQUEST, " ".join(CHECK_ANSWERS)]
-
-
-def check_answer_ids(layout: TokenLayout, text_tok: TextTokenizer) -> tuple[int, int]:
-    """The token ids of the answers (yes, no); ValueError when this pair cannot ask step checks."""
-    _check_pair(layout, text_tok)
-    if layout.name != "compact":
-        raise ValueError(f"step checks need the compact (word) layout, not {layout.name!r}")
-    missing = [w for w in check_texts() if text_tok.unknown_words(w)]
-    if missing:
-        raise ValueError("step checks need the words of model_runtime.prompt.check_texts() in the text tokenizer's"
-                         f" vocabulary; it lacks {sorted({w for t in missing for w in text_tok.unknown_words(t)})}")
-    yes, no = (text_tok.encode(w) for w in CHECK_ANSWERS)
-    return int(yes[0]), int(no[0])
-
-
-def build_check_prompt(layout: TokenLayout, text_tok: TextTokenizer, step_text: str, frame_codes: np.ndarray) -> list[int]:
-    """The prompt asking whether ``step_text`` happened, given the frame after it; ends where the answer begins."""
-    check_answer_ids(layout, text_tok)
-    step_text = _clean_text(step_text, "step_text")
-    unknown = text_tok.unknown_words(step_text)
-    if unknown:
-        raise ValueError(f"step_text {step_text!r} has words the text tokenizer does not know: {unknown}")
-    return build_prompt(layout, text_tok, f"{CHECK_REQUEST} {step_text}", [], frame_codes)
-
-
-def build_check_sequence(layout: TokenLayout, text_tok: TextTokenizer, step_text: str, frame_codes: np.ndarray,
-                         happened: bool, answer_weight: float = 1.0) -> TrainingSequence:
-    """Training example of a step check: the frame after ``step_text`` was attempted -> "yes" or "no".
-
-    ``answer_weight``: the loss weight of the yes/no token. The loss is a mean over weighted tokens,
-    so a one-word answer beside guidance answers of ~90 weighted tokens (text + subgoal cells) gets
-    almost no gradient at weight 1 (session 12: held-out checks stayed at the majority answer)."""
-    if not answer_weight > 0:
-        raise ValueError(f"answer_weight must be > 0, got {answer_weight}")
-    prompt = build_check_prompt(layout, text_tok, step_text, frame_codes)
-    yes, no = check_answer_ids(layout, text_tok)
-    seq = _training_sequence(layout, prompt, [yes if happened else no, layout.eos], 1.0, "check")
-    seq.loss_weights[seq.prompt_length] = answer_weight
-    return seq

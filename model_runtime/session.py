@@ -3,7 +3,7 @@
     session = GuidanceSession(load_backend("torch"), "clear the table", DecodeOptions())
     step = session.next_step(frame)      # PlanStep: sentence + subgoal image
     seen = session.perceive(frame)       # "perceive" models: what the model sees (no step)
-    judged = session.check(after, step.text)  # models trained on step checks: did it happen?
+    judged = session.check(frame, after, step.text)  # models with a step verifier: did it happen?
     ...execute step...
     session.mark_done(step)              # it worked: it joins the history
     session.replan()                     # or: forget the pending step and ask again from the next frame
@@ -71,15 +71,15 @@ class GuidanceSession:
 
     @property
     def checks(self) -> bool:
-        """Whether the backend's model was trained to judge from a frame whether a step happened (``check``)."""
+        """Whether the backend's model has a step verifier (``check``: did a step happen between two frames)."""
         return bool(getattr(self.backend, "checks", False)) and hasattr(self.backend, "check_step")
 
-    def check(self, frame: Frame, step_text: str) -> StepCheck:
-        """The model's judgement, from ``frame`` alone, of whether ``step_text`` happened (no history,
-        no instruction: model_runtime/prompt.py "step checks"). BackendError when ``checks`` is False."""
+    def check(self, before: Frame, after: Frame, step_text: str) -> StepCheck:
+        """The model's judgement of whether ``step_text`` happened between ``before`` (the frame it was
+        planned on) and ``after`` (model_runtime/step_verifier.py). BackendError when ``checks`` is False."""
         if not self.checks:
-            raise BackendError(f"backend {getattr(self.backend, 'name', '?')!r} was not trained on step checks")
-        return self.backend.check_step(frame, step_text)  # type: ignore[attr-defined]
+            raise BackendError(f"backend {getattr(self.backend, 'name', '?')!r} has no step verifier")
+        return self.backend.check_step(before, after, step_text)  # type: ignore[attr-defined]
 
     def next_step(
         self, frame: Frame, allowed_names: Sequence[str] | None = None, known_names: Sequence[str] | None = None,

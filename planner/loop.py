@@ -5,10 +5,10 @@ One iteration is one planning call:
     frame -> plan step (model) -> parse with context -> ground -> check -> execute -> verify
           -> confirm (the step joins the history) or re-plan (the step is rejected, ask again)
 
-Verify (``planner.verify``): a model trained on step checks judges from the post-step frame alone
-whether the step happened; a "perceive" model perceives the post-step frame (a perception-only
-decode) and, without step checks, the perception is compared with the step's goal; without
-either, the new frame against the predicted subgoal image. That perception is the start of the
+Verify (``planner.verify``): a model with a step verifier judges from the frame the step was
+planned on and the post-step frame whether the step happened; a "perceive" model perceives the
+post-step frame (a perception-only decode) and, without a step verifier, the perception is
+compared with the step's goal; without either, the new frame against the predicted subgoal image. That perception is the start of the
 next answer about the same frame: the next planning call teacher-forces it instead of decoding it
 again.
 
@@ -439,9 +439,9 @@ class GuidanceLoop:
         self._post = (frame, seen)
         return seen
 
-    def _check(self, frame: Frame, step_text: str) -> Any:
-        """The model's step check of a post-step frame (model_runtime/prompt.py "step checks")."""
-        return self.session.check(self._model_input(frame), step_text)
+    def _check(self, before: Frame, after: Frame, step_text: str) -> Any:
+        """The model's step verifier on the step's two frames (model_runtime/step_verifier.py)."""
+        return self.session.check(self._model_input(before), self._model_input(after), step_text)
 
     def _model_input(self, frame: Frame) -> Frame:
         """``frame`` at the model's input size (``LoopConfig.frame_size``, else the backend's)."""

@@ -15,16 +15,17 @@ and ``judge_perception`` compares that with the step's action goal, generically 
 - any other verb (push, open...), or a goal whose object the model perceives neither before
   nor after the step: perception cannot tell.
 
-A model trained on step checks (guidance.json ``"checks"``) is asked directly instead: from the new
-frame alone, without the done steps or the instruction, did this step happen
-(``GuidanceSession.check``: the probability of its "yes" over its "no")? That decides; the
+A model with a step verifier (``step_verifier/`` in its directory, model_runtime/step_verifier.py)
+is asked directly instead: between the frame the step was planned on and the new frame, did this
+step happen (``GuidanceSession.check``: the verifier's probability)? That decides; the
 perception, when the model has one, is still taken (the report shows it; the next answer starts
 with it) and its own judgement is written into the reason as a second reading.
 
 Where perception cannot tell (a model without the format; a perception that does not parse; a
 model trained before cloth parts were perceived) the verifier falls back to the pixel test,
 ``monitor.subgoal_progress`` (the new frame against the predicted subgoal image), and says so.
-Nothing here reads simulator state or knows a scene: the inputs are the goal and two perceptions.
+Nothing here reads simulator state or knows a scene: the inputs are the goal, two frames and what
+the model makes of them.
 
 The post-step perception is also the start of the next step's answer for that frame: the loop
 hands it to ``GuidanceSession.next_step(perception=...)``, which teacher-forces it, so each frame
@@ -62,8 +63,8 @@ class FrameVerdict:
     perception_text: str = ""  # as the model said it (reused as the next answer's start)
     progress: float | None = None  # subgoal_progress when pixels decided (or were computed)
     perceive_ms: float | None = None  # the perception-only decode of the post-step frame
-    p_happened: float | None = None  # step-check models: the model's probability that the step happened
-    check_ms: float | None = None  # that check (frame encoding + one prompt prefill)
+    p_happened: float | None = None  # models with a step verifier: its probability that the step happened
+    check_ms: float | None = None  # that check (one verifier forward over the two frames)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,17 +213,17 @@ def subgoal_progress(
 
 
 class FrameVerifier:
-    """Judges a step from its post-step frame: the model's step check, else its perception, else
-    pixel progress.
+    """Judges a step from its frames: the model's step verifier, else its perception of the
+    post-step frame, else pixel progress.
 
     ``perceive(frame) -> model_runtime.backends.base.Perceived`` (None: the model has no
-    perception); ``check(frame, step_text) -> model_runtime.backends.base.StepCheck`` (None: the
-    model was not trained on step checks); ``progress_threshold`` / ``change_threshold`` as in
+    perception); ``check(before, after, step_text) -> model_runtime.backends.base.StepCheck``
+    (None: the model has no step verifier); ``progress_threshold`` / ``change_threshold`` as in
     ``MonitorConfig``.
     """
 
     def __init__(self, perceive: Callable[[Frame], Any] | None, progress_threshold: float = 0.5,
-                 change_threshold: int = 40, check: Callable[[Frame, str], Any] | None = None) -> None:
+                 change_threshold: int = 40, check: Callable[[Frame, Frame, str], Any] | None = None) -> None:
         self.perceive = perceive
         self.check = check
         self.progress_threshold = progress_threshold
@@ -237,9 +238,11 @@ class FrameVerifier:
             perceived, text = seen.perception, seen.text
             why_not = f"the model's perception does not parse ({seen.error})" if perceived is None else ""
         if self.check is not None and step.text:
-            judged = self.check(after, step.text)
+            judged = self.check(before, after, step.text)
             said = "happened" if judged.happened else "did not happen"
-            why = f"the model checks the new frame: the step {said} (p {judged.p_happened:.2f})"
+            why = f"the step verifier: the step {said} (p {judged.p_happened:.2f})"
+            if judged.unknown_words:
+                why += f" (words it never saw in training: {', '.join(judged.unknown_words)})"
             if perceived is not None:  # a second reading, for the report
                 p_done, p_why = judge_perception(goal, perceived, step.perception, step.text)
                 if p_done is not None:

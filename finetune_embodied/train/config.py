@@ -5,6 +5,7 @@ One ``TrainConfig`` drives the one training loop; ``stage`` picks what is traine
 - ``tokenizer``: the vision tokenizer (reconstruction + quantisation losses) on camera frames.
 - ``next_token``: the language model on interleaved text + image-token sequences.
 - ``dida``: DiDA adaptation of a next-token model (noisy image copies + the next-token loss).
+- ``verifier``: the step verifier (did a step happen between two frames?) on a recording.
 
 Configs are data, never code: files are parsed with ``yaml.safe_load`` / ``json.load`` and
 command-line overrides (``optim.lr=1e-3``) are parsed as YAML scalars.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("tokenizer", "next_token", "dida")
+STAGES = ("tokenizer", "next_token", "dida", "verifier")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 DATA_SOURCES = ("dataset", "synthetic")
@@ -70,7 +71,7 @@ class DataConfig:
     object_loss_weight: float = 0.0  # tokenizer stage: pixels that stand out from the table weigh 1 + this
     max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
     frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
-    max_episodes: int = 0  # tokenizer stage: read this many episodes, evenly spaced (0 = all)
+    max_episodes: int = 0  # tokenizer and verifier stages: read this many episodes, evenly spaced (0 = all)
     mid_samples_per_step: int = 2  # LM stages: frames sampled inside each step besides its boundary frame
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
@@ -78,18 +79,10 @@ class DataConfig:
     # LM stages: per step boundary also a sample whose history lacks the step just done (the frame the
     # loop's verifier perceives before confirming it): the answer must come from the frame, not the history
     unconfirmed_samples: bool = False
-    # LM stages: also train step checks (model_runtime.prompt.build_check_sequence): from the frame alone,
-    # did a step happen (the loop's frame verification); from the recording's plan steps, failed
-    # attempts and injected mistakes (finetune_embodied.sequences.check_samples)
-    check_sequences: bool = False
-    # the loss weight of a step check's yes/no token: the loss averages weighted tokens, and a guidance
-    # answer weighs ~90 (its text, and its subgoal cells at visual_loss_weight); at 1 the checks got
-    # almost no gradient and stayed at the majority answer (session 12). 20: about one answer's text.
-    check_loss_weight: float = 20.0
     # LM stages: which sequence kinds train ("step": next step + subgoal image; "plan": rest of the
-    # plan, text only; "check": step checks). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
-    # Evaluation uses held-out "step" sequences (and "check" ones for the check accuracy).
-    train_kinds: list[str] = field(default_factory=lambda: ["step", "plan", "check"])
+    # plan, text only). ["plan"] alone is the reading warm-up (configs/train/reading.yaml).
+    # Evaluation uses held-out "step" sequences.
+    train_kinds: list[str] = field(default_factory=lambda: ["step", "plan"])
     # LM stages: the answer format ("step": step + subgoal image; "perceive": what the frame shows
     # first, from the recording's perception targets, model_runtime.prompt.format_perception)
     answer: str = "step"
@@ -114,11 +107,10 @@ class DataConfig:
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")
-        _check(self.check_loss_weight > 0, f"data.check_loss_weight must be > 0, got {self.check_loss_weight!r}")
         _check(isinstance(self.extra_texts, list) and all(isinstance(t, str) for t in self.extra_texts),
                f"data.extra_texts must be a list of strings, got {self.extra_texts!r}")
-        _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan", "check"},
-               f"data.train_kinds must be a non-empty list of 'step', 'plan' and/or 'check', got {self.train_kinds!r}")
+        _check(isinstance(self.train_kinds, list) and bool(self.train_kinds) and set(self.train_kinds) <= {"step", "plan"},
+               f"data.train_kinds must be a non-empty list of 'step' and/or 'plan', got {self.train_kinds!r}")
         _check(self.plan_sequences or "step" in self.train_kinds,
                f"data.train_kinds {self.train_kinds!r} trains plan sequences only; set data.plan_sequences: true")
         _check(self.answer in ("step", "perceive"), f"data.answer must be 'step' or 'perceive', got {self.answer!r}")
@@ -290,7 +282,7 @@ VISUAL_CODES = ("table", "factorized", "digits")
 
 @dataclass
 class TrainConfig:
-    stage: str = "next_token"  # "tokenizer", "next_token" or "dida"
+    stage: str = "next_token"  # "tokenizer", "next_token", "dida" or "verifier"
     name: str = "run"  # run name (default run directory runs/train/<name>)
     seed: int = 0  # seeds weights, data order and noise; a resumed run replays the same streams
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
@@ -352,19 +344,18 @@ class TrainConfig:
                "semantic_aux is for stage tokenizer on a dataset (its targets are the recording's object pixels)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
-            not (self.lora.enabled and self.stage == "tokenizer"),
-            "lora.enabled is for the language-model stages, not stage 'tokenizer'",
+            not (self.lora.enabled and self.stage in ("tokenizer", "verifier")),
+            f"lora.enabled is for the language-model stages, not stage {self.stage!r}",
         )
         _check(self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.layout == "emu35":
-            _check(self.stage != "tokenizer", "layout 'emu35' is for the LM stages (the release brings its vision tokenizer)")
+            _check(self.stage not in ("tokenizer", "verifier"),
+                   "layout 'emu35' is for the LM stages (the release brings its vision tokenizer)")
             _check(bool(self.init_from), "layout 'emu35' needs init_from=<an Emu3.5 release-format checkpoint directory>")
             _check(self.visual_codes == "table" and self.visual_embedding_init == "random" and not self.input_embedding_init_std,
                    "layout 'emu35' starts from the release's weights: visual_codes, visual_embedding_init and "
                    "input_embedding_init_std are for LMs trained from scratch (leave them at their defaults)")
             _check(self.data.answer == "step", f"layout 'emu35' answers in the plain step format, got data.answer {self.data.answer!r}")
-            _check(not self.data.check_sequences, "layout 'emu35' does not train step checks (data.check_sequences: the"
-                   " compact layout's word answers only)")
             _check(self.data.source == "dataset", f"layout 'emu35' trains on a dataset, got data.source {self.data.source!r}")
 
     @property

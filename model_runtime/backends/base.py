@@ -158,15 +158,17 @@ class Perceived:
 
 @dataclass
 class StepCheck:
-    """A model's judgement of whether a step happened, from the frame after it (``check_step``)."""
+    """A model's judgement of whether a step happened between two frames (``check_step``)."""
 
     step_text: str
-    p_happened: float  # P("yes") over P("yes") + P("no"): the model's two answers to the step check
-    ms: float = 0.0  # frame encoding + one prompt prefill
+    p_happened: float  # the step verifier's probability that the step happened
+    ms: float = 0.0
+    threshold: float = 0.5  # p_happened at or above it: happened (the verifier's own threshold)
+    unknown_words: list[str] = field(default_factory=list)  # words of step_text the verifier never saw in training
 
     @property
     def happened(self) -> bool:
-        return self.p_happened >= 0.5
+        return self.p_happened >= self.threshold
 
 
 @runtime_checkable

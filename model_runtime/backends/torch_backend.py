@@ -7,6 +7,7 @@ A model directory holds everything one guidance model needs::
     lm/                   a Qwen3-compatible checkpoint (config.json + safetensors, sharded or not)
     vision_tokenizer/     anything model_runtime.tokenizers.load_vision_tokenizer reads (FSQ, Emu3 VQ, IBQ)
     text_tokenizer/       anything model_runtime.text_tokenizer.load_text_tokenizer reads (words, HF)
+    step_verifier/        optional: model_runtime.step_verifier (did a step happen between two frames?)
 
 ``save_model_dir`` writes one (the training pipeline calls it); ``TorchBackend`` loads one, checks
 that the parts agree with each other and with the layout, and answers ``next_step`` with
@@ -37,6 +38,7 @@ from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
 from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions, Perceived, StepCheck
 from model_runtime.decoding.constraints import DecodeConstraint, Phase
 from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
+from model_runtime.step_verifier import VERIFIER_DIR
 
 __all__ = [
     "DIDA_MARKER",
@@ -127,7 +129,7 @@ def save_model_dir(
     dida_adapted: bool | None = None,
     answer_format: str = "step",
     max_history: int | None = None,
-    checks: bool = False,
+    step_verifier: str | Path | None = None,
 ) -> Path:
     """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
 
@@ -137,8 +139,8 @@ def save_model_dir(
     the model sees, model_runtime.prompt); the plain "step" format is the default and left out.
     ``max_history``: the most recent done steps the model was trained to see in its prompt (the
     training data's ``data.max_history``); the backend keeps only those. None: all of them.
-    ``checks``: the model was trained on step checks (``data.check_sequences``): recorded as
-    ``"checks": true``, the backend's ``check_step`` then answers (the loop's frame verification)."""
+    ``step_verifier``: a trained step verifier's directory (``model_runtime.step_verifier``), copied
+    in as ``step_verifier/``: the backend's ``check_step`` then answers (the loop's frame verification)."""
     from model_runtime.prompt import check_answer_format
 
     check_answer_format(answer_format)
@@ -165,11 +167,10 @@ def save_model_dir(
         if not _is_history_limit(max_history):
             raise ValueError(f"max_history must be an integer >= 0, got {max_history!r}")
         doc["max_history"] = max_history
-    if checks:
-        from model_runtime.prompt import check_answer_ids
+    if step_verifier is not None:
+        from model_runtime.step_verifier import VERIFIER_DIR, StepVerifier
 
-        check_answer_ids(layout, text_tokenizer)  # ValueError: this vocabulary cannot say the answers
-        doc["checks"] = True
+        StepVerifier.load(step_verifier).save(path / VERIFIER_DIR)  # ValueError: not a step verifier
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -201,9 +202,14 @@ class LocalModelBackend:
     # guidance.json "max_history": the prompt keeps the most recent this many done steps, as in
     # training (None: every done step; the step's index still counts them all)
     max_history: int | None = None
-    # guidance.json "checks": the model was trained to judge from a frame whether a step happened
-    # (``check_step``; model_runtime/prompt.py "step checks")
-    checks: bool = False
+    # step_verifier/ of a model directory (model_runtime.step_verifier.StepVerifier): judges whether a
+    # step happened between two frames (``check_step``); None: the model has none
+    verifier: Any = None
+
+    @property
+    def checks(self) -> bool:
+        """Whether ``check_step`` answers (the model directory has a step verifier)."""
+        return self.verifier is not None
 
     @property
     def default_mode(self) -> DecodeMode:
@@ -383,29 +389,15 @@ class LocalModelBackend:
         except ParseError as exc:
             return Perceived(text=text, perception=None, error=str(exc), timings_ms=timings)
 
-    def check_step(self, frame: Frame, step_text: str) -> StepCheck:
-        """How likely ``step_text`` happened, judged by the model from ``frame`` (the frame after the step
-        was executed) alone: the probabilities of its two answers ("yes", "no") after the check prompt
-        (model_runtime/prompt.py, "step checks"), renormalised over the two. One prompt prefill, no
-        decoding. BackendError for a model not trained on step checks (guidance.json "checks")."""
-        from model_runtime.prompt import build_check_prompt, check_answer_ids
-
-        if not self.checks:
-            raise BackendError(f"{self.name}: {self.model_id} was not trained on step checks (no \"checks\" in its"
-                               " guidance.json): it cannot judge from a frame whether a step happened")
-        t0 = time.perf_counter()
-        codes = self.vision.encode_one(self.prepare_frame(frame))
-        try:
-            prompt = build_check_prompt(self.layout, self.text, step_text, codes)
-            yes, no = check_answer_ids(self.layout, self.text)
-        except ValueError as exc:
-            raise BackendError(f"{self.name}: cannot ask the step check: {exc}") from None
-        from model_runtime.decoding.cache import ForwardCounter, KVState
-
-        with torch.inference_mode():
-            _, logits = KVState.prefill(ForwardCounter(self.lm), prompt)  # the prompt, as every answer starts
-        p_yes = float(torch.softmax(logits[0, [yes, no]].float(), dim=0)[0])
-        return StepCheck(step_text, p_yes, 1e3 * (time.perf_counter() - t0))
+    def check_step(self, before: Frame, after: Frame, step_text: str) -> StepCheck:
+        """How likely ``step_text`` happened between ``before`` (the frame the step was planned on) and
+        ``after`` (the frame after it was executed), by the model's step verifier
+        (model_runtime/step_verifier.py). BackendError for a model directory without one."""
+        if self.verifier is None:
+            raise BackendError(f"{self.name}: {self.model_id} has no step verifier ({VERIFIER_DIR}/ in its model"
+                               " directory): it cannot judge from frames whether a step happened")
+        p, ms = self.verifier.p_happened(before.image, after.image, step_text)
+        return StepCheck(step_text, p, ms, self.verifier.cfg.threshold, self.verifier.unknown_words(step_text))
 
     def _stream_text(self, ids: list[int], prefix: list[int], index: int, options: DecodeOptions, t0: float) -> None:
         """``options.on_text`` with the step as decoded so far (its text; the image is next)."""
@@ -539,17 +531,14 @@ def load_model_dir(
     if max_history is not None and not _is_history_limit(max_history):
         raise BackendError(f"{gfile}: max_history must be an integer >= 0, got {max_history!r}")
     parts["max_history"] = max_history
-    checks = doc.get("checks", False)
-    if not isinstance(checks, bool):
-        raise BackendError(f"{gfile}: checks must be true or false, got {checks!r}")
-    if checks:
-        from model_runtime.prompt import check_answer_ids
+    parts["verifier"] = None
+    if (path / VERIFIER_DIR).exists():
+        from model_runtime.step_verifier import StepVerifier
 
         try:
-            check_answer_ids(layout, parts["text"])
+            parts["verifier"] = StepVerifier.load(path / VERIFIER_DIR)
         except ValueError as exc:
-            raise BackendError(f"{gfile}: {exc}") from None
-    parts["checks"] = checks
+            raise BackendError(str(exc)) from None
     return parts
 
 
@@ -710,5 +699,5 @@ class TorchBackend(LocalModelBackend):
         self.dida_adapted = parts["dida_adapted"]
         self.answer_format = parts.get("answer_format", "step")
         self.max_history = parts.get("max_history")
-        self.checks = parts.get("checks", False)
+        self.verifier = parts.get("verifier")
         self.model_id = str(Path(model_path))

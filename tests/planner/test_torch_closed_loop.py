@@ -86,44 +86,45 @@ def test_bench_runs_dida_and_ar_side_by_side(model_dir, tmp_path):
     assert (tmp_path / "bench.json").exists() and (tmp_path / "success_at_k.png").exists()
 
 
-class OracleStepsTinyModelChecks:
+class OracleStepsTinyModelVerifier:
     """Test double for the loop's wiring: the oracle's (ground-truth) steps, so steps get executed, and
-    a real untrained torch model's step checks (its probabilities are noise, its path is the real one)."""
+    a real untrained step verifier in a torch model directory (its probabilities are noise, its path
+    is the real one)."""
 
     def __init__(self, oracle, checker) -> None:
         self.oracle, self.checker = oracle, checker
-        self.name, self.model_id, self.image_size = "oracle+checks", "test", checker.image_size
+        self.name, self.model_id, self.image_size = "oracle+verifier", "test", checker.image_size
         self.checks = True
         self.asked: list[str] = []
 
     def next_step(self, frame, instruction, history, options=None):
         return self.oracle.next_step(frame, instruction, history, options)
 
-    def check_step(self, frame, step_text):
+    def check_step(self, before, after, step_text):
         self.asked.append(step_text)
-        return self.checker.check_step(frame, step_text)
+        return self.checker.check_step(before, after, step_text)
 
     def close(self) -> None:
         self.oracle.close()
 
 
-def test_without_the_checker_the_models_step_check_decides(tmp_path):
+def test_without_the_checker_the_models_step_verifier_decides(tmp_path):
     from model_runtime.backends.base import load_backend
 
     env = make_env("table_clear", resolution=32)
     env.reset(seed=HELDOUT_SEEDS[0])
     corpus = [*INSTRUCTIONS, *(s.text for s in env.unwrapped.ground_truth_plan())]  # the sentences it is asked about
-    checker = make_backend("torch", None, model_path=str(make_tiny_model_dir(tmp_path / "m", corpus, checks=True)))
-    backend = OracleStepsTinyModelChecks(load_backend("oracle", env=env), checker)
+    checker = make_backend("torch", None, model_path=str(make_tiny_model_dir(tmp_path / "m", corpus, verifier=True)))
+    backend = OracleStepsTinyModelVerifier(load_backend("oracle", env=env), checker)
     config = RunnerConfig(use_checker=False, monitor=MonitorConfig(max_replans=1, max_planning_calls=6))
     result = run_episode(env, backend, HELDOUT_SEEDS[0], config)
     env.close()
     verified = [s for s in result.steps if s.verification is not None]
     assert verified and len(backend.asked) == sum(s.attempts for s in verified)
-    for s in verified:  # asked about the step's own sentence; decided by the check alone (no checker)
+    for s in verified:  # asked about the step's own sentence; decided by the verifier alone (no checker)
         frames = s.verification["frames"]
         assert s.text in backend.asked and s.verification["decided_by"] == "check" and frames["by"] == "check"
         assert 0.0 < frames["p_happened"] < 1.0 and frames["done"] == (frames["p_happened"] >= 0.5)
         assert s.latency_ms["verify"] == pytest.approx(frames["check_ms"])
     plan = write_report(tmp_path / "report", [result])["plan"].read_text()
-    assert "(decided by check): frames (check): " in plan and ": the model checks the new frame: the step" in plan
+    assert "frames (check): " in plan and ": the step verifier: the step" in plan

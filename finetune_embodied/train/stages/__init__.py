@@ -13,6 +13,10 @@ def make_stage(cfg: TrainConfig, info: DistInfo) -> Stage:
         from finetune_embodied.train.stages.tokenizer_stage import TokenizerStage
 
         return TokenizerStage(cfg, info)
+    if cfg.stage == "verifier":
+        from finetune_embodied.train.stages.verifier_stage import VerifierStage
+
+        return VerifierStage(cfg, info)
     if cfg.layout == "emu35":  # an Emu3.5 release-format checkpoint, its own tokenizers
         from finetune_embodied.train.stages.release import ReleaseDidaStage, ReleaseLMStage
 

@@ -37,7 +37,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     from finetune_embodied.datasets import open_dataset
     from finetune_embodied.sequences import SequenceDataset, dataset_texts
     from finetune_embodied.train.stages.tokenizer_stage import announce_resize, camera_key, load_tokenizer_or_checkpoint
-    from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR, check_texts
+    from model_runtime.prompt import PLAN_REQUEST, PLAN_SEPARATOR
 
     d = cfg.data
     if not cfg.tokenizer:
@@ -57,7 +57,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
 
     # Which frames are the recorder's injected mistakes: never a target, never in a history.
     step_kinds = load_step_kinds(d.path) if not labels else None
-    plan_words = ([PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []) + (check_texts() if d.check_sequences else [])
+    plan_words = [PLAN_REQUEST, PLAN_SEPARATOR] if d.plan_sequences else []
     perceptions, perception_words, pixels, classes = None, [], None, None
     if d.answer == "perceive":
         from finetune_embodied.record import PERCEPTION_FILE, load_perceptions
@@ -119,8 +119,6 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
         seed=cfg.seed,
         plan_sequences=d.plan_sequences,
         unconfirmed_samples=d.unconfirmed_samples,
-        check_sequences=d.check_sequences,
-        check_answer_weight=d.check_loss_weight,
         perceptions=perceptions,
         perception_pixels=pixels,
         object_classes=classes,
@@ -197,7 +195,6 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: boo
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
         + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
         + (["unconfirmed"] if d.unconfirmed_samples else [])
-        + (["check", d.check_loss_weight] if d.check_sequences else [])
         + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 2,  # 2: rest-of-plan answers without the unconfirmed samples' repeats; step kinds

@@ -207,8 +207,7 @@ class LMStage(Stage):
         self.data_report = ""
         self.text_tok, self.layout, sequences, groups = self._load_data()
         self.train_set, self.eval_set = split_heldout(sequences, groups, cfg.data.heldout_fraction)
-        # Held-out metrics are about guidance answers and step checks; rest-of-plan answers only train.
-        self.check_eval_set = [s for s in self.eval_set if s.kind == "check"]
+        # Held-out metrics are about guidance answers; rest-of-plan answers only train.
         self.eval_set = [s for s in self.eval_set if s.kind == "step"]
         self.train_set = [s for s in self.train_set if s.kind in cfg.data.train_kinds]
         if not self.train_set:
@@ -487,33 +486,7 @@ class LMStage(Stage):
             out["subgoal_psnr_db"] = float(np.mean(psnrs))
             out["subgoal_object_found_frac"] = found / n_obj if n_obj else float("nan")
             out["subgoal_object_pos_err_px"] = float(np.mean(pos_errs)) if pos_errs else float("nan")
-        return {**out, **self.evaluate_checks(model)}
-
-    @torch.no_grad()
-    def evaluate_checks(self, model) -> dict[str, float]:
-        """Held-out step checks (``data.check_sequences``), decided as the runtime does (yes vs no at the
-        answer's position): accuracy, false "done" (of the steps that did not happen) and missed "done"."""
-        from model_runtime.prompt import check_answer_ids
-
-        n = min(len(self.check_eval_set), 4 * self.cfg.eval.max_samples)
-        if not n:
-            return {}
-        picks = np.linspace(0, len(self.check_eval_set) - 1, n).round().astype(int)
-        samples = [self.check_eval_set[int(i)] for i in picks]
-        yes, no = check_answer_ids(self.layout, self.text_tok)
-        said, truth = [], []
-        for i in range(0, n, self.cfg.eval.batch_size):
-            batch = self.collate(samples[i : i + self.cfg.eval.batch_size])
-            logits = model(input_ids=batch["input_ids"].to(self.info.device),
-                           attention_mask=batch["attention_mask"].to(self.info.device)).logits
-            for r, s in enumerate(batch["samples"]):
-                at = logits[r, s.prompt_length - 1]  # predicts the answer's first token
-                said.append(bool(at[yes] > at[no]))
-                truth.append(int(s.input_ids[s.prompt_length]) == yes)
-        said_a, truth_a = np.asarray(said), np.asarray(truth)
-        return {"check_acc": float((said_a == truth_a).mean()),
-                "check_false_done": float(said_a[~truth_a].mean()) if (~truth_a).any() else float("nan"),
-                "check_missed_done": float((~said_a[truth_a]).mean()) if truth_a.any() else float("nan")}
+        return out
 
 
 class DidaStage(LMStage):

@@ -131,8 +131,6 @@ def test_bad_release_inputs_are_one_line_errors(release, tmp_path):
         _cfg(release, tmp_path / "bad", 'init_from=""')
     with pytest.raises(ConfigError, match="plain step format"):
         _cfg(release, tmp_path / "bad", "data.answer=perceive")
-    with pytest.raises(ConfigError, match="does not train step checks"):
-        _cfg(release, tmp_path / "bad", "data.check_sequences=true")
     # Exporting a compact-layout checkpoint through the release exporter is refused.
     from train_helpers import tiny_lm_config
 
