@@ -226,8 +226,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "| stage | steps | batch | lr | train samples | wall time | samples/s | held-out metrics |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("tokenizer", "reading", "next_token", "dida"):
-        if name not in st:  # the reading warm-up is optional
+    for name in ("tokenizer", "reading", "next_token", "dida", "verifier"):
+        if name not in st:  # the reading warm-up and the verifier are optional
             continue
         s = st[name]
         c = s["config"]

@@ -191,9 +191,10 @@ def verification_pairs(ep: Episode, kinds: Sequence[str] | None = None, rng: np.
       item slipped) nor for the plan step an injected mistake displaced (a wrong item, a miss);
     - a frame in the first third of the segment (an executor that stopped part way): not yet;
 
-    and, for a step that happened, the same two frames asked about another step of the episode's
-    plan (a different sentence): not what happened. ``rng`` draws the partway frame and the other
-    sentence (default seed 0)."""
+    and, for a step that happened, the same two frames asked about other steps of the episode's
+    plan (different sentences): not what happened. One of them starts with the same word (the same
+    verb on another object: the near miss a wrong pick looks like), one is any other sentence.
+    ``rng`` draws the partway frame and the other sentences (default seed 0)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     segs, seg_kinds, targets = _segments_and_targets(ep, keyframes, step_texts, kinds)
     texts = sorted({segs[t][0] for t in targets if t is not None})
@@ -210,7 +211,12 @@ def verification_pairs(ep: Episode, kinds: Sequence[str] | None = None, rng: np.
                 out.append(VerifyPair(ep.episode_index, prev_end, int(rng.choice(early)), text, False, "partway"))
             others = [x for x in texts if x != text]
             if happened and others:
-                out.append(VerifyPair(ep.episode_index, prev_end, last, str(rng.choice(others)), False, "other step"))
+                same_verb = [x for x in others if x.split()[:1] == text.split()[:1]]
+                asked = {str(rng.choice(same_verb))} if same_verb else set()
+                rest = [x for x in others if x not in asked]
+                if rest:
+                    asked.add(str(rng.choice(rest)))
+                out += [VerifyPair(ep.episode_index, prev_end, last, x, False, "other step") for x in sorted(asked)]
         prev_end = last
     return out
 

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write sheets for the first N episodes of each configuration")
     parser.add_argument("--time-limit", type=float, default=300.0, help="wall-clock limit per episode (s)")
     parser.add_argument("--no-checker", action="store_true",
-                        help="judge steps by frame vs predicted subgoal only (no simulator checker), as on a robot")
+                        help="no simulator checker: steps are judged from the frames only, as on a robot (the"
+                        " model's step verifier, else its perception, else the frame vs the predicted subgoal)")
     parser.add_argument("--over-ros", action="store_true",
                         help="run every episode over ROS 2: the guidance node and the sim bridge as processes talking"
                              " over real DDS (isolated graph), scored on the same seeds with the same table and JSON;"

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0,
                         help="episode wall-clock limit in seconds (keeps the demo well under 3 minutes)")
     parser.add_argument("--no-checker", action="store_true",
-                        help="judge steps by frame vs predicted subgoal only (no simulator checker)")
+                        help="no simulator checker: steps are judged from the frames only, as on a robot (the"
+                        " model's step verifier, else its perception, else the frame vs the predicted subgoal)")
     add_text_argument(parser)
     add_model_arguments(parser)
     add_instruction_argument(parser)

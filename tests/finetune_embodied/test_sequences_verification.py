@@ -42,12 +42,17 @@ def test_pairs_ask_what_the_loop_asks_after_each_step():
     partway = [(p.before_index, p.after_index, p.step_text, p.happened) for p in pairs if p.source == "partway"]
     assert partway == [(0, 1, CUP, False), (3, 4, PLACE, False), (6, 7, BACK, False), (9, 10, PLACE, False),
                        (11, 12, AGAIN, False), (14, 15, PLACE, False), (18, 19, BLOCK, False)]
-    # each step that happened is also asked about another step of the plan: that one did not happen here
+    # each step that happened is also asked about other steps of the plan, which did not happen here:
+    # one with the same verb where the plan has one (a near miss: another object picked), one any other
     others = [p for p in pairs if p.source == "other step"]
-    assert [(p.before_index, p.after_index) for p in others] == [(0, 3), (6, 9), (11, 14), (14, 18), (18, 22)]
+    assert [(p.before_index, p.after_index) for p in others] == [(0, 3), (0, 3), (6, 9), (11, 14), (11, 14),
+                                                                 (14, 18), (18, 22), (18, 22)]
     for p in others:
         own = next(s.step_text for s in pairs if s.source == "step" and s.after_index == p.after_index)
         assert p.step_text != own and p.step_text in {CUP, PLACE, BACK, AGAIN, BLOCK} and not p.happened
+    for end in (3, 14, 22):  # the picks: the plan has other picks
+        asked = {p.step_text for p in others if p.after_index == end}
+        assert len(asked) == 2 and any(t.startswith("pick") for t in asked)
     assert {p.episode_index for p in pairs} == {7}
     # the draws are seeded: the same generator gives the same samples
     assert verification_pairs(ep, kinds, np.random.default_rng(0)) == pairs
