@@ -26,7 +26,8 @@ decide: the loop then falls back to pixels; not counted in the two rates). Costs
 and on the first ``--timing-frames`` post-step frames per episode the perception-only decode (``perceive``), the
 next step decoded whole, and the next step with that perception given (teacher-forced, as the
 loop reuses it). The subgoal is decoded by DiDA (forced on next-token weights: timing only; the
-perception is greedy text before the image, the same either way). Prints a table, writes JSON.
+perception is greedy text before the image, the same either way). Prints a table, writes JSON (and,
+with step-verifier rows, a picture of its probabilities beside it: ``<out>.png``).
 """
 
 from __future__ import annotations
@@ -126,6 +127,35 @@ def _rates(rows: list[dict]) -> dict:
     }
 
 
+def plot_step_checks(cases: list[dict], path: Path) -> bool:
+    """Per task, the step verifier's P(happened) on the steps that happened and on those that did not,
+    with the threshold: how far apart the two are. False (nothing written) without ``check`` rows."""
+    rows = [c for c in cases if c["source"] == "check" and c.get("p_happened") is not None]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for ax, task in zip(axes[0], tasks):
+        for happened, colour, label in ((True, "tab:green", "happened"), (False, "tab:red", "did not")):
+            p = [r["p_happened"] for r in rows if r["task"] == task and r["happened"] == happened]
+            ax.hist(p, bins=bins, alpha=0.6, color=colour, label=f"{label} ({len(p)})")
+        thr = rows[0].get("threshold", 0.5)
+        ax.axvline(thr, color="k", lw=1, ls="--")
+        ax.set(title=task, xlabel="P(happened)", ylabel="steps")
+        ax.legend(fontsize=8)
+    fig.suptitle("step verifier on held-out recorded steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -183,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     judged = backend.check_step(Frame(b["image"]), Frame(a["image"]), c["plan_text"])
                     costs["check"].append(judged.ms)
                     rows["check"].append({**row, "done": judged.happened, "p_happened": judged.p_happened,
+                                          "threshold": judged.threshold,
                                           "why": f"asked about {c['plan_text']!r}",
                                           "unknown_words": judged.unknown_words})
                 if perceives:
@@ -231,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                                "args": vars(args), "wall_s": wall, "load_average": load, "table": table, "costs_ms": summary,
                                "cases": cases_out}, indent=1))
     print(f"JSON: {out}")
+    if plot_step_checks(cases_out, out.with_suffix(".png")):
+        print(f"picture: {out.with_suffix('.png')}")
     return 0
 
 

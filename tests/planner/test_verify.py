@@ -348,3 +348,4 @@ def test_the_bench_measures_a_models_step_verifier(tmp_path):
         assert all(0.0 < r["p_happened"] < 1.0 for r in rows) and out["costs_ms"]["check"]["n"] == len(rows)
         assert out["table"]["table_clear"]["check"]["cannot_tell"] == 0.0
         assert any(r["unknown_words"] for r in rows) != knows  # the later steps' words are new to "new words"
+        assert (tmp_path / f"{name}.png").stat().st_size > 0  # the picture of its probabilities
