@@ -8,9 +8,9 @@ One iteration is one planning call:
 Verify (``planner.verify``): a model with a step verifier judges from the frame the step was
 planned on and the post-step frame whether the step happened; a "perceive" model perceives the
 post-step frame (a perception-only decode) and, without a step verifier, the perception is
-compared with the step's goal; without either, the new frame against the predicted subgoal image. That perception is the start of the
-next answer about the same frame: the next planning call teacher-forces it instead of decoding it
-again.
+compared with the step's goal; without either, the new frame against the predicted subgoal
+image. That perception is the start of the next answer about the same frame: the next planning
+call teacher-forces it instead of decoding it again.
 
 What differs between the places that run it plugs in behind small interfaces:
 

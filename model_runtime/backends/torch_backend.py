@@ -168,7 +168,7 @@ def save_model_dir(
             raise ValueError(f"max_history must be an integer >= 0, got {max_history!r}")
         doc["max_history"] = max_history
     if step_verifier is not None:
-        from model_runtime.step_verifier import VERIFIER_DIR, StepVerifier
+        from model_runtime.step_verifier import StepVerifier
 
         StepVerifier.load(step_verifier).save(path / VERIFIER_DIR)  # ValueError: not a step verifier
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
