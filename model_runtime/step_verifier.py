@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StepVerifier", "StepVerifierConfig", "StepVerifierNet", "VERIFIER_DIR", "encode_words", "sentence_words"]
+__all__ = ["StepVerifier", "StepVerifierConfig", "StepVerifierNet", "VERIFIER_DIR", "batch_words", "encode_words",
+           "images_to_tensor", "sentence_words", "vocab_index"]
 
 VERIFIER_DIR = "step_verifier"
 PAD, UNK = 0, 1  # word ids; the vocabulary's real words start at 2
@@ -55,6 +56,11 @@ class StepVerifierConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def vocab_index(vocab: Sequence[str]) -> dict[str, int]:
+    """word -> id (after the pad and <unk> ids)."""
+    return {w: i + 2 for i, w in enumerate(vocab)}
 
 
 def encode_words(words: Sequence[str], vocab_index: dict[str, int], max_words: int) -> list[int]:
@@ -124,7 +130,7 @@ class StepVerifier:
     def __init__(self, net: StepVerifierNet) -> None:
         self.net = net.eval()
         self.cfg = net.cfg
-        self.vocab_index = {w: i + 2 for i, w in enumerate(self.cfg.vocab)}
+        self.vocab_index = vocab_index(self.cfg.vocab)
 
     @classmethod
     def load(cls, directory: str | Path) -> StepVerifier:

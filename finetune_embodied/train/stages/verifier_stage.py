@@ -94,9 +94,10 @@ class VerifierStage(Stage):
         self.train_set, self.eval_set = split_heldout(samples, groups, cfg.data.heldout_fraction)
         if not self.train_set:
             raise ValueError(f"stage 'verifier': no training samples in {cfg.data.path} (all held out)")
-        from model_runtime.step_verifier import sentence_words
+        from model_runtime.step_verifier import sentence_words, vocab_index
 
         self.vocab = sorted({w for s in samples for w in sentence_words(s.text)})
+        self.vocab_index = vocab_index(self.vocab)
         n_pos = sum(s.happened for s in self.train_set)
         n_neg = len(self.train_set) - n_pos
         if not n_pos or not n_neg:
@@ -133,8 +134,7 @@ class VerifierStage(Stage):
             arr = np.stack([getattr(s, key) for s in samples])
             return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
-        cfg = self.verifier_config()
-        words, lengths = batch_words([s.text for s in samples], {w: i + 2 for i, w in enumerate(cfg.vocab)}, cfg.max_words)
+        words, lengths = batch_words([s.text for s in samples], self.vocab_index, self.verifier_config().max_words)
         return {"before": images("before"), "after": images("after"), "words": words, "lengths": lengths,
                 "happened": torch.tensor([float(s.happened) for s in samples])}
 
@@ -146,12 +146,10 @@ class VerifierStage(Stage):
         return loss, {"acc": acc}
 
     def evaluate(self, model) -> dict[str, float]:
-        from model_runtime.step_verifier import StepVerifierConfig
-
         samples = self.eval_samples()
         if not samples:
             return {}
-        threshold = StepVerifierConfig.threshold
+        threshold = self.verifier_config().threshold  # decided as the runtime decides
         probs = []
         bs = self.cfg.eval.batch_size
         for i in range(0, len(samples), bs):
