@@ -6,7 +6,8 @@ happened: the step's end (yes for a plan step or a recovery; no for a failed att
 step an injected mistake displaced), a frame part way into it (no), and the same two frames asked
 about another step of the plan (no). The recording's step kinds tell mistakes from plan steps
 (``emu-guide record`` stores them); a recording without them has every step happen, so its only
-"no" samples are the part-way and other-step ones (said in the log).
+"no" samples are the part-way and other-step ones (said in the log). Episodes without step labels
+are labelled from the data first, as in the LM stages (``label`` settings, docs/datasets.md).
 
 Loss: binary cross-entropy, the positive class weighted by the negatives-to-positives ratio.
 Held-out evaluation (whole episodes held out): accuracy, false "done" (of the steps that did not
@@ -37,8 +38,10 @@ class VerifierSample(NamedTuple):
 def verifier_samples_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[VerifierSample], list[int], str]:
     """The verifier's samples of a LeRobot dataset and their episode index; a line on what the data lacks."""
     from finetune_embodied.datasets import open_dataset
+    from finetune_embodied.labelling import apply_labels
     from finetune_embodied.record import load_step_kinds
     from finetune_embodied.sequences import verification_pairs
+    from finetune_embodied.train.stages.lm_data import step_labels
     from finetune_embodied.train.stages.tokenizer_stage import announce_resize, camera_key
     from model_runtime.tokenizers import resize_image
 
@@ -46,20 +49,23 @@ def verifier_samples_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[V
     reader = open_dataset(d.path, on_error=d.on_error)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, d.image_size)
-    kinds = load_step_kinds(d.path)
-    notes = [] if kinds is not None else [f"{d.path} has no step kinds (recorded without them): every labelled step "
-                                          "counts as happened; only part-way and other-step samples say no"]
+    labels, label_line = step_labels(cfg, reader, key)  # episodes without step labels: found from the data, as the LM stages do
+    kinds = load_step_kinds(d.path) if not labels else None
+    notes = [label_line] if labels else []
+    if kinds is None:
+        notes.append(f"{d.path} has no step kinds (recorded without them): every labelled step counts as happened;"
+                     " only part-way and other-step samples say no")
     samples: list[VerifierSample] = []
     groups: list[int] = []
     from tqdm import tqdm
 
     total = min(d.max_episodes or reader.num_episodes, reader.num_episodes)
-    bar = tqdm(reader.iter_episodes(max_episodes=d.max_episodes), total=total, desc="[data] episodes -> verifier samples",
-               mininterval=10)
+    bar = tqdm(apply_labels(reader.iter_episodes(max_episodes=d.max_episodes), labels), total=total,
+               desc="[data] episodes -> verifier samples", mininterval=10)
     for ep in bar:
         if ep.subtasks is None:
             raise ValueError(f"stage 'verifier': episode {ep.episode_index} of {d.path} has no step labels"
-                             " (label it first: docs/datasets.md)")
+                             " (label.when: never; docs/datasets.md)")
         ep_kinds = None
         if kinds is not None:
             ep_kinds = kinds.get(ep.episode_index)

@@ -59,6 +59,9 @@ def _train_every_stage(tmp_path, ds, *extra):
                                   *common]), progress=False)
     dida = train(load_config(None, ["stage=dida", f"tokenizer={tok_ckpt}", TINY, f"init_from={nt.checkpoint}",
                                     f"checkpoint.dir={tmp_path / 'dida'}", *common]), progress=False)
+    verifier = train(load_config(None, ["stage=verifier", "data.image_size=32", "model={width: 8, text_dim: 8}",
+                                        f"checkpoint.dir={tmp_path / 'verifier'}", *common]), progress=False)
+    assert verifier.steps == 1
     return tok, nt, dida
 
 
