@@ -54,6 +54,16 @@ class StepVerifierConfig:
     max_words: int = 16
     threshold: float = 0.5  # P(happened) at or above it: the step happened
 
+    def __post_init__(self) -> None:
+        for name in ("image_size", "width", "text_dim", "max_words"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (8 if name == "image_size" else 1):
+                raise ValueError(f"{name} must be an integer >= {8 if name == 'image_size' else 1}, got {value!r}")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be a number in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.vocab, list) or not all(isinstance(w, str) for w in self.vocab):
+            raise ValueError("vocab must be a list of words")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -121,7 +121,7 @@ class VerifierStage(Stage):
                 raise ValueError(f"model.{key} is set by the data (data.image_size; the recording's step sentences)")
         try:
             return StepVerifierConfig(vocab=self.vocab, image_size=self.cfg.data.image_size, **overrides)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"model (StepVerifierConfig): {exc}") from None
 
     def build_model(self) -> torch.nn.Module:

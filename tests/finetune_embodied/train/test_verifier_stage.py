@@ -72,5 +72,9 @@ def test_verifier_config_errors_name_the_field(recorded, tmp_path):
         make_stage(_verifier_cfg(tmp_path, recorded, "model={vocab: [a]}"), DistInfo()).build_model()
     with pytest.raises(ValueError, match="StepVerifierConfig"):
         make_stage(_verifier_cfg(tmp_path, recorded, "model={depth: 3}"), DistInfo()).build_model()
+    with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"):
+        make_stage(_verifier_cfg(tmp_path, recorded, "model={width: 0}"), DistInfo()).build_model()
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        make_stage(_verifier_cfg(tmp_path, recorded, "model={threshold: 1.5}"), DistInfo()).build_model()
     with pytest.raises(ValueError, match="trains on a recording"):
         make_stage(load_config(None, ["stage=verifier", "data.source=synthetic"]), DistInfo())
