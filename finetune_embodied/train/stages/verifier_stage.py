@@ -4,7 +4,7 @@ Samples (``finetune_embodied.sequences.verification_pairs``): per step the guida
 say, the frame it was planned on and a later frame, with the step's sentence and whether it
 happened: the step's end (yes for a plan step or a recovery; no for a failed attempt or the plan
 step an injected mistake displaced), a frame part way into it (no), and the same two frames asked
-about another step of the plan (no). The recording's step kinds tell mistakes from plan steps
+about other steps of the plan, one with the same verb where there is one (no). The recording's step kinds tell mistakes from plan steps
 (``emu-guide record`` stores them); a recording without them has every step happen, so its only
 "no" samples are the part-way and other-step ones (said in the log). Episodes without step labels
 are labelled from the data first, as in the LM stages (``label`` settings, docs/datasets.md).
@@ -17,6 +17,7 @@ verifier's threshold, overall and per source.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +92,7 @@ class VerifierStage(Stage):
         super().__init__(cfg, info)
         if cfg.data.source != "dataset":
             raise ValueError("stage 'verifier' trains on a recording (data.source: dataset)")
+        self.config = self._config([])  # the model.* overrides are checked before minutes of reading
         rng = np.random.default_rng(cfg.seed)
         samples, groups, self.data_report = verifier_samples_from_dataset(cfg, rng)
         if self.data_report:
@@ -102,8 +104,8 @@ class VerifierStage(Stage):
             raise ValueError(f"stage 'verifier': no training samples in {cfg.data.path} (all held out)")
         from model_runtime.step_verifier import sentence_words, vocab_index
 
-        self.vocab = sorted({w for s in samples for w in sentence_words(s.text)})
-        self.vocab_index = vocab_index(self.vocab)
+        self.config = dataclasses.replace(self.config, vocab=sorted({w for s in samples for w in sentence_words(s.text)}))
+        self.vocab_index = vocab_index(self.config.vocab)
         n_pos = sum(s.happened for s in self.train_set)
         n_neg = len(self.train_set) - n_pos
         if not n_pos or not n_neg:
@@ -112,7 +114,8 @@ class VerifierStage(Stage):
         self.pos_weight = n_neg / n_pos
         self.model: torch.nn.Module | None = None
 
-    def verifier_config(self):
+    def _config(self, vocab: list[str]):
+        """The network's config: ``model.*`` overrides on the defaults; the data sets vocab and image size."""
         from model_runtime.step_verifier import StepVerifierConfig
 
         overrides = dict(self.cfg.model)
@@ -120,28 +123,27 @@ class VerifierStage(Stage):
             if key in overrides:
                 raise ValueError(f"model.{key} is set by the data (data.image_size; the recording's step sentences)")
         try:
-            return StepVerifierConfig(vocab=self.vocab, image_size=self.cfg.data.image_size, **overrides)
+            return StepVerifierConfig(vocab=vocab, image_size=self.cfg.data.image_size, **overrides)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model (StepVerifierConfig): {exc}") from None
 
     def build_model(self) -> torch.nn.Module:
         from model_runtime.step_verifier import StepVerifierNet
 
-        self.model = StepVerifierNet(self.verifier_config())
+        self.model = StepVerifierNet(self.config)
         return self.model
 
     def model_config(self) -> dict[str, Any]:
-        return {"kind": "step_verifier", "verifier": self.verifier_config().to_dict()}
+        return {"kind": "step_verifier", "verifier": self.config.to_dict()}
 
     def collate(self, samples: list[VerifierSample]) -> dict[str, Any]:
-        from model_runtime.step_verifier import batch_words
+        """As the runtime's ``StepVerifier.p_happened`` prepares its inputs (images_to_tensor, batch_words)."""
+        from model_runtime.step_verifier import batch_words, images_to_tensor
 
-        def images(key: str) -> torch.Tensor:
-            arr = np.stack([getattr(s, key) for s in samples])
-            return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-
-        words, lengths = batch_words([s.text for s in samples], self.vocab_index, self.verifier_config().max_words)
-        return {"before": images("before"), "after": images("after"), "words": words, "lengths": lengths,
+        size = self.config.image_size
+        words, lengths = batch_words([s.text for s in samples], self.vocab_index, self.config.max_words)
+        return {"before": images_to_tensor([s.before for s in samples], size),
+                "after": images_to_tensor([s.after for s in samples], size), "words": words, "lengths": lengths,
                 "happened": torch.tensor([float(s.happened) for s in samples])}
 
     def loss(self, model, batch, gen):
@@ -155,7 +157,7 @@ class VerifierStage(Stage):
         samples = self.eval_samples()
         if not samples:
             return {}
-        threshold = self.verifier_config().threshold  # decided as the runtime decides
+        threshold = self.config.threshold  # decided as the runtime decides
         probs = []
         bs = self.cfg.eval.batch_size
         for i in range(0, len(samples), bs):
