@@ -7,8 +7,8 @@ Held-out seeds only (``sim_envs.seeds``, "heldout" split). Each episode runs the
 (with injected mistakes, as the recordings do) and takes the frames at its step boundaries (where
 the guidance loop asks the model for the next step: frame 0, then each frame where a (sub)step was
 just completed), at most ``--frames-per-episode`` of them, evenly spread. At each such frame the
-model answers one guidance step (``TorchBackend.next_step``, the current instruction, the done
-steps as history) and its ``PlanStep.perception`` is compared with the ground truth of that frame
+model perceives it (below; the current instruction, the done steps as history) and its perception
+is compared with the ground truth of that frame
 (``finetune_embodied.record.scene_perception``: what ``emu-guide record`` stores as the target).
 
 Metrics (micro-averaged over frames):
@@ -22,8 +22,11 @@ Metrics (micro-averaged over frames):
 - ``exact``: the whole perception right (every object, cell and the held object);
 - ``parse_fail``: answers whose perception did not parse (the backend's error; counted as empty).
 
-A model without the "perceive" answer format (guidance.json has no ``"answer": "perceive"``, e.g.
-the shipped v3 model) has no perception: the script says so and scores it as empty (F1 0).
+A model directory with a scene perceiver (``perception/``, model_runtime/scene_perceiver.py) is
+asked through ``perceive`` (what its ``next_step`` plans from); otherwise a "perceive"-format LM
+answers one ``next_step`` and its decoded perception is scored. A model with neither has no
+perception: the script says so and scores it as empty (F1 0). ``ms p50``: the perceiver's time
+per frame (for an LM, its perception text's decoding time).
 Prints a table and writes JSON (``--out``). The ground truth reads simulator state; the model
 sees only the frame, the instruction and its done steps.
 """
@@ -34,7 +37,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,36 +82,6 @@ def boundary_frames(task: str, seed: int, mistake_rate: float, resolution: int, 
     return instruction, frames
 
 
-def score_frame(pred: dict | None, truth: dict) -> dict:
-    """Counts for one frame: tp/fp/fn on names, matched/cell_ok, holding and exact."""
-    gt = [(o["name"], o["cell"]) for o in truth["objects"]]
-    pr = [(o["name"], o["cell"]) for o in (pred or {}).get("objects", [])]
-    tp = sum((Counter(n for n, _ in gt) & Counter(n for n, _ in pr)).values())
-    colour = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in gt]
-    colour_pr = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in pr]
-    ctp = sum((Counter(colour) & Counter(colour_pr)).values())
-    exact_pairs = sum((Counter(gt) & Counter(pr)).values())  # same name and cell: paired first
-    held_ok = pred is not None and pred.get("holding") == truth["holding"]
-    return {"tp": tp, "fp": len(pr) - tp, "fn": len(gt) - tp, "ctp": ctp, "cfp": len(pr) - ctp, "cfn": len(gt) - ctp,
-            "matched": tp, "cell_ok": exact_pairs,
-            "holding_ok": int(held_ok), "exact": int(held_ok and Counter(gt) == Counter(pr))}
-
-
-def summarise(counts: list[dict]) -> dict:
-    c = {k: sum(x[k] for x in counts) for k in ("tp", "fp", "fn", "ctp", "cfp", "cfn", "matched", "cell_ok",
-                                                 "holding_ok", "exact")}
-    n = len(counts)
-    p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
-    r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 1.0
-    f1 = 2 * p * r / (p + r) if p + r else 0.0
-    cf1 = 2 * c["ctp"] / (2 * c["ctp"] + c["cfp"] + c["cfn"]) if c["ctp"] else 0.0
-    if c["tp"] + c["fp"] + c["fn"] == 0:  # nothing to see (FoldCloth) and nothing said: perfect
-        p = r = f1 = cf1 = 1.0
-    return {"frames": n, "object_precision": p, "object_recall": r, "object_f1": f1, "colour_f1": cf1,
-            "cell_acc": c["cell_ok"] / c["matched"] if c["matched"] else 0.0,
-            "holding_acc": c["holding_ok"] / n if n else 0.0, "exact": c["exact"] / n if n else 0.0}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-path", default=str(ROOT / "model_runtime" / "default_model"))
@@ -129,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from emu_guide.types import Frame, PlanStep
     from model_runtime.backends.base import BackendError, DecodeOptions, load_backend
+    from model_runtime.scene_perceiver import score_perception, summarise_scores
     from sim_envs.seeds import seeds_for
 
     torch.set_num_threads(args.threads)
     backend = load_backend("torch", model_path=args.model_path)
     fmt = getattr(backend, "answer_format", "step")
-    if fmt != "perceive":
-        print(f"{args.model_path}: answer format {fmt!r} has no perception; every frame scores as empty")
+    own = backend.perceiver is not None  # a scene perceiver: what next_step plans from, asked directly
+    if fmt != "perceive" and not own:
+        print(f"{args.model_path}: answer format {fmt!r} and no scene perceiver: no perception; every frame scores as empty")
     res = backend.image_size[0]
     seeds = seeds_for("heldout", args.episodes, args.seed_offset)
     rows, per_frame = {}, []
@@ -145,31 +119,37 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             instruction, frames = boundary_frames(task, seed, args.mistake_rate, res, args.frames_per_episode)
             for k, f in enumerate(frames):
-                pred, error = None, ""
-                if fmt == "perceive":
-                    history = [PlanStep(index=i, text=t) for i, t in enumerate(f["history"])]
+                pred, error, ms = None, "", None
+                history = [PlanStep(index=i, text=t) for i, t in enumerate(f["history"])]
+                if own:
+                    seen = backend.perceive(Frame(image=f["image"]), instruction, history)
+                    pred, ms = seen.perception, seen.timings_ms["perceiver"]
+                elif fmt == "perceive":
                     try:
                         step = backend.next_step(Frame(image=f["image"]), instruction, history,
                                                  DecodeOptions(mode=args.decode, force_dida=True))
-                        pred = step.perception
+                        pred, ms = step.perception, step.timings_ms.get("text")
                     except BackendError as exc:
                         fails += 1
                         error = str(exc)
-                s = score_frame(pred, f["truth"])
+                s = score_perception(pred, f["truth"])
                 counts.append(s)
                 per_frame.append({"task": task, "seed": seed, "frame": k, "truth": f["truth"], "pred": pred,
-                                  "error": error, **s})
-        rows[task] = {**summarise(counts), "parse_fail": fails}
-    rows["all"] = {**summarise([p for p in per_frame]), "parse_fail": sum(r["parse_fail"] for r in rows.values())}
+                                  "error": error, "ms": ms, **s})
+        times = [p["ms"] for p in per_frame if p["task"] == task and p["ms"] is not None]
+        rows[task] = {**summarise_scores(counts), "parse_fail": fails,
+                      "perceive_ms_p50": float(np.median(times)) if times else None}
+    rows["all"] = {**summarise_scores(per_frame), "parse_fail": sum(r["parse_fail"] for r in rows.values())}
     wall = time.perf_counter() - t0
     print(f"perception on held-out frames: {args.model_path} (answer format {fmt!r}), {args.episodes} episodes per task,"
           f" <= {args.frames_per_episode} boundary frames each, {wall:.0f} s")
     head = (f"{'task':<12}{'frames':>7}{'F1':>7}{'prec':>7}{'recall':>7}{'colourF1':>9}{'cell':>7}{'holding':>8}"
-            f"{'exact':>7}{'fail':>6}")
+            f"{'exact':>7}{'fail':>6}{'ms p50':>8}")
     print(head)
     for task, r in rows.items():
         print(f"{task:<12}{r['frames']:>7}{r['object_f1']:>7.3f}{r['object_precision']:>7.3f}{r['object_recall']:>7.3f}{r['colour_f1']:>9.3f}"
-              f"{r['cell_acc']:>7.3f}{r['holding_acc']:>8.3f}{r['exact']:>7.3f}{r['parse_fail']:>6}")
+              f"{r['cell_acc']:>7.3f}{r['holding_acc']:>8.3f}{r['exact']:>7.3f}{r['parse_fail']:>6}"
+              f"{'-' if r.get('perceive_ms_p50') is None else format(r['perceive_ms_p50'], '.1f'):>8}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in per_frame:  # JSON-friendly ground truth (pixels kept for inspection)

@@ -3,9 +3,9 @@
     python -m finetune_embodied.default_model [--config configs/train/default_model.yaml] [--quick]
 
 record (sim experts with mistakes + recoveries, TRAIN seeds) -> train the vision tokenizer ->
-next-token training -> DiDA adaptation -> (optional, a ``verifier`` section) the step verifier -> export
-a model directory (``model_runtime.backends.torch_backend`` format: guidance.json, lm/,
-vision_tokenizer/, text_tokenizer/, step_verifier/) with MODEL_CARD.md, checked by
+next-token training -> DiDA adaptation -> (optional sections) the step verifier (``verifier``) and
+the scene perceiver (``perception``) -> export a model directory (``model_runtime.backends.torch_backend``
+format: guidance.json, lm/, vision_tokenizer/, text_tokenizer/, step_verifier/, perception/) with MODEL_CARD.md, checked by
 loading it through ``TorchBackend`` and running one guidance step on a held-out sim episode.
 
 Everything is resumable: the recording from its per-episode shards, each stage from its latest
@@ -29,7 +29,7 @@ from emu_guide.paths import PROJECT_ROOT, artifacts_root
 
 __all__ = ["add_arguments", "export_model", "main", "run_pipeline"]
 
-STAGES = ("tokenizer", "next_token", "dida", "verifier")
+STAGES = ("tokenizer", "next_token", "dida", "verifier", "perception")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -96,9 +96,9 @@ def _run_stage(stage: str, overrides: list[str], work: Path, state: dict[str, An
 
 
 def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: float = 20.0,
-                 verifier_ckpt: Path | None = None) -> dict[str, Any]:
-    """Our LM checkpoint + vision tokenizer checkpoint (+ a verifier-stage checkpoint) -> a TorchBackend
-    model directory at ``out``.
+                 verifier_ckpt: Path | None = None, perceiver_ckpt: Path | None = None) -> dict[str, Any]:
+    """Our LM checkpoint + vision tokenizer checkpoint (+ a verifier-stage and a perception-stage
+    checkpoint) -> a TorchBackend model directory at ``out``.
 
     Written next to ``out`` first and renamed into place (an interrupted export never leaves half a
     model where the backend looks). Raises ValueError when the weights exceed ``max_total_mb``.
@@ -143,8 +143,16 @@ def export_model(lm_ckpt: Path, tokenizer_ckpt: Path, out: Path, max_total_mb: f
         verifier = Path(verifier_ckpt) / VERIFIER_DIR
         if not verifier.is_dir():
             raise ValueError(f"{verifier_ckpt} is not a verifier-stage checkpoint (no {VERIFIER_DIR}/)")
+    perceiver = None
+    if perceiver_ckpt is not None:
+        from model_runtime.scene_perceiver import PERCEIVER_DIR
+
+        perceiver = Path(perceiver_ckpt) / PERCEIVER_DIR
+        if not perceiver.is_dir():
+            raise ValueError(f"{perceiver_ckpt} is not a perception-stage checkpoint (no {PERCEIVER_DIR}/)")
     save_model_dir(tmp, lm.eval(), vision, text, layout, lm_config=lm_cfg, dida_adapted=ck["config"].get("stage") == "dida",
-                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"), step_verifier=verifier)
+                   answer_format=data.get("answer", "step"), max_history=data.get("max_history"), step_verifier=verifier,
+                   perceiver=perceiver)
     total = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
     if total > max_total_mb * 1e6:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -226,8 +234,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "| stage | steps | batch | lr | train samples | wall time | samples/s | held-out metrics |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("tokenizer", "reading", "next_token", "dida", "verifier"):
-        if name not in st:  # the reading warm-up and the verifier are optional
+    for name in ("tokenizer", "reading", "next_token", "dida", "verifier", "perception"):
+        if name not in st:  # the reading warm-up, the verifier and the perceiver are optional
             continue
         s = st[name]
         c = s["config"]
@@ -249,7 +257,9 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         " decoded true codes. verifier: `acc`, `false_done` (of the held-out steps that did not happen,"
         " the share judged done), `missed_done` (of those that did, judged not done), per sample source"
         " (`acc_step` a recorded attempt's end, `acc_partway` a frame part way into it, `acc_other_step`"
-        " another step's sentence), at the verifier's threshold.",
+        " another step's sentence), at the verifier's threshold. perception (the scene perceiver):"
+        " `object_f1` objects named right (full name), `cell_acc` their cell among matched ones,"
+        " `holding_acc` the held object, `exact` the whole perception, on held-out recorded frames.",
         "",
         "## Check through the runtime",
         "",
@@ -271,7 +281,7 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
 def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progress: bool = True,
                  stage_overrides: dict[str, list[str]] | None = None,
                  record_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record -> tokenizer -> next_token -> dida (-> verifier) -> export to ``out`` -> TorchBackend check
+    """Record -> tokenizer -> next_token -> dida (-> verifier, -> perception) -> export to ``out`` -> TorchBackend check
     -> model card.
 
     ``stage_overrides`` / ``record_overrides`` go on top of the config (tests use them for tiny models).
@@ -324,10 +334,16 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
         stages["verifier"] = _run_stage("verifier", common + flat("verifier"), work, state, progress)
         state_path.write_text(json.dumps(state, indent=1))
         verifier_ckpt = latest_checkpoint(work / "verifier" / "checkpoints")
+    perceiver_ckpt = None
+    if "perception" in doc:  # the scene perceiver: what the step is planned from (model_runtime/scene_perceiver.py)
+        stages["perception"] = _run_stage("perception", common + flat("perception"), work, state, progress)
+        state_path.write_text(json.dumps(state, indent=1))
+        perceiver_ckpt = latest_checkpoint(work / "perception" / "checkpoints")
 
     # 5. export + check through the runtime
     max_mb = float((doc.get("export") or {}).get("max_total_mb", 20))
-    exp = export_model(dida_ckpt, tok_ckpt, out, max_total_mb=max_mb, verifier_ckpt=verifier_ckpt)
+    exp = export_model(dida_ckpt, tok_ckpt, out, max_total_mb=max_mb, verifier_ckpt=verifier_ckpt,
+                       perceiver_ckpt=perceiver_ckpt)
     try:
         smoke = smoke_check(out)
         smoke["result"] = (f"OK, first step {smoke['first_step_text']!r} in {smoke['step_latency_s'] * 1000:.0f} ms")

@@ -55,16 +55,16 @@ class GuidanceSession:
 
     @property
     def perceives(self) -> bool:
-        """Whether the backend's answers start with what it sees (the "perceive" format) and it can
-        say that alone (``perceive``)."""
-        return getattr(self.backend, "answer_format", "step") == "perceive" and hasattr(self.backend, "perceive")
+        """Whether the backend can say what it sees in a frame alone (``perceive``): a scene perceiver in
+        its model directory, or answers in the "perceive" format."""
+        return bool(getattr(self.backend, "perceives", False)) and hasattr(self.backend, "perceive")
 
     def perceive(self, frame: Frame, history: Sequence[PlanStep] | None = None) -> Perceived:
         """What the model sees in ``frame`` (a perception-only decode), with the done steps as history
         (or ``history``). BackendError when the backend cannot perceive (``perceives`` is False)."""
         if not self.perceives:
             raise BackendError(f"backend {getattr(self.backend, 'name', '?')!r} does not perceive"
-                               " (its answers are not in the 'perceive' format)")
+                               " (no scene perceiver, and its answers are not in the 'perceive' format)")
         options = dataclasses.replace(self.options, perception=None)
         steps = list(self.history if history is None else history)
         return self.backend.perceive(frame, self.instruction, steps, options)  # type: ignore[attr-defined]

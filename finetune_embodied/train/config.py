@@ -6,6 +6,7 @@ One ``TrainConfig`` drives the one training loop; ``stage`` picks what is traine
 - ``next_token``: the language model on interleaved text + image-token sequences.
 - ``dida``: DiDA adaptation of a next-token model (noisy image copies + the next-token loss).
 - ``verifier``: the step verifier (did a step happen between two frames?) on a recording.
+- ``perception``: the scene perceiver (what is on the table, where, what is held) on a recording.
 
 Configs are data, never code: files are parsed with ``yaml.safe_load`` / ``json.load`` and
 command-line overrides (``optim.lr=1e-3``) are parsed as YAML scalars.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("tokenizer", "next_token", "dida", "verifier")
+STAGES = ("tokenizer", "next_token", "dida", "verifier", "perception")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 DATA_SOURCES = ("dataset", "synthetic")
@@ -282,7 +283,7 @@ VISUAL_CODES = ("table", "factorized", "digits")
 
 @dataclass
 class TrainConfig:
-    stage: str = "next_token"  # "tokenizer", "next_token", "dida" or "verifier"
+    stage: str = "next_token"  # "tokenizer", "next_token", "dida", "verifier" or "perception"
     name: str = "run"  # run name (default run directory runs/train/<name>)
     seed: int = 0  # seeds weights, data order and noise; a resumed run replays the same streams
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
@@ -344,12 +345,12 @@ class TrainConfig:
                "semantic_aux is for stage tokenizer on a dataset (its targets are the recording's object pixels)")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
-            not (self.lora.enabled and self.stage in ("tokenizer", "verifier")),
+            not (self.lora.enabled and self.stage in ("tokenizer", "verifier", "perception")),
             f"lora.enabled is for the language-model stages, not stage {self.stage!r}",
         )
         _check(self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.layout == "emu35":
-            _check(self.stage not in ("tokenizer", "verifier"),
+            _check(self.stage not in ("tokenizer", "verifier", "perception"),
                    "layout 'emu35' is for the LM stages (the release brings its vision tokenizer)")
             _check(bool(self.init_from), "layout 'emu35' needs init_from=<an Emu3.5 release-format checkpoint directory>")
             _check(self.visual_codes == "table" and self.visual_embedding_init == "random" and not self.input_embedding_init_std,

@@ -8,6 +8,7 @@ A model directory holds everything one guidance model needs::
     vision_tokenizer/     anything model_runtime.tokenizers.load_vision_tokenizer reads (FSQ, Emu3 VQ, IBQ)
     text_tokenizer/       anything model_runtime.text_tokenizer.load_text_tokenizer reads (words, HF)
     step_verifier/        optional: model_runtime.step_verifier (did a step happen between two frames?)
+    perception/           optional: model_runtime.scene_perceiver (what is on the table, where, what is held)
 
 ``save_model_dir`` writes one (the training pipeline calls it); ``TorchBackend`` loads one, checks
 that the parts agree with each other and with the layout, and answers ``next_step`` with
@@ -38,6 +39,7 @@ from emu_guide.types import DecodeMode, Frame, PlanStep, validate_rgb_image
 from model_runtime.backends.base import OFFICIAL_DECODE_DEFAULTS, BackendError, DecodeOptions, Perceived, StepCheck
 from model_runtime.decoding.constraints import DecodeConstraint, Phase
 from model_runtime.layout import COMPACT_NUM_SPECIALS, TokenLayout, get_layout
+from model_runtime.scene_perceiver import PERCEIVER_DIR
 from model_runtime.step_verifier import VERIFIER_DIR
 
 __all__ = [
@@ -130,6 +132,7 @@ def save_model_dir(
     answer_format: str = "step",
     max_history: int | None = None,
     step_verifier: str | Path | None = None,
+    perceiver: str | Path | None = None,
 ) -> Path:
     """Write a model directory TorchBackend loads (lm/, vision_tokenizer/, text_tokenizer/, guidance.json).
 
@@ -140,7 +143,9 @@ def save_model_dir(
     ``max_history``: the most recent done steps the model was trained to see in its prompt (the
     training data's ``data.max_history``); the backend keeps only those. None: all of them.
     ``step_verifier``: a trained step verifier's directory (``model_runtime.step_verifier``), copied
-    in as ``step_verifier/``: the backend's ``check_step`` then answers (the loop's frame verification)."""
+    in as ``step_verifier/``: the backend's ``check_step`` then answers (the loop's frame verification).
+    ``perceiver``: a trained scene perceiver's directory (``model_runtime.scene_perceiver``), copied in
+    as ``perception/``: the backend then perceives every frame with it and plans from that perception."""
     from model_runtime.prompt import check_answer_format
 
     check_answer_format(answer_format)
@@ -171,6 +176,10 @@ def save_model_dir(
         from model_runtime.step_verifier import StepVerifier
 
         StepVerifier.load(step_verifier).save(path / VERIFIER_DIR)  # ValueError: not a step verifier
+    if perceiver is not None:
+        from model_runtime.scene_perceiver import ScenePerceiver
+
+        ScenePerceiver.load(perceiver).save(path / PERCEIVER_DIR)  # ValueError: not a scene perceiver
     (path / GUIDANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -205,6 +214,14 @@ class LocalModelBackend:
     # step_verifier/ of a model directory (model_runtime.step_verifier.StepVerifier): judges whether a
     # step happened between two frames (``check_step``); None: the model has none
     verifier: Any = None
+    # perception/ of a model directory (model_runtime.scene_perceiver.ScenePerceiver): what the frame
+    # shows; ``next_step`` plans from it (``perceive`` answers with it); None: the model has none
+    perceiver: Any = None
+
+    @property
+    def perceives(self) -> bool:
+        """Whether ``perceive`` answers: a scene perceiver, or answers in the "perceive" format."""
+        return self.perceiver is not None or self.answer_format == "perceive"
 
     @property
     def checks(self) -> bool:
@@ -329,13 +346,10 @@ class LocalModelBackend:
         return prompt, uncond, grid, {"encode_frame": encode_ms}
 
     def _perception_prefix(self, perception: str) -> list[int]:
-        """Token ids of a given perception text (``DecodeOptions.perception``); BackendError when it is
-        not this model's perception format or has words the model cannot say."""
+        """Token ids of a given perception text (``DecodeOptions.perception``) for a "perceive"-format
+        LM; BackendError when it does not parse or has words the model cannot say."""
         from model_runtime.prompt import ParseError, parse_perception
 
-        if self.answer_format != "perceive":
-            raise BackendError(f"{self.name}: a perception was given but {self.model_id} answers in the"
-                               f" {self.answer_format!r} format, not 'perceive'")
         try:
             parse_perception(perception)
         except ParseError as exc:
@@ -361,9 +375,12 @@ class LocalModelBackend:
         from model_runtime.decoding.sampling import make_generator
         from model_runtime.prompt import ParseError, parse_perception
 
+        if self.perceiver is not None:
+            self.check_instruction(instruction)
+            return self._perceive_frame(frame)
         if self.answer_format != "perceive":
-            raise BackendError(f"{self.name}: {self.model_id} answers in the {self.answer_format!r} format;"
-                               " only 'perceive' models say what they see")
+            raise BackendError(f"{self.name}: {self.model_id} answers in the {self.answer_format!r} format"
+                               " and has no scene perceiver: it cannot say what it sees")
         options = self._options(options)
         t0 = time.perf_counter()
         prompt, _, grid, timings = self._prompt(frame, instruction, history, options, answer_runs=1)
@@ -388,6 +405,38 @@ class LocalModelBackend:
             return Perceived(text=text, perception=parse_perception(text), timings_ms=timings)
         except ParseError as exc:
             return Perceived(text=text, perception=None, error=str(exc), timings_ms=timings)
+
+    def _perceive_frame(self, frame: Frame) -> Perceived:
+        """The scene perceiver's view of ``frame`` as a ``Perceived`` (its text is the perception format)."""
+        from model_runtime.prompt import format_perception, parse_perception
+
+        seen, ms = self.perceiver.perceive(self.prepare_frame(frame))
+        text = format_perception(seen["objects"], seen["holding"])
+        return Perceived(text=text, perception=parse_perception(text), timings_ms={"perceiver": ms, "total": ms})
+
+    def _plan_from(self, perception: str, options: DecodeOptions) -> tuple[list[int], DecodeOptions, dict | None]:
+        """(answer prefix ids, options, parsed perception) for a step planned from ``perception``.
+
+        A "perceive"-format LM gets the text as its answer's start (teacher-forced). A plain-format
+        LM with a scene perceiver may name only what was perceived (on the table or held), as
+        grounded decoding does with a detector's names, unless the caller grounds it already."""
+        from model_runtime.prompt import ParseError, parse_perception
+
+        if self.answer_format == "perceive":
+            prefix = self._perception_prefix(perception)
+            return prefix, options, None
+        if self.perceiver is None:
+            raise BackendError(f"{self.name}: a perception was given but {self.model_id} answers in the"
+                               f" {self.answer_format!r} format and has no scene perceiver")
+        try:
+            seen = parse_perception(perception)
+        except ParseError as exc:
+            raise BackendError(f"{self.name}: the given perception does not parse: {exc}") from None
+        if not options.known_names:
+            names = [o["name"] for o in seen["objects"]] + ([seen["holding"]] if seen["holding"] else [])
+            options = dataclasses.replace(options, known_names=tuple(self.perceiver.cfg.names),
+                                          allowed_names=tuple(dict.fromkeys(names)))
+        return [], options, seen
 
     def check_step(self, before: Frame, after: Frame, step_text: str) -> StepCheck:
         """How likely ``step_text`` happened between ``before`` (the frame the step was planned on) and
@@ -420,8 +469,14 @@ class LocalModelBackend:
         from model_runtime.prompt import ParseError, answer_marker_id, parse_answer
 
         options = self._options(options)
-        prefix = self._perception_prefix(options.perception) if options.perception is not None else []
         t0 = time.perf_counter()
+        perception, own = options.perception, None
+        if perception is None and self.perceiver is not None:  # the model perceives the frame first
+            own = self._perceive_frame(frame)
+            perception = own.text
+        prefix, seen = [], None
+        if perception is not None:
+            prefix, options, seen = self._plan_from(perception, options)
         runs = 2 if self.answer_format == "perceive" and not prefix else 1  # perception, then the step: a text run each
         prompt, uncond, grid, timings = self._prompt(frame, instruction, history, options, answer_runs=runs)
         grammar = answer_grammar(self.layout, self.answer_format, self.text)
@@ -451,6 +506,8 @@ class LocalModelBackend:
         timings.update(decode_image=1e3 * (t_end - t_dec), total=1e3 * (t_end - t0))
         if prefix:
             timings["perception_given"] = float(len(prefix))  # tokens teacher-forced, not decoded
+        if own is not None:
+            timings["perceive"] = own.timings_ms["perceiver"]
         return PlanStep(
             index=len(history),
             text=parsed.text,
@@ -461,7 +518,7 @@ class LocalModelBackend:
             decode_mode=options.mode,
             timings_ms=timings,
             is_final=parsed.is_final,
-            perception=parsed.perception,
+            perception=parsed.perception if seen is None else seen,
         )
 
     def close(self) -> None:
@@ -537,6 +594,14 @@ def load_model_dir(
 
         try:
             parts["verifier"] = StepVerifier.load(path / VERIFIER_DIR)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+    parts["perceiver"] = None
+    if (path / PERCEIVER_DIR).exists():
+        from model_runtime.scene_perceiver import ScenePerceiver
+
+        try:
+            parts["perceiver"] = ScenePerceiver.load(path / PERCEIVER_DIR)
         except ValueError as exc:
             raise BackendError(str(exc)) from None
     return parts
@@ -700,4 +765,5 @@ class TorchBackend(LocalModelBackend):
         self.answer_format = parts.get("answer_format", "step")
         self.max_history = parts.get("max_history")
         self.verifier = parts.get("verifier")
+        self.perceiver = parts.get("perceiver")
         self.model_id = str(Path(model_path))

@@ -17,6 +17,10 @@ def make_stage(cfg: TrainConfig, info: DistInfo) -> Stage:
         from finetune_embodied.train.stages.verifier_stage import VerifierStage
 
         return VerifierStage(cfg, info)
+    if cfg.stage == "perception":
+        from finetune_embodied.train.stages.perception_stage import PerceptionStage
+
+        return PerceptionStage(cfg, info)
     if cfg.layout == "emu35":  # an Emu3.5 release-format checkpoint, its own tokenizers
         from finetune_embodied.train.stages.release import ReleaseDidaStage, ReleaseLMStage
 

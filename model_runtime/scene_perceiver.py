@@ -1,0 +1,239 @@
+"""The scene perceiver: what is on the table, where, and what the gripper holds, from one frame.
+
+A small learned network shipped beside the guidance LM (``perception/`` in a model directory). It
+reads the camera frame and gives the "perceive" answer's perception (``model_runtime.prompt``:
+``see red cup left back , teal fork middle front holding nothing .``): the model's own view of
+the scene, which the step is then planned from (``LocalModelBackend.next_step``: the step may
+name only what was perceived, and a "perceive"-format LM gets the text as its answer's start).
+
+Why a separate network and not the LM's own decoding: the LM reading object names from its
+12 x 12 image tokens stayed far from usable after many attempts (object-list F1 0.03-0.57,
+docs/training.md sessions 3-12), while per-pixel convolutions trained on the simulator's per-frame
+ground truth are a dense, local signal (docs/training.md, "The scene perceiver", session 14).
+
+Architecture (``ScenePerceiverNet``): a convolutional encoder (the frame plus two coordinate
+channels, 96 px -> 12 x 12, the image-token grid), a small transformer over the 144 cells and a
+summary token (scene context: "small"/"big" names depend on what else is there), then per cell
+which object's centre lies in it (one of the names or none) and, from the summary token, the
+held object (one of the names or nothing). Decoding: each name at most once, in its most likely
+cell when that probability reaches ``threshold``; objects listed in the perception format's
+reading order (``perception_in_reading_order``), each cell's centre as its pixel.
+
+Files: ``perception/config.json`` (names, sizes, threshold) and ``perception/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PERCEIVER_DIR", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "perceiver_loss",
+           "score_perception", "summarise_scores"]
+
+PERCEIVER_DIR = "perception"
+NONE = 0  # class 0 of both heads: no object centred in this cell / holding nothing
+
+
+@dataclass
+class ScenePerceiverConfig:
+    names: list[str] = field(default_factory=list)  # class i + 1 -> object name (0: none / nothing)
+    image_size: int = 96
+    grid: int = 12  # output cells per side (the image-token grid: reading bands and cell borders fall on it)
+    width: int = 96  # channels at the grid
+    layers: int = 2  # transformer layers over the cells
+    heads: int = 4
+    threshold: float = 0.5  # an object is seen when its most likely cell's probability reaches it
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "grid", "width", "layers", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        stride = self.image_size // self.grid
+        if self.image_size % self.grid or stride & (stride - 1):
+            raise ValueError(f"image_size {self.image_size} must be grid {self.grid} times a power of two")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be a number in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.names, list) or not all(isinstance(n, str) and n.strip() for n in self.names):
+            raise ValueError("names must be a list of non-empty object names")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names must be unique")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ScenePerceiverNet(torch.nn.Module):
+    """(B, 3, S, S) floats in [0, 1] -> (cell logits (B, grid*grid, C+1), holding logits (B, C+1))."""
+
+    def __init__(self, cfg: ScenePerceiverConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w, classes = cfg.width, len(cfg.names) + 1
+        stride = cfg.image_size // cfg.grid
+        convs, ch = [], 5  # RGB + x, y coordinates (positions are half the answer)
+        for out in (32, 64)[: max(0, stride.bit_length() - 2)]:  # stride-2 convs down to grid * 2
+            convs += [torch.nn.Conv2d(ch, out, 5 if ch == 5 else 3, stride=2, padding=2 if ch == 5 else 1), torch.nn.GELU()]
+            ch = out
+        convs += [torch.nn.Conv2d(ch, w, 3, stride=2 if stride > 1 else 1, padding=1), torch.nn.GELU(),
+                  torch.nn.Conv2d(w, w, 3, padding=1), torch.nn.GELU()]
+        self.encoder = torch.nn.Sequential(*convs)
+        self.position = torch.nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid + 1, w))
+        self.summary = torch.nn.Parameter(torch.zeros(1, 1, w))
+        layer = torch.nn.TransformerEncoderLayer(w, cfg.heads, 2 * w, dropout=0.0, activation="gelu",
+                                                 batch_first=True, norm_first=True)
+        self.context = torch.nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.cells = torch.nn.Linear(w, classes)
+        self.holding = torch.nn.Linear(w, classes)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, cfg.image_size), torch.linspace(-1, 1, cfg.image_size), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([images, self.coords.expand(images.shape[0], -1, -1, -1)], dim=1)
+        x = self.encoder(x).flatten(2).transpose(1, 2)  # (B, grid*grid, w)
+        x = torch.cat([self.summary.expand(x.shape[0], -1, -1), x], dim=1) + self.position
+        x = self.context(x)
+        return self.cells(x[:, 1:]), self.holding(x[:, 0])
+
+
+def cell_targets(objects: list[tuple[str, tuple[float, float]]], holding: str | None, names: dict[str, int],
+                 grid: int, width: float, height: float) -> tuple[np.ndarray, int, int]:
+    """Training targets of one frame: (class per cell (grid*grid,), holding class, objects lost to a
+    shared cell). ``objects``: (name, (u, v) pixel) pairs; ``names``: name -> class (>= 1)."""
+    cells = np.zeros(grid * grid, dtype=np.int64)
+    lost = 0
+    for name, (u, v) in objects:
+        row = min(max(int(grid * v / height), 0), grid - 1)
+        col = min(max(int(grid * u / width), 0), grid - 1)
+        if cells[row * grid + col] != NONE:
+            lost += 1  # two centres in one cell: the first listed keeps it
+            continue
+        cells[row * grid + col] = names[name]
+    return cells, (NONE if holding is None else names[holding]), lost
+
+
+def decode_perception(cfg: ScenePerceiverConfig, cell_logits: torch.Tensor, holding_logits: torch.Tensor) -> dict:
+    """One frame's logits -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p"}``
+    in reading order (pixels on the ``image_size`` frame)."""
+    from model_runtime.prompt import perception_in_reading_order
+
+    g, size = cfg.grid, cfg.image_size
+    probs = torch.softmax(cell_logits.float(), dim=-1)[:, 1:]  # (cells, C)
+    best_p, best_cell = probs.max(dim=0)  # each name at most once: its most likely cell
+    seen, p_of = [], {}
+    for k in torch.nonzero(best_p >= cfg.threshold).flatten().tolist():
+        row, col = divmod(int(best_cell[k]), g)
+        name = cfg.names[k]
+        seen.append({"name": name, "pixel": [(col + 0.5) * size / g, (row + 0.5) * size / g]})
+        p_of[name] = round(float(best_p[k]), 3)
+    hold = torch.softmax(holding_logits.float(), dim=-1)
+    h = int(hold.argmax())
+    out = perception_in_reading_order(seen, None if h == NONE else cfg.names[h - 1], size, size)
+    for o in out["objects"]:
+        o["p"] = p_of[o["name"]]
+    out["holding_p"] = round(float(hold[h]), 3)
+    return out
+
+
+class ScenePerceiver:
+    """A trained scene perceiver loaded from its directory; ``perceive(image)`` -> perception dict."""
+
+    def __init__(self, net: ScenePerceiverNet) -> None:
+        self.net = net.eval()
+        self.cfg = net.cfg
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ScenePerceiver:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        try:
+            cfg = ScenePerceiverConfig(**json.loads((d / "config.json").read_text()))
+            state = load_file(str(d / "model.safetensors"))
+        except (OSError, ValueError, TypeError, SafetensorError) as exc:
+            raise ValueError(f"scene perceiver {d}: cannot load ({exc})") from None
+        net = ScenePerceiverNet(cfg)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:  # names or shapes that are not this config's
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ValueError(f"scene perceiver {d}: weights do not match its config ({first})") from None
+        return cls(net)
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(d / "model.safetensors"))
+
+    def perceive(self, image: np.ndarray) -> tuple[dict, float]:
+        """(perception of one (H, W, 3) uint8 frame, milliseconds)."""
+        from model_runtime.step_verifier import images_to_tensor
+
+        t0 = time.perf_counter()
+        x = images_to_tensor([image], self.cfg.image_size)
+        with torch.inference_mode():
+            cells, holding = self.net(x)
+        out = decode_perception(self.cfg, cells[0], holding[0])
+        return out, 1e3 * (time.perf_counter() - t0)
+
+
+def perceiver_loss(cell_logits: torch.Tensor, holding_logits: torch.Tensor, cells: torch.Tensor, holding: torch.Tensor,
+                   object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of every cell (cells with an object weigh ``object_weight``: a few among 144) plus
+    the held object's; the training stage's loss."""
+    per_cell = F.cross_entropy(cell_logits.flatten(0, 1), cells.flatten(), reduction="none")
+    weight = torch.where(cells.flatten() != NONE, object_weight, 1.0)
+    cell_loss = (per_cell * weight).sum() / weight.sum()
+    hold_loss = F.cross_entropy(holding_logits, holding)
+    with torch.no_grad():
+        obj = cells != NONE
+        hit = (cell_logits.argmax(-1) == cells)[obj].float().mean() if obj.any() else torch.tensor(1.0)
+    return cell_loss + hold_loss, {"cell_obj_acc": float(hit), "hold_acc": float((holding_logits.argmax(-1) == holding).float().mean())}
+
+
+def score_perception(pred: dict | None, truth: dict) -> dict[str, int]:
+    """Counts for one frame (evaluation): tp/fp/fn on full names, the same on colours (``c*``), matched
+    objects with their cell right, the held object right, the whole perception exact. ``pred`` and
+    ``truth``: ``{"objects": [{"name", "cell"}], "holding"}``; None scores as empty."""
+    from collections import Counter
+
+    gt = [(o["name"], o["cell"]) for o in truth["objects"]]
+    pr = [(o["name"], o["cell"]) for o in (pred or {}).get("objects", [])]
+    tp = sum((Counter(n for n, _ in gt) & Counter(n for n, _ in pr)).values())
+    colour = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in gt]
+    colour_pr = [n.split()[-2] if len(n.split()) > 1 else n for n, _ in pr]
+    ctp = sum((Counter(colour) & Counter(colour_pr)).values())
+    exact_pairs = sum((Counter(gt) & Counter(pr)).values())  # same name and cell: paired first
+    held_ok = pred is not None and pred.get("holding") == truth["holding"]
+    return {"tp": tp, "fp": len(pr) - tp, "fn": len(gt) - tp, "ctp": ctp, "cfp": len(pr) - ctp, "cfn": len(gt) - ctp,
+            "matched": tp, "cell_ok": exact_pairs,
+            "holding_ok": int(held_ok), "exact": int(held_ok and Counter(gt) == Counter(pr))}
+
+
+def summarise_scores(counts: list[dict[str, int]]) -> dict[str, float]:
+    """Micro-averaged over frames: object precision / recall / F1, colour F1, cell accuracy among
+    matched objects, held-object accuracy, exact share (issue 12's perception row)."""
+    keys = ("tp", "fp", "fn", "ctp", "cfp", "cfn", "matched", "cell_ok", "holding_ok", "exact")
+    c = {k: sum(x[k] for x in counts) for k in keys}
+    n = len(counts)
+    p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+    r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    cf1 = 2 * c["ctp"] / (2 * c["ctp"] + c["cfp"] + c["cfn"]) if c["ctp"] else 0.0
+    if c["tp"] + c["fp"] + c["fn"] == 0:  # nothing to see (FoldCloth) and nothing said: perfect
+        p = r = f1 = cf1 = 1.0
+    return {"frames": n, "object_precision": p, "object_recall": r, "object_f1": f1, "colour_f1": cf1,
+            "cell_acc": c["cell_ok"] / c["matched"] if c["matched"] else 0.0,
+            "holding_acc": c["holding_ok"] / n if n else 0.0, "exact": c["exact"] / n if n else 0.0}

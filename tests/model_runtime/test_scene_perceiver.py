@@ -1,0 +1,147 @@
+"""The scene perceiver at runtime: targets, decoding, its directory format, scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime.prompt import format_perception, parse_perception
+from model_runtime.scene_perceiver import (
+    ScenePerceiver,
+    ScenePerceiverConfig,
+    ScenePerceiverNet,
+    cell_targets,
+    decode_perception,
+    perceiver_loss,
+    score_perception,
+    summarise_scores,
+)
+
+NAMES = ["blue block", "red cup", "small red block", "teal fork"]
+
+
+def _cfg(**kw) -> ScenePerceiverConfig:
+    return ScenePerceiverConfig(names=list(NAMES), image_size=32, grid=4, width=8, layers=1, heads=2, **kw)
+
+
+def _logits(cfg: ScenePerceiverConfig, cells: dict[int, tuple[int, float]], holding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell logits where cell k says class c with probability p (the rest spread evenly)."""
+    c = len(cfg.names) + 1
+    probs = torch.full((cfg.grid * cfg.grid, c), 0.0)
+    probs[:, 0] = 1.0
+    for k, (cls, p) in cells.items():
+        probs[k] = (1 - p) / (c - 1)
+        probs[k, cls] = p
+    hold = torch.full((c,), -10.0)
+    hold[holding] = 10.0
+    return probs.clamp_min(1e-6).log(), hold
+
+
+def test_config_refuses_bad_fields_with_their_names():
+    with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"):
+        ScenePerceiverConfig(names=list(NAMES), width=0)
+    with pytest.raises(ValueError, match="grid 12 times a power of two"):
+        ScenePerceiverConfig(names=list(NAMES), image_size=84, grid=12)
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        _cfg(threshold=1.0)
+    with pytest.raises(ValueError, match="names must be unique"):
+        ScenePerceiverConfig(names=["a", "a"])
+    with pytest.raises(ValueError, match="multiple of heads"):
+        ScenePerceiverConfig(names=list(NAMES), width=10, heads=4)
+
+
+def test_cell_targets_put_each_object_in_the_cell_of_its_centre():
+    names = {n: i + 1 for i, n in enumerate(NAMES)}
+    cells, held, lost = cell_targets([("red cup", (3.0, 3.0)), ("teal fork", (31.9, 17.0)), ("blue block", (4.0, 2.0))],
+                                     "small red block", names, grid=4, width=32, height=32)
+    assert cells[0] == names["red cup"]  # (u 3, v 3): row 0, column 0
+    assert cells[2 * 4 + 3] == names["teal fork"]  # v 17 -> row 2, u 31.9 -> column 3
+    assert lost == 1  # the blue block's centre shares the red cup's cell: the first listed keeps it
+    assert held == names["small red block"]
+    assert (cells != 0).sum() == 2
+    _, nothing, _ = cell_targets([], None, names, 4, 32, 32)
+    assert nothing == 0
+
+
+def test_decoding_lists_each_name_once_in_reading_order_above_the_threshold():
+    cfg = _cfg()
+    # teal fork (class 4) in cell 1 (row 0, column 1) and, less sure, in cell 5; red cup (2) in cell 12
+    # (row 3, column 0); the blue block (1) at 0.3 stays below the threshold 0.5
+    cells, hold = _logits(cfg, {1: (4, 0.9), 5: (4, 0.6), 12: (2, 0.8), 15: (1, 0.3)}, holding=3)
+    out = decode_perception(cfg, cells, hold)
+    assert [o["name"] for o in out["objects"]] == ["teal fork", "red cup"]  # band order: row 0 before row 3
+    assert out["objects"][0]["pixel"] == [12.0, 4.0]  # the centre of cell (0, 1) on the 32 px frame
+    assert out["objects"][0]["cell"] == "middle back"  # u 12 of 32: middle third; v 4: back half
+    assert out["objects"][1]["cell"] == "left front"
+    assert out["objects"][0]["p"] == pytest.approx(0.9, abs=1e-3)
+    assert out["holding"] == "small red block"
+    text = format_perception(out["objects"], out["holding"])
+    assert text == "see teal fork middle back , red cup left front holding small red block ."
+    assert parse_perception(text)["holding"] == "small red block"  # the text round-trips through the answer format
+    nothing = decode_perception(cfg, *_logits(cfg, {}, holding=0))
+    assert nothing["objects"] == [] and nothing["holding"] is None
+
+
+def test_a_saved_perceiver_perceives_as_its_network_by_hand(tmp_path):
+    torch.manual_seed(0)
+    p = ScenePerceiver(ScenePerceiverNet(_cfg(threshold=0.05)))
+    p.save(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["names"] == NAMES
+    loaded = ScenePerceiver.load(tmp_path / "p")
+    image = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)  # resized to 32 x 32
+    seen, ms = loaded.perceive(image)
+    from model_runtime.step_verifier import images_to_tensor
+
+    with torch.no_grad():
+        cells, hold = p.net(images_to_tensor([image], 32))
+    assert seen == decode_perception(p.cfg, cells[0], hold[0])
+    assert ms > 0
+
+
+def test_broken_perceiver_directories_are_one_line_errors(tmp_path):
+    torch.manual_seed(0)
+    ScenePerceiver(ScenePerceiverNet(_cfg())).save(tmp_path / "p")
+    with pytest.raises(ValueError, match="cannot load"):
+        ScenePerceiver.load(tmp_path / "missing")
+    doc = json.loads((tmp_path / "p" / "config.json").read_text())
+    doc["width"] = 16
+    (tmp_path / "p" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="weights do not match its config") as err:
+        ScenePerceiver.load(tmp_path / "p")
+    assert "\n" not in str(err.value)
+
+
+def test_the_loss_weights_object_cells_and_learns_a_fixed_scene():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    net = ScenePerceiverNet(cfg)
+    image = torch.rand(2, 3, 32, 32)
+    cells = torch.zeros(2, 16, dtype=torch.long)
+    cells[0, 5], cells[1, 10] = 2, 4
+    holding = torch.tensor([0, 1])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, parts = perceiver_loss(*net(image), cells, holding, object_weight=10.0)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    assert parts["cell_obj_acc"] == 1.0 and parts["hold_acc"] == 1.0
+
+
+def test_scores_count_names_cells_and_the_held_object():
+    truth = {"objects": [{"name": "red cup", "cell": "left back"}, {"name": "teal fork", "cell": "right front"}],
+             "holding": None}
+    pred = {"objects": [{"name": "red cup", "cell": "left front"}, {"name": "blue block", "cell": "left back"}],
+            "holding": None}
+    s = score_perception(pred, truth)
+    assert (s["tp"], s["fp"], s["fn"], s["cell_ok"], s["holding_ok"], s["exact"]) == (1, 1, 1, 0, 1, 0)
+    out = summarise_scores([s, score_perception(truth, truth)])
+    assert out["object_f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5)  # 3 of 4 said right, 3 of 4 true found
+    assert out["cell_acc"] == pytest.approx(2 / 3) and out["exact"] == 0.5
+    assert summarise_scores([score_perception(None, {"objects": [], "holding": None})])["object_f1"] == 1.0
