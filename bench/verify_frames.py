@@ -180,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     backend = load_backend("torch", model_path=args.model_path) if args.model_path else None
-    perceives = backend is not None and getattr(backend, "answer_format", "step") == "perceive"
+    perceives = backend is not None and getattr(backend, "perceives", False)
     checks = backend is not None and getattr(backend, "checks", False)
     if backend is not None and not (perceives or checks):
-        print(f"error: {args.model_path} neither answers in the 'perceive' format nor has a step verifier:"
-              " nothing to verify with", file=sys.stderr)
+        print(f"error: {args.model_path} has no scene perceiver, does not answer in the 'perceive' format and has no"
+              " step verifier: nothing to verify with", file=sys.stderr)
         return 2
     res = backend.image_size[0] if backend is not None else 64
     opts = DecodeOptions(mode="dida", force_dida=True)
@@ -192,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     table, cases_out, costs = {}, [], {"perceive": [], "tokens": [], "step_whole": [], "step_given": [], "check": []}
     t0 = time.perf_counter()
     for task in args.tasks:
-        rows = {"truth": [], "model": [], "check": []}
+        rows = {"truth": [], "model": [], "check": [], "both": [], "perc_first": []}
         for seed in seeds:
             ep = segment_cases(task, seed, args.mistake_rate, res)
 
             def perceive(image: np.ndarray, done: list[str], instruction: str = ep["instruction"]):
                 p = backend.perceive(Frame(image), instruction, [PlanStep(i, t) for i, t in enumerate(done)], opts)
                 costs["perceive"].append(p.timings_ms["total"])
-                costs["tokens"].append(p.timings_ms["tokens"])
+                costs["tokens"].append(p.timings_ms.get("tokens", 0.0))  # a scene perceiver decodes no tokens
                 return p
 
             seen, pairs = perceptions_as_the_loop_asks(ep, perceive) if perceives else ([], [])
@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                     if pa.perception is None:
                         why = f"perception does not parse: {pa.error}"
                     rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
+                if perceives and checks:  # what the loop decides with both (planner.verify.FrameVerifier)
+                    from planner.verify import decide_by_both
+
+                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done)})
+                    rows["perc_first"].append({**row, "done": rows["check"][-1]["done"] if done is None else done})
             if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:

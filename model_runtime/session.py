@@ -57,7 +57,8 @@ class GuidanceSession:
     def perceives(self) -> bool:
         """Whether the backend can say what it sees in a frame alone (``perceive``): a scene perceiver in
         its model directory, or answers in the "perceive" format."""
-        return bool(getattr(self.backend, "perceives", False)) and hasattr(self.backend, "perceive")
+        fmt = getattr(self.backend, "answer_format", "step") == "perceive"
+        return bool(getattr(self.backend, "perceives", fmt)) and hasattr(self.backend, "perceive")
 
     def perceive(self, frame: Frame, history: Sequence[PlanStep] | None = None) -> Perceived:
         """What the model sees in ``frame`` (a perception-only decode), with the done steps as history

@@ -17,9 +17,10 @@ and ``judge_perception`` compares that with the step's action goal, generically 
 
 A model with a step verifier (``step_verifier/`` in its directory, model_runtime/step_verifier.py)
 is asked directly instead: between the frame the step was planned on and the new frame, did this
-step happen (``GuidanceSession.check``: the verifier's probability)? That decides; the
-perception, when the model has one, is still taken (the report shows it; the next answer starts
-with it) and its own judgement is written into the reason as a second reading.
+step happen (``GuidanceSession.check``: the verifier's probability)? When the model also perceives
+(a scene perceiver, model_runtime/scene_perceiver.py, or a "perceive" LM), its perception is a
+second reading that must agree where it can tell (``decide_by_both``): the verifier's "done" on a
+wrong pick (the one mistake it confuses) meets a perception holding another object.
 
 Where perception cannot tell (a model without the format; a perception that does not parse; a
 model trained before cloth parts were perceived) the verifier falls back to the pixel test,
@@ -43,7 +44,7 @@ import numpy as np
 
 from emu_guide.types import ActionGoal, Frame, PlanStep
 
-__all__ = ["FrameVerdict", "FrameVerifier", "describe_perception", "judge_perception", "perception_match",
+__all__ = ["FrameVerdict", "FrameVerifier", "decide_by_both", "describe_perception", "judge_perception", "perception_match",
            "subgoal_progress"]
 
 PICK_VERBS = ("pick",)
@@ -152,6 +153,11 @@ def judge_perception(goal: ActionGoal, after: dict[str, Any] | None,
     return True, f"the {obj} is released and seen {on}{where}"
 
 
+def decide_by_both(check_done: bool, perception_done: bool | None) -> bool:
+    """The step happened: the step verifier says so and the perception, where it can tell, agrees."""
+    return check_done and perception_done is not False
+
+
 def perception_match(perceived: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
     """How a perception compares with the ground truth (evaluation only): missed and extra names,
     wrong cells, whether the held object is right, and ``exact``. None without both."""
@@ -243,11 +249,15 @@ class FrameVerifier:
             why = f"the step verifier: the step {said} (p {judged.p_happened:.2f})"
             if judged.unknown_words:
                 why += f" (words it never saw in training: {', '.join(judged.unknown_words)})"
-            if perceived is not None:  # a second reading, for the report
+            done = judged.happened
+            if perceived is not None:  # a second reading: where it can tell, it must agree
                 p_done, p_why = judge_perception(goal, perceived, step.perception, step.text)
                 if p_done is not None:
+                    done = decide_by_both(judged.happened, p_done)
                     why += f"; its perception reads {'done' if p_done else 'not done'}: {p_why}"
-            return FrameVerdict(judged.happened, "check", why, perceived, text, None, ms, judged.p_happened, judged.ms)
+                    if done != judged.happened:
+                        why += " (the perception overrules)"
+            return FrameVerdict(done, "check", why, perceived, text, None, ms, judged.p_happened, judged.ms)
         if perceived is not None:
             done, why = judge_perception(goal, perceived, step.perception, step.text)
             if done is not None:

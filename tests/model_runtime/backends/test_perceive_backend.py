@@ -117,9 +117,9 @@ def test_refusals_name_the_problem(backend, frame, model_dir):
     with pytest.raises(ValueError, match="perception must be"):
         DecodeOptions(perception="  ")
     plain = TorchBackend(model_path=model_dir)  # the plain answer format
-    with pytest.raises(BackendError, match="only 'perceive' models"):
+    with pytest.raises(BackendError, match="has no scene perceiver: it cannot say what it sees"):
         plain.perceive(frame, "clear the table", [])
-    with pytest.raises(BackendError, match="not 'perceive'"):
+    with pytest.raises(BackendError, match="has no scene perceiver"):
         plain.next_step(frame, "clear the table", [], DecodeOptions(perception=SEEN))
     session = GuidanceSession(plain, "clear the table")
     assert not session.perceives
