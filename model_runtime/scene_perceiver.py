@@ -14,10 +14,14 @@ ground truth are a dense, local signal (docs/training.md, "The scene perceiver",
 Architecture (``ScenePerceiverNet``): a convolutional encoder (the frame plus two coordinate
 channels, 96 px -> 12 x 12, the image-token grid), a small transformer over the 144 cells and a
 summary token (scene context: "small"/"big" names depend on what else is there), then per cell
-which object's centre lies in it (one of the names or none) and, from the summary token, the
-held object (one of the names or nothing). Decoding: each name at most once, in its most likely
-cell when that probability reaches ``threshold``; objects listed in the perception format's
-reading order (``perception_in_reading_order``), each cell's centre as its pixel.
+whether an object's centre lies in it and which name it has, and from the summary token whether
+the gripper holds something and which. A name is read word by word from its end (``NameSlots``:
+"teal fork" = kind "fork", then "teal"; "small red block" adds "small"), so every red object
+teaches "red" and every fork "fork": 80 TableClear names learnt as 10 colours and 8 kinds (one
+softmax over whole names learnt them far slower: docs/training.md, session 14). A cell's name is
+the known name whose words are most likely together. Decoding: the cells whose object probability
+reaches ``threshold``, each name once (its most confident cell), listed in the perception
+format's reading order (``perception_in_reading_order``), each cell's centre as its pixel.
 
 Files: ``perception/config.json`` (names, sizes, threshold) and ``perception/model.safetensors``.
 """
@@ -33,11 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PERCEIVER_DIR", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "perceiver_loss",
+__all__ = ["PERCEIVER_DIR", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "perceiver_loss",
            "score_perception", "summarise_scores"]
 
 PERCEIVER_DIR = "perception"
-NONE = 0  # class 0 of both heads: no object centred in this cell / holding nothing
+NONE = 0  # name class 0 in the targets: no object centred in this cell / holding nothing
 
 
 @dataclass
@@ -71,13 +75,49 @@ class ScenePerceiverConfig:
         return asdict(self)
 
 
+class NameSlots:
+    """Names as words read from their end: slot 0 the last word, slot 1 the one before, ... ("" where a
+    name is shorter). ``words[k]``: slot k's vocabulary; ``ids``: (C, slots) each name's word per slot."""
+
+    def __init__(self, names: list[str]) -> None:
+        split = [n.split() for n in names]
+        self.size = max(len(w) for w in split)
+        self.words = [sorted({w[-1 - k] if k < len(w) else "" for w in split}) for k in range(self.size)]
+        index = [{word: i for i, word in enumerate(ws)} for ws in self.words]
+        self.ids = torch.tensor([[index[k][w[-1 - k] if k < len(w) else ""] for k in range(self.size)] for w in split])
+        self.width = sum(len(ws) for ws in self.words)  # logits per prediction (all slots side by side)
+
+    def name_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., width) slot logits -> (..., C) log-probability of each known name (its words' sum,
+        renormalised over the known names)."""
+        total, start = 0.0, 0
+        for k, ws in enumerate(self.words):
+            lp = torch.log_softmax(logits[..., start : start + len(ws)].float(), dim=-1)
+            total = total + lp[..., self.ids[:, k]]
+            start += len(ws)
+        return torch.log_softmax(total, dim=-1)
+
+    def loss(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of every slot's word for name classes >= 1 (rows (N, width), classes (N,))."""
+        if classes.numel() == 0:
+            return logits.sum() * 0.0
+        target = self.ids.to(classes.device)[classes - 1]  # (N, slots)
+        total, start = 0.0, 0
+        for k, ws in enumerate(self.words):
+            total = total + torch.nn.functional.cross_entropy(logits[:, start : start + len(ws)], target[:, k])
+            start += len(ws)
+        return total / self.size
+
+
 class ScenePerceiverNet(torch.nn.Module):
-    """(B, 3, S, S) floats in [0, 1] -> (cell logits (B, grid*grid, C+1), holding logits (B, C+1))."""
+    """(B, 3, S, S) floats in [0, 1] -> (cell outputs (B, grid*grid, 1 + slot logits), holding outputs
+    (B, 1 + slot logits)); output 0 is the object (held object) logit, the rest ``NameSlots`` logits."""
 
     def __init__(self, cfg: ScenePerceiverConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        w, classes = cfg.width, len(cfg.names) + 1
+        self.slots = NameSlots(cfg.names)
+        w, classes = cfg.width, 1 + self.slots.width
         stride = cfg.image_size // cfg.grid
         convs, ch = [], 5  # RGB + x, y coordinates (positions are half the answer)
         for out in (32, 64)[: max(0, stride.bit_length() - 2)]:  # stride-2 convs down to grid * 2
@@ -120,26 +160,29 @@ def cell_targets(objects: list[tuple[str, tuple[float, float]]], holding: str | 
     return cells, (NONE if holding is None else names[holding]), lost
 
 
-def decode_perception(cfg: ScenePerceiverConfig, cell_logits: torch.Tensor, holding_logits: torch.Tensor) -> dict:
-    """One frame's logits -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p"}``
-    in reading order (pixels on the ``image_size`` frame)."""
+def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: torch.Tensor,
+                      holding_out: torch.Tensor) -> dict:
+    """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p"}``
+    in reading order (pixels on the ``image_size`` frame; ``p`` the object probability of its cell)."""
     from model_runtime.prompt import perception_in_reading_order
 
     g, size = cfg.grid, cfg.image_size
-    probs = torch.softmax(cell_logits.float(), dim=-1)[:, 1:]  # (cells, C)
-    best_p, best_cell = probs.max(dim=0)  # each name at most once: its most likely cell
-    seen, p_of = [], {}
-    for k in torch.nonzero(best_p >= cfg.threshold).flatten().tolist():
-        row, col = divmod(int(best_cell[k]), g)
-        name = cfg.names[k]
-        seen.append({"name": name, "pixel": [(col + 0.5) * size / g, (row + 0.5) * size / g]})
-        p_of[name] = round(float(best_p[k]), 3)
-    hold = torch.softmax(holding_logits.float(), dim=-1)
-    h = int(hold.argmax())
-    out = perception_in_reading_order(seen, None if h == NONE else cfg.names[h - 1], size, size)
+    p_obj = torch.sigmoid(cell_out[:, 0].float())
+    best: dict[str, tuple[float, int]] = {}  # each name once: its most confident cell
+    cells = torch.nonzero(p_obj >= cfg.threshold).flatten()
+    if len(cells):
+        names = slots.name_log_probs(cell_out[cells, 1:]).argmax(dim=-1)
+        for cell, k in zip(cells.tolist(), names.tolist()):
+            name = cfg.names[k]
+            if name not in best or p_obj[cell] > best[name][0]:
+                best[name] = (float(p_obj[cell]), cell)
+    seen = [{"name": n, "pixel": [(c % g + 0.5) * size / g, (c // g + 0.5) * size / g]} for n, (_, c) in best.items()]
+    p_held = float(torch.sigmoid(holding_out[0].float()))
+    held = cfg.names[int(slots.name_log_probs(holding_out[1:]).argmax())] if p_held >= 0.5 else None
+    out = perception_in_reading_order(seen, held, size, size)
     for o in out["objects"]:
-        o["p"] = p_of[o["name"]]
-    out["holding_p"] = round(float(hold[h]), 3)
+        o["p"] = round(best[o["name"]][0], 3)
+    out["holding_p"] = round(p_held if held else 1.0 - p_held, 3)
     return out
 
 
@@ -185,22 +228,26 @@ class ScenePerceiver:
         x = images_to_tensor([image], self.cfg.image_size)
         with torch.inference_mode():
             cells, holding = self.net(x)
-        out = decode_perception(self.cfg, cells[0], holding[0])
+        out = decode_perception(self.net.slots, self.cfg, cells[0], holding[0])
         return out, 1e3 * (time.perf_counter() - t0)
 
 
-def perceiver_loss(cell_logits: torch.Tensor, holding_logits: torch.Tensor, cells: torch.Tensor, holding: torch.Tensor,
-                   object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of every cell (cells with an object weigh ``object_weight``: a few among 144) plus
-    the held object's; the training stage's loss."""
-    per_cell = F.cross_entropy(cell_logits.flatten(0, 1), cells.flatten(), reduction="none")
-    weight = torch.where(cells.flatten() != NONE, object_weight, 1.0)
-    cell_loss = (per_cell * weight).sum() / weight.sum()
-    hold_loss = F.cross_entropy(holding_logits, holding)
+def perceiver_loss(slots: NameSlots, cell_out: torch.Tensor, holding_out: torch.Tensor, cells: torch.Tensor,
+                   holding: torch.Tensor, object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training stage's loss: per cell, binary cross-entropy of "an object is centred here" (cells
+    with one weigh ``object_weight``: a few among 144) and, where one is, its name's words; the same
+    for the held object. ``cells`` (B, cells) and ``holding`` (B,): name classes, 0 = none."""
+    flat, target = cell_out.flatten(0, 1), cells.flatten()
+    is_obj = (target != NONE).float()
+    obj_loss = F.binary_cross_entropy_with_logits(flat[:, 0], is_obj, pos_weight=torch.tensor(float(object_weight)))
+    obj = target != NONE
+    name_loss = slots.loss(flat[obj, 1:], target[obj])
+    held = holding != NONE
+    hold_loss = F.binary_cross_entropy_with_logits(holding_out[:, 0], held.float()) + slots.loss(holding_out[held, 1:], holding[held])
     with torch.no_grad():
-        obj = cells != NONE
-        hit = (cell_logits.argmax(-1) == cells)[obj].float().mean() if obj.any() else torch.tensor(1.0)
-    return cell_loss + hold_loss, {"cell_obj_acc": float(hit), "hold_acc": float((holding_logits.argmax(-1) == holding).float().mean())}
+        found = ((flat[:, 0] >= 0) == obj)[obj].float().mean() if obj.any() else torch.tensor(1.0)
+        named = (slots.name_log_probs(flat[obj, 1:]).argmax(-1) + 1 == target[obj]).float().mean() if obj.any() else torch.tensor(1.0)
+    return obj_loss + name_loss + hold_loss, {"found": float(found), "named": float(named)}
 
 
 def score_perception(pred: dict | None, truth: dict) -> dict[str, int]:

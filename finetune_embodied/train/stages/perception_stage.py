@@ -7,8 +7,9 @@ next step and verifies the last one), the first and the last, and ``data.mid_sam
 frames drawn inside each step (the arm anywhere over the table). Targets: per cell of the
 perceiver's grid the object whose centre lies in it (or none), and the held object (or nothing).
 
-Loss: cross-entropy per cell, cells with an object weighted ``object_weight`` (model.* has the
-network; the weight is ``data.object_loss_weight`` + 1), plus the held object's cross-entropy.
+Loss (``model_runtime.scene_perceiver.perceiver_loss``): per cell, whether an object is centred in
+it (cells with one weigh ``data.object_loss_weight`` + 1) and its name word by word; the same for
+the held object.
 Held-out evaluation (whole episodes held out), decoded as the runtime decodes: object-list F1
 (full names), cell accuracy among matched objects, held-object accuracy, whole perception exact
 (``model_runtime.scene_perceiver.summarise_scores``).
@@ -114,6 +115,9 @@ class PerceptionStage(Stage):
         if not names:
             raise ValueError(f"stage 'perception': the perception of {cfg.data.path} never lists an object")
         self.config = dataclasses.replace(self.config, names=names)
+        from model_runtime.scene_perceiver import NameSlots
+
+        self.slots = NameSlots(names)
         self.class_of = {n: i + 1 for i, n in enumerate(names)}
         self.train_set, self.eval_set = split_heldout(samples, groups, cfg.data.heldout_fraction)
         if not self.train_set:
@@ -165,7 +169,8 @@ class PerceptionStage(Stage):
         from model_runtime.scene_perceiver import perceiver_loss
 
         cells, holding = model(batch["images"])
-        return perceiver_loss(cells, holding, batch["cells"], batch["holding"], 1.0 + self.cfg.data.object_loss_weight)
+        return perceiver_loss(self.slots, cells, holding, batch["cells"], batch["holding"],
+                              1.0 + self.cfg.data.object_loss_weight)
 
     def evaluate(self, model) -> dict[str, float]:
         from model_runtime.prompt import perception_in_reading_order
@@ -182,7 +187,7 @@ class PerceptionStage(Stage):
             batch = self.collate(chunk)
             cells, holding = model(batch["images"].to(self.info.device))
             for k, s in enumerate(chunk):
-                pred = decode_perception(self.config, cells[k].cpu(), holding[k].cpu())  # as the runtime decodes
+                pred = decode_perception(self.slots, self.config, cells[k].cpu(), holding[k].cpu())  # as the runtime decodes
                 truth = perception_in_reading_order([{"name": n, "pixel": list(p)} for n, p in s.objects], s.holding,
                                                     size, size)
                 counts.append(score_perception(pred, truth))
