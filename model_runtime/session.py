@@ -60,6 +60,11 @@ class GuidanceSession:
         fmt = getattr(self.backend, "answer_format", "step") == "perceive"
         return bool(getattr(self.backend, "perceives", fmt)) and hasattr(self.backend, "perceive")
 
+    @property
+    def perceived_names(self) -> tuple[str, ...]:
+        """Every object name the model's scene perceiver can report (empty: the model has none)."""
+        return tuple(getattr(self.backend, "perceived_names", ()))
+
     def perceive(self, frame: Frame, history: Sequence[PlanStep] | None = None) -> Perceived:
         """What the model sees in ``frame`` (a perception-only decode), with the done steps as history
         (or ``history``). BackendError when the backend cannot perceive (``perceives`` is False)."""

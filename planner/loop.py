@@ -42,6 +42,7 @@ import numpy as np
 
 from emu_guide.types import ActionGoal, Frame, GoalStatus, Plan, PlanStatus, PlanStep
 from model_runtime.backends.base import BackendError, DecodeOptions, GuidanceBackend
+from model_runtime.prompt import parse_perception
 from model_runtime.session import GuidanceSession, SessionError
 from planner.executor import Executor, ExecutorError
 from planner.grounded import NameGrounding, ObjectsInView
@@ -309,19 +310,20 @@ class GuidanceLoop:
         gt_k = self.ground_truth.steps_done() if self.ground_truth is not None else None
         gt = self.ground_truth.step(gt_k) if self.ground_truth is not None else None
         self.monitor.planning_calls += 1
-        allowed, known, detect_ms = self._allowed_names(frame, index)
         frame_in = self._model_input(frame)
         post, self._post = self._post, None
         given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
+        allowed, known, detect_ms, given = self._allowed_names(frame, frame_in, index, given)
+        reused = post is not None and given is not None and given == post[1].text
         on_text = (lambda partial: self.on_text(partial, self.plan, frame)) if self.on_text is not None else None  # noqa: E731
         step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given,
                                       on_text=on_text)
         t_plan = time.perf_counter()
         latency = dict(step.timings_ms)
-        if given is not None:  # the perception was decoded when verifying the previous step
+        if reused:  # the perception was decoded when verifying the previous step
             latency["perceive_reused"] = post[1].timings_ms.get("total", 0.0)  # type: ignore[union-attr]
-        if allowed is not None:  # detection is part of planning this step
-            latency["detect"] = detect_ms
+        if allowed is not None:  # detection (or the model's perception) is part of planning this step
+            latency["detect" if self.objects is not None and self.config.grounded_decoding else "perceive"] = detect_ms
             latency["total"] = latency.get("total", 0.0) + detect_ms
         self.monitor.record("plan", index, "backend answered", text=step.text, is_final=step.is_final,
                             latency_ms=latency.get("total"))
@@ -331,7 +333,7 @@ class GuidanceLoop:
             gt_text=gt.text if gt else None, goal={}, gt_goal=gt.goal.to_dict() if gt and gt.goal else None,
             outcome="", reason="", attempts=0, latency_ms=latency,
             before=frame.image if keep else None, subgoal=step.subgoal_image if keep else None,
-            allowed_names=allowed, perception=step.perception, perception_reused=given is not None,
+            allowed_names=allowed, perception=step.perception, perception_reused=reused,
         )
         rec.gt_perception = self._true_perception()
         rec.perception_match = perception_match(step.perception, rec.gt_perception)
@@ -355,24 +357,41 @@ class GuidanceLoop:
             self.on_plan(step, self.plan)
         return step, rec
 
-    def _allowed_names(self, frame: Frame, index: int) -> tuple[list[str] | None, tuple[str, ...] | None, float]:
-        if not self.config.grounded_decoding or self.objects is None:
-            return None, None, 0.0
-        t0 = time.perf_counter()
-        seen = self.objects.objects_for(frame)
+    def _allowed_names(self, frame: Frame, frame_in: Frame, index: int, given: str | None,
+                       ) -> tuple[list[str] | None, tuple[str, ...] | None, float, str | None]:
+        """(the names the step may use or None, every name known, detection ms, the perception the
+        answer starts with). By the detector (grounded decoding); else, for a model with a scene
+        perceiver, by what the model perceives, with the object in the gripper since a confirmed pick
+        added and those put away removed (NameGrounding), so a held object the frame hides stays nameable."""
+        names = self.session.perceived_names
+        if self.config.grounded_decoding and self.objects is not None:
+            t0 = time.perf_counter()
+            seen = self.objects.objects_for(frame)
+            source = "the detector sees"
+        elif names:
+            t0 = time.perf_counter()
+            perceived = self.session.perceive(frame_in) if given is None else None
+            given = perceived.text if perceived is not None else given
+            view = parse_perception(given)
+            held = [view["holding"]] if view["holding"] else []
+            seen = ObjectsInView(frame.stamp, names, tuple(dict.fromkeys(
+                n for n in [o["name"] for o in view["objects"]] + held if n in names)))
+            source = "the model perceives"
+        else:
+            return None, None, 0.0, given
         detect_ms = (time.perf_counter() - t0) * 1e3
         self._seen = (frame.stamp, seen)
         if seen is None:
             self.monitor.record("ground", index, "no detection for this frame: the step is planned free")
-            return None, None, detect_ms
+            return None, None, detect_ms, given
         if self.naming is None:
             targets = self.vocabulary.targets if self.vocabulary is not None else ()
             self.naming = NameGrounding(seen.known, targets)
         elif set(seen.known) != set(self.naming.known):
             self.naming = dataclasses.replace(self.naming, known=tuple(seen.known))
-        self.monitor.record("ground", index, "the model may name the objects the detector sees that were not put away",
+        self.monitor.record("ground", index, f"the model may name the objects {source} that were not put away",
                             seen=sorted(seen.names), put_away=sorted(self.naming.put_away))
-        return self.naming.allowed(seen.names), self.naming.known, detect_ms
+        return self.naming.allowed(seen.names), self.naming.known, detect_ms, given
 
     def _goal(self, step: PlanStep, frame: Frame, rec: StepRecord, index: int) -> ActionGoal:
         """The step's ActionGoal: the sentence parsed in context and grounded in the frame."""

@@ -224,6 +224,11 @@ class LocalModelBackend:
         return self.perceiver is not None or self.answer_format == "perceive"
 
     @property
+    def perceived_names(self) -> tuple[str, ...]:
+        """Every object name the scene perceiver can report (empty without one)."""
+        return tuple(self.perceiver.cfg.names) if self.perceiver is not None else ()
+
+    @property
     def checks(self) -> bool:
         """Whether ``check_step`` answers (the model directory has a step verifier)."""
         return self.verifier is not None
@@ -434,7 +439,7 @@ class LocalModelBackend:
             raise BackendError(f"{self.name}: the given perception does not parse: {exc}") from None
         if not options.known_names:
             names = [o["name"] for o in seen["objects"]] + ([seen["holding"]] if seen["holding"] else [])
-            options = dataclasses.replace(options, known_names=tuple(self.perceiver.cfg.names),
+            options = dataclasses.replace(options, known_names=self.perceived_names,
                                           allowed_names=tuple(dict.fromkeys(names)))
         return [], options, seen
 
