@@ -13,7 +13,7 @@ ground truth are a dense, local signal (docs/training.md, "The scene perceiver",
 
 Architecture (``ScenePerceiverNet``): a convolutional encoder (the frame plus two coordinate
 channels, 96 px -> 12 x 12, the image-token grid), a small transformer over the 144 cells and a
-summary token (scene context: "small"/"big" names depend on what else is there), then per cell
+summary token, the 2 x 2 finer (24 x 24) features under each cell added back for its name (scene context: "small"/"big" names depend on what else is there), then per cell
 whether an object's centre lies in it and which name it has, and from the summary token whether
 the gripper holds something and which. A name is read word by word from its end (``NameSlots``:
 "teal fork" = kind "fork", then "teal"; "small red block" adds "small"), so every red object
@@ -59,9 +59,8 @@ class ScenePerceiverConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        stride = self.image_size // self.grid
-        if self.image_size % self.grid or stride & (stride - 1):
-            raise ValueError(f"image_size {self.image_size} must be grid {self.grid} times a power of two")
+        if self.image_size != 8 * self.grid:
+            raise ValueError(f"image_size {self.image_size} must be 8 times grid {self.grid} (three stride-2 stages)")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
@@ -118,14 +117,17 @@ class ScenePerceiverNet(torch.nn.Module):
         self.cfg = cfg
         self.slots = NameSlots(cfg.names)
         w, classes = cfg.width, 1 + self.slots.width
-        stride = cfg.image_size // cfg.grid
-        convs, ch = [], 5  # RGB + x, y coordinates (positions are half the answer)
-        for out in (32, 64)[: max(0, stride.bit_length() - 2)]:  # stride-2 convs down to grid * 2
-            convs += [torch.nn.Conv2d(ch, out, 5 if ch == 5 else 3, stride=2, padding=2 if ch == 5 else 1), torch.nn.GELU()]
-            ch = out
-        convs += [torch.nn.Conv2d(ch, w, 3, stride=2 if stride > 1 else 1, padding=1), torch.nn.GELU(),
-                  torch.nn.Conv2d(w, w, 3, padding=1), torch.nn.GELU()]
-        self.encoder = torch.nn.Sequential(*convs)
+        gelu = torch.nn.GELU
+
+        def conv(a: int, b: int, k: int = 3, stride: int = 1) -> torch.nn.Conv2d:
+            return torch.nn.Conv2d(a, b, k, stride=stride, padding=k // 2)
+
+        # RGB + x, y coordinates (positions are half the answer); three stride-2 stages: S -> S / 8 = grid
+        self.fine = torch.nn.Sequential(conv(5, 32, 5, 2), gelu(), conv(32, 32), gelu(),
+                                        conv(32, 64, 3, 2), gelu(), conv(64, 64), gelu())  # S / 4
+        self.coarse = torch.nn.Sequential(conv(64, w, 3, 2), gelu(), conv(w, w), gelu())  # S / 8
+        # the 2 x 2 fine features under each cell, for its name: a fork's tines are a few pixels
+        self.detail = torch.nn.Linear(4 * 64, w)
         self.position = torch.nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid + 1, w))
         self.summary = torch.nn.Parameter(torch.zeros(1, 1, w))
         layer = torch.nn.TransformerEncoderLayer(w, cfg.heads, 2 * w, dropout=0.0, activation="gelu",
@@ -138,10 +140,12 @@ class ScenePerceiverNet(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([images, self.coords.expand(images.shape[0], -1, -1, -1)], dim=1)
-        x = self.encoder(x).flatten(2).transpose(1, 2)  # (B, grid*grid, w)
+        fine = self.fine(x)  # (B, 64, 2 grid, 2 grid)
+        x = self.coarse(fine).flatten(2).transpose(1, 2)  # (B, grid*grid, w)
         x = torch.cat([self.summary.expand(x.shape[0], -1, -1), x], dim=1) + self.position
         x = self.context(x)
-        return self.cells(x[:, 1:]), self.holding(x[:, 0])
+        detail = F.pixel_unshuffle(fine, 2).flatten(2).transpose(1, 2)  # (B, grid*grid, 256)
+        return self.cells(x[:, 1:] + self.detail(detail)), self.holding(x[:, 0])
 
 
 def cell_targets(objects: list[tuple[str, tuple[float, float]]], holding: str | None, names: dict[str, int],

@@ -53,7 +53,7 @@ def _outputs(cfg: ScenePerceiverConfig, cells: dict[int, tuple[str, float]], hol
 def test_config_refuses_bad_fields_with_their_names():
     with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"):
         ScenePerceiverConfig(names=list(NAMES), width=0)
-    with pytest.raises(ValueError, match="grid 12 times a power of two"):
+    with pytest.raises(ValueError, match="must be 8 times grid 12"):
         ScenePerceiverConfig(names=list(NAMES), image_size=84, grid=12)
     with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
         _cfg(threshold=1.0)

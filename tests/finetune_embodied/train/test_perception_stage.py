@@ -97,7 +97,7 @@ def test_perception_stage_errors_name_the_problem(recorded, tmp_path):
         _perception_cfg(tmp_path, recorded, "lora.enabled=true")
     with pytest.raises(ValueError, match="model.names is set by the data"):
         make_stage(_perception_cfg(tmp_path, recorded, "model={names: [a]}"), DistInfo())
-    with pytest.raises(ValueError, match="ScenePerceiverConfig.*grid 5 times a power of two"):
+    with pytest.raises(ValueError, match="ScenePerceiverConfig.*must be 8 times grid 5"):
         make_stage(_perception_cfg(tmp_path, recorded, "model={grid: 5}"), DistInfo())
     with pytest.raises(ValueError, match="trains on a recording"):
         make_stage(load_config(None, ["stage=perception", "data.source=synthetic"]), DistInfo())
