@@ -40,6 +40,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
             "next_token": [TINY, *FAST],
             "dida": [TINY, *FAST],
             "verifier": ["data.image_size=32", "model={width: 8, text_dim: 8}", *FAST],
+            "perception": ["data.image_size=32", "model={grid: 4, width: 8, layers: 1, heads: 2}", *FAST],
         },
         record_overrides={"resolution": 32, "tasks": ["table_clear"], "workers": 1},
     )
@@ -51,6 +52,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     assert info["stages"]["next_token"]["config"]["init_from"].startswith(str(tmp_path / "work" / "reading"))
     assert info["export"]["weights_mb"] < 20
     assert (out / "step_verifier" / "model.safetensors").is_file() and "| verifier | 2 |" in card
+    assert (out / "perception" / "model.safetensors").is_file() and "| perception | 2 |" in card
     # A second run resumes: nothing is re-recorded or re-trained.
     again = run_pipeline(
         config, out, tmp_path / "work", quick=True, progress=False,
@@ -60,6 +62,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
             "next_token": [TINY, *FAST],
             "dida": [TINY, *FAST],
             "verifier": ["data.image_size=32", "model={width: 8, text_dim: 8}", *FAST],
+            "perception": ["data.image_size=32", "model={grid: 4, width: 8, layers: 1, heads: 2}", *FAST],
         },
         record_overrides={"resolution": 32, "tasks": ["table_clear"], "workers": 1},
     )
@@ -111,7 +114,7 @@ def test_every_pipeline_recipe_loads_in_every_stage(recipe, tmp_path):
         if stage not in doc:  # an optional stage the recipe leaves out
             continue
         overrides = recipe_overrides(doc, stage)  # as the pipeline passes them
-        lm = [] if stage in ("tokenizer", "verifier") else [f"tokenizer={tmp_path}", "data.extra_texts=[a]"]
+        lm = [] if stage in ("tokenizer", "verifier", "perception") else [f"tokenizer={tmp_path}", "data.extra_texts=[a]"]
         init = [f"init_from={tmp_path}"] if stage == "dida" else []
         cfg = load_config(PROJECT_ROOT / "configs" / "train" / f"{stage}.yaml",
                           [f"checkpoint.dir={tmp_path / stage}", f"data.path={tmp_path}", *lm, *init, *overrides])
