@@ -2,7 +2,7 @@
 happened from one that did not? And what does the perception cost per step?
 
     python bench/verify_frames.py [--model-path DIR] [--tasks table_clear sort_blocks fold_cloth] [--episodes 5]
-                                  [--mistake-rate 1.0] [--timing-frames 6] [--out runs/bench/verify_frames.json]
+                                  [--seed-offset 0] [--mistake-rate 1.0] [--timing-frames 6] [--out runs/bench/verify_frames.json]
 
 Held-out seeds only. Each episode runs the scripted expert with injected mistakes (a wrong item
 picked, the item dropped on the way: what ``emu-guide record`` injects) and cuts it into segments.
@@ -18,7 +18,10 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
   its history, which hid a model that reads the folds from the history instead of the frame);
 - ``check``: models with a step verifier (``step_verifier/``, model_runtime/step_verifier.py): its
   judgement of whether the plan step's sentence happened between the frame before and the frame
-  after (``TorchBackend.check_step``), which is what the loop decides by for such a model.
+  after (``TorchBackend.check_step``);
+- ``both``: models with both (since session 14: a scene perceiver and a step verifier): the
+  verifier's decision with the perception overruling a pick it sees went wrong
+  (``planner.verify.decide_by_both``), which is what the loop decides by for such a model.
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-path", default=None, help="a 'perceive' model directory (none: ground truth only)")
     ap.add_argument("--tasks", nargs="+", default=["table_clear", "sort_blocks", "fold_cloth"])
     ap.add_argument("--episodes", type=int, default=5, help="held-out episodes per task")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed = HELDOUT_SEEDS[offset]")
     ap.add_argument("--mistake-rate", type=float, default=1.0, help="mistakes injected per plan step")
     ap.add_argument("--timing-frames", type=int, default=6, help="post-step frames per episode timed both ways")
     ap.add_argument("--threads", type=int, default=1)
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emu_guide.types import Frame, PlanStep
     from model_runtime.backends.base import BackendError, DecodeOptions, load_backend
-    from planner.verify import judge_perception
+    from planner.verify import decide_by_both, judge_perception
     from sim_envs.seeds import seeds_for
 
     torch.set_num_threads(args.threads)
@@ -188,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     res = backend.image_size[0] if backend is not None else 64
     opts = DecodeOptions(mode="dida", force_dida=True)
-    seeds = seeds_for("heldout", args.episodes)
+    seeds = seeds_for("heldout", args.episodes, args.seed_offset)
     table, cases_out, costs = {}, [], {"perceive": [], "tokens": [], "step_whole": [], "step_given": [], "check": []}
     t0 = time.perf_counter()
     for task in args.tasks:
-        rows = {"truth": [], "model": [], "check": [], "both": [], "perc_first": []}
+        rows = {"truth": [], "model": [], "check": [], "both": []}
         for seed in seeds:
             ep = segment_cases(task, seed, args.mistake_rate, res)
 
@@ -223,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         why = f"perception does not parse: {pa.error}"
                     rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
                 if perceives and checks:  # what the loop decides with both (planner.verify.FrameVerifier)
-                    from planner.verify import decide_by_both
-
-                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done)})
-                    rows["perc_first"].append({**row, "done": rows["check"][-1]["done"] if done is None else done})
+                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done, c["goal"].verb)})
             if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:

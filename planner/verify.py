@@ -19,8 +19,8 @@ A model with a step verifier (``step_verifier/`` in its directory, model_runtime
 is asked directly instead: between the frame the step was planned on and the new frame, did this
 step happen (``GuidanceSession.check``: the verifier's probability)? When the model also perceives
 (a scene perceiver, model_runtime/scene_perceiver.py, or a "perceive" LM), its perception is a
-second reading that must agree where it can tell (``decide_by_both``): the verifier's "done" on a
-wrong pick (the one mistake it confuses) meets a perception holding another object.
+second reading, and on a pick it overrules a "done" when it sees another object (or none) in the
+gripper (``decide_by_both``): a wrong pick judged as the asked one is the verifier's one confusion.
 
 Where perception cannot tell (a model without the format; a perception that does not parse; a
 model trained before cloth parts were perceived) the verifier falls back to the pixel test,
@@ -153,9 +153,15 @@ def judge_perception(goal: ActionGoal, after: dict[str, Any] | None,
     return True, f"the {obj} is released and seen {on}{where}"
 
 
-def decide_by_both(check_done: bool, perception_done: bool | None) -> bool:
-    """The step happened: the step verifier says so and the perception, where it can tell, agrees."""
-    return check_done and perception_done is not False
+def decide_by_both(check_done: bool, perception_done: bool | None, verb: str) -> bool:
+    """The step verifier's decision, overruled on a pick the perception sees in the gripper not
+    being the object asked for (``perception_done`` False): which object a pick took is the one thing
+    the verifier confuses (a wrong pick judged as the asked one), and what is held is what the
+    perception reads best. Elsewhere (place, stack, fold) the verifier was the better judge
+    (session 14, docs/planner.md), so it decides alone."""
+    if verb in PICK_VERBS and perception_done is False:
+        return False
+    return check_done
 
 
 def perception_match(perceived: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -253,7 +259,7 @@ class FrameVerifier:
             if perceived is not None:  # a second reading: where it can tell, it must agree
                 p_done, p_why = judge_perception(goal, perceived, step.perception, step.text)
                 if p_done is not None:
-                    done = decide_by_both(judged.happened, p_done)
+                    done = decide_by_both(judged.happened, p_done, goal.verb)
                     why += f"; its perception reads {'done' if p_done else 'not done'}: {p_why}"
                     if done != judged.happened:
                         why += " (the perception overrules)"

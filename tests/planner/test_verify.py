@@ -12,7 +12,7 @@ from model_runtime.backends.base import Perceived, StepCheck
 from model_runtime.prompt import format_perception, perception_in_reading_order
 from planner.envs import make_env
 from planner.monitor import ExecutionMonitor, MonitorConfig
-from planner.verify import FrameVerdict, FrameVerifier, judge_perception, perception_match
+from planner.verify import FrameVerdict, FrameVerifier, decide_by_both, judge_perception, perception_match
 from sim_envs.perception import visible_objects
 from sim_envs.seeds import HELDOUT_SEEDS
 
@@ -191,6 +191,33 @@ def test_the_step_verifier_decides_and_the_perception_is_its_second_reading():
     # a sentence with words the verifier never saw still gets its judgement, and the reason says so
     verdict = FrameVerifier(None, check=check(0.7))(PlanStep(0, "juggle the cup"), step.goal, before, after)
     assert verdict.done is True and "words it never saw in training: juggle" in verdict.reason
+    env.close()
+
+
+def test_the_perception_overrules_the_verifier_only_on_a_pick_it_sees_went_wrong():
+    env = make_env("table_clear", resolution=64)
+    env.reset(seed=HELDOUT_SEEDS[0])
+    sim = env.unwrapped
+    pick, place = sim.ground_truth_plan()[:2]
+    before, seen_before = Frame(sim.render()), _truth(sim)
+    wrong = next(n for n in sim.object_names() if n != pick.goal.object)
+    sim.execute_skill(ActionGoal("pick", wrong))  # a wrong pick: another object in the gripper
+    after, seen_after = Frame(sim.render()), _truth(sim)
+    assert seen_after["holding"] == wrong
+
+    def check(frame_before, frame_after, text):
+        return StepCheck(text, 0.9, 1.0)  # the verifier is fooled: "the step happened"
+
+    verdict = FrameVerifier(_perceiver(seen_after), check=check)(PlanStep(0, pick.text, perception=seen_before),
+                                                                 pick.goal, before, after)
+    assert verdict.by == "check" and verdict.done is False and verdict.p_happened == 0.9
+    assert "(the perception overrules)" in verdict.reason
+    # on a place the verifier decides alone, whatever the perception reads
+    verdict = FrameVerifier(_perceiver(seen_after), check=check)(PlanStep(1, place.text, perception=seen_before),
+                                                                 place.goal, before, after)
+    assert verdict.done is True and "overrules" not in verdict.reason
+    assert decide_by_both(True, False, "pick") is False and decide_by_both(True, None, "pick") is True
+    assert decide_by_both(True, False, "fold") is True and decide_by_both(False, True, "pick") is False
     env.close()
 
 
