@@ -40,6 +40,7 @@ class NameGrounding:
     held: str | None = None
     put_away: set[str] = field(default_factory=set)
 
+
     def __post_init__(self) -> None:
         self.known = tuple(dict.fromkeys(n.lower().strip() for n in self.known))
         if not self.known or not all(self.known):
@@ -60,4 +61,6 @@ class NameGrounding:
             self.held = name
         elif goal.verb in ("place", "stack"):
             self.held = None
+            self.put_away.add(name)
+        elif goal.verb == "fold":  # a folded part is done with, as a placed object is
             self.put_away.add(name)

@@ -77,5 +77,7 @@ def test_name_grounding_tracks_held_and_put_away_objects():
     naming.confirm(ActionGoal("place", "red cup", target="rack"))
     assert naming.held is None and naming.put_away == {"red cup"}
     assert "red cup" not in naming.allowed(["red cup", "red block"])  # seen in the rack: put away already
+    naming.confirm(ActionGoal("fold", "left sleeve"))  # a folded part is done with, as a placed object
+    assert naming.allowed(["left sleeve", "right sleeve"]) == ["right sleeve", "blue block"]
     with pytest.raises(ValueError, match="non-empty known names"):
         NameGrounding(())
