@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                         why = f"perception does not parse: {pa.error}"
                     rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
                 if perceives and checks:  # what the loop decides with both (planner.verify.FrameVerifier)
-                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done, c["goal"].verb)})
+                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done, c["goal"].verb, c["goal"].object,
+                                                                        (pa.perception or {}).get("holding"))})
             if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:

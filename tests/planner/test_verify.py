@@ -200,7 +200,7 @@ def test_the_perception_overrules_the_verifier_only_on_a_pick_it_sees_went_wrong
     sim = env.unwrapped
     pick, place = sim.ground_truth_plan()[:2]
     before, seen_before = Frame(sim.render()), _truth(sim)
-    wrong = next(n for n in sim.object_names() if n != pick.goal.object)
+    wrong = next(n for n in sim.object_names() if n.split()[0] != pick.goal.object.split()[0])  # another colour
     sim.execute_skill(ActionGoal("pick", wrong))  # a wrong pick: another object in the gripper
     after, seen_after = Frame(sim.render()), _truth(sim)
     assert seen_after["holding"] == wrong
@@ -216,8 +216,12 @@ def test_the_perception_overrules_the_verifier_only_on_a_pick_it_sees_went_wrong
     verdict = FrameVerifier(_perceiver(seen_after), check=check)(PlanStep(1, place.text, perception=seen_before),
                                                                  place.goal, before, after)
     assert verdict.done is True and "overrules" not in verdict.reason
-    assert decide_by_both(True, False, "pick") is False and decide_by_both(True, None, "pick") is True
-    assert decide_by_both(True, False, "fold") is True and decide_by_both(False, True, "pick") is False
+    assert decide_by_both(True, False, "pick", "red cup", "blue fork") is False
+    assert decide_by_both(True, False, "pick", "red cup", None) is True  # nothing seen held: the verifier decides
+    assert decide_by_both(True, False, "pick", "green knife", "green fork") is True  # kinds are what the perceiver confuses
+    assert decide_by_both(True, False, "pick", "small red block", "blue block") is False
+    assert decide_by_both(True, None, "pick", "red cup", "blue fork") is True  # the perception cannot tell
+    assert decide_by_both(True, False, "fold", "left sleeve", "cloth") is True and decide_by_both(False, True, "pick") is False
     env.close()
 
 
