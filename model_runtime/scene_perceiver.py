@@ -28,7 +28,6 @@ Files: ``perception/config.json`` (names, sizes, threshold) and ``perception/mod
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -199,30 +198,14 @@ class ScenePerceiver:
 
     @classmethod
     def load(cls, directory: str | Path) -> ScenePerceiver:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from model_runtime.net_dir import load_net_dir
 
-        d = Path(directory)
-        try:
-            cfg = ScenePerceiverConfig(**json.loads((d / "config.json").read_text()))
-            state = load_file(str(d / "model.safetensors"))
-        except (OSError, ValueError, TypeError, SafetensorError) as exc:
-            raise ValueError(f"scene perceiver {d}: cannot load ({exc})") from None
-        net = ScenePerceiverNet(cfg)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:  # names or shapes that are not this config's
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise ValueError(f"scene perceiver {d}: weights do not match its config ({first})") from None
-        return cls(net)
+        return cls(load_net_dir(directory, ScenePerceiverConfig, ScenePerceiverNet, "scene perceiver"))
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from model_runtime.net_dir import save_net_dir
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(d / "model.safetensors"))
+        save_net_dir(directory, self.cfg, self.net)
 
     def perceive(self, image: np.ndarray) -> tuple[dict, float]:
         """(perception of one (H, W, 3) uint8 frame, milliseconds)."""

@@ -22,7 +22,6 @@ Files: ``step_verifier/config.json`` (image size, widths, vocabulary, threshold)
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -144,31 +143,14 @@ class StepVerifier:
 
     @classmethod
     def load(cls, directory: str | Path) -> StepVerifier:
-        from safetensors.torch import load_file
+        from model_runtime.net_dir import load_net_dir
 
-        d = Path(directory)
-        from safetensors import SafetensorError
-
-        try:
-            cfg = StepVerifierConfig(**json.loads((d / "config.json").read_text()))
-            state = load_file(str(d / "model.safetensors"))
-        except (OSError, ValueError, TypeError, SafetensorError) as exc:
-            raise ValueError(f"step verifier {d}: cannot load ({exc})") from None
-        net = StepVerifierNet(cfg)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:  # names or shapes that are not this config's
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise ValueError(f"step verifier {d}: weights do not match its config ({first})") from None
-        return cls(net)
+        return cls(load_net_dir(directory, StepVerifierConfig, StepVerifierNet, "step verifier"))
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from model_runtime.net_dir import save_net_dir
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(d / "model.safetensors"))
+        save_net_dir(directory, self.cfg, self.net)
 
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in sentence_words(text) if w not in self.vocab_index]

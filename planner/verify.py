@@ -19,8 +19,9 @@ A model with a step verifier (``step_verifier/`` in its directory, model_runtime
 is asked directly instead: between the frame the step was planned on and the new frame, did this
 step happen (``GuidanceSession.check``: the verifier's probability)? When the model also perceives
 (a scene perceiver, model_runtime/scene_perceiver.py, or a "perceive" LM), its perception is a
-second reading, and on a pick it overrules a "done" when it sees another object (or none) in the
-gripper (``decide_by_both``): a wrong pick judged as the asked one is the verifier's one confusion.
+second reading, and on a pick it overrules a "done" when it sees another object in the gripper,
+one whose name shares no word with the asked one's before the kind (``decide_by_both``): a wrong
+pick judged as the asked one is the verifier's one confusion.
 
 Where perception cannot tell (a model without the format; a perception that does not parse; a
 model trained before cloth parts were perceived) the verifier falls back to the pixel test,
@@ -265,7 +266,7 @@ class FrameVerifier:
             if judged.unknown_words:
                 why += f" (words it never saw in training: {', '.join(judged.unknown_words)})"
             done = judged.happened
-            if perceived is not None:  # a second reading: where it can tell, it must agree
+            if perceived is not None:  # a second reading; on a pick it may overrule
                 p_done, p_why = judge_perception(goal, perceived, step.perception, step.text)
                 if p_done is not None:
                     done = decide_by_both(judged.happened, p_done, goal.verb, goal.object, perceived.get("holding"))
