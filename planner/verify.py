@@ -161,7 +161,7 @@ def decide_by_both(check_done: bool, perception_done: bool | None, verb: str, as
     "green fork" for "green knife" does not overrule, "orange spoon" or "blue block" for "red block"
     does. Which object a pick took is the one thing the verifier confuses (a wrong pick judged as
     the asked one), while the perceiver confuses kinds far more than colours (session 14: colour
-    right for 95% of matched objects, kind wrong for 37% at run p2's step 3000). Elsewhere (place,
+    right for 95% of matched objects, kind wrong for 39% at run p2's step 3000). Elsewhere (place,
     stack, fold) the verifier was the better judge, so it decides alone."""
 
     def leading(name: str) -> set[str]:
