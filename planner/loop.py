@@ -314,7 +314,7 @@ class GuidanceLoop:
         post, self._post = self._post, None
         given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
         allowed, known, detect_ms, given = self._allowed_names(frame, frame_in, index, given)
-        reused = post is not None and given is not None and given == post[1].text
+        reused = given is not None and post is not None and post[0] is frame and given == post[1].text
         on_text = (lambda partial: self.on_text(partial, self.plan, frame)) if self.on_text is not None else None  # noqa: E731
         step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given,
                                       on_text=on_text)

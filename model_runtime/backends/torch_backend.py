@@ -593,20 +593,13 @@ def load_model_dir(
     if max_history is not None and not _is_history_limit(max_history):
         raise BackendError(f"{gfile}: max_history must be an integer >= 0, got {max_history!r}")
     parts["max_history"] = max_history
-    parts["verifier"] = None
-    if (path / VERIFIER_DIR).exists():
-        from model_runtime.step_verifier import StepVerifier
+    from model_runtime.scene_perceiver import ScenePerceiver
+    from model_runtime.step_verifier import StepVerifier
 
+    # the small networks beside the LM, each optional (model_runtime/net_dir.py format)
+    for key, sub, net in (("verifier", VERIFIER_DIR, StepVerifier), ("perceiver", PERCEIVER_DIR, ScenePerceiver)):
         try:
-            parts["verifier"] = StepVerifier.load(path / VERIFIER_DIR)
-        except ValueError as exc:
-            raise BackendError(str(exc)) from None
-    parts["perceiver"] = None
-    if (path / PERCEIVER_DIR).exists():
-        from model_runtime.scene_perceiver import ScenePerceiver
-
-        try:
-            parts["perceiver"] = ScenePerceiver.load(path / PERCEIVER_DIR)
+            parts[key] = net.load(path / sub) if (path / sub).exists() else None
         except ValueError as exc:
             raise BackendError(str(exc)) from None
     return parts
