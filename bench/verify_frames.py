@@ -20,8 +20,8 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
   judgement of whether the plan step's sentence happened between the frame before and the frame
   after (``TorchBackend.check_step``);
 - ``both``: models with both (since session 14: a scene perceiver and a step verifier): the
-  verifier's decision with the perception overruling a pick it sees went wrong
-  (``planner.verify.decide_by_both``), which is what the loop decides by for such a model.
+  verifier's decision, on a pick overruled where the perceiver is sure whether the asked object
+  is held (``planner.verify.decide_by_both``), which is what the loop decides by for such a model.
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emu_guide.types import Frame, PlanStep
     from model_runtime.backends.base import BackendError, DecodeOptions, load_backend
-    from planner.verify import decide_by_both, judge_perception
+    from planner.verify import decide_by_both, held_probability, judge_perception
     from sim_envs.seeds import seeds_for
 
     torch.set_num_threads(args.threads)
@@ -225,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                     done, why = judge_perception(c["goal"], pa.perception, pb.perception, c["text"])
                     if pa.perception is None:
                         why = f"perception does not parse: {pa.error}"
-                    rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text})
+                    rows["model"].append({**row, "done": done, "why": why, "perceived": pa.text,
+                                          "p_held_asked": held_probability(pa.perception, c["goal"].object)})
                 if perceives and checks:  # what the loop decides with both (planner.verify.FrameVerifier)
-                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], done, c["goal"].verb, c["goal"].object,
-                                                                        (pa.perception or {}).get("holding"))})
+                    rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], c["goal"].verb,
+                                                                        rows["model"][-1]["p_held_asked"])})
             if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:

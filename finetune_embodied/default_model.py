@@ -3,8 +3,9 @@
     python -m finetune_embodied.default_model [--config configs/train/default_model.yaml] [--quick]
 
 record (sim experts with mistakes + recoveries, TRAIN seeds) -> train the vision tokenizer ->
-next-token training -> DiDA adaptation -> (optional sections) the step verifier (``verifier``) and
-the scene perceiver (``perception``) -> export a model directory (``model_runtime.backends.torch_backend``
+next-token training -> DiDA adaptation -> (optional sections) the LM trained further and adapted
+again (``refine``, ``refine_dida``), the step verifier (``verifier``) and the scene perceiver
+(``perception``) -> export a model directory (``model_runtime.backends.torch_backend``
 format: guidance.json, lm/, vision_tokenizer/, text_tokenizer/, step_verifier/, perception/) with MODEL_CARD.md, checked by
 loading it through ``TorchBackend`` and running one guidance step on a held-out sim episode.
 
@@ -29,7 +30,10 @@ from emu_guide.paths import PROJECT_ROOT, artifacts_root
 
 __all__ = ["add_arguments", "export_model", "main", "run_pipeline"]
 
-STAGES = ("tokenizer", "next_token", "dida", "verifier", "perception")
+STAGES = ("tokenizer", "next_token", "dida", "refine", "refine_dida", "verifier", "perception")
+# A stage trains by configs/train/<its config>.yaml: its own name, but for the refine stages, which
+# train the LM further from the DiDA stage's weights (a second next-token pass, then DiDA again)
+STAGE_CONFIGS = {"refine": "next_token", "refine_dida": "dida"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -83,7 +87,8 @@ def _run_stage(stage: str, overrides: list[str], work: Path, state: dict[str, An
     from finetune_embodied.train.loop import train
 
     run_dir = work / stage
-    cfg = load_config(PROJECT_ROOT / "configs" / "train" / f"{stage}.yaml", [f"checkpoint.dir={run_dir}", *overrides])
+    config = STAGE_CONFIGS.get(stage, stage)
+    cfg = load_config(PROJECT_ROOT / "configs" / "train" / f"{config}.yaml", [f"checkpoint.dir={run_dir}", *overrides])
     if _stage_done(run_dir, cfg.optim.max_steps):
         print(f"[default_model] {stage}: already trained ({run_dir}), skipping")
     else:
@@ -223,7 +228,9 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "## Data",
         "",
         f"- `emu-guide record`: tasks {', '.join(rec['tasks'])}; {rec['episodes_in_dataset']} episodes"
-        f" ({rec['episodes_per_task']} TRAIN seeds per task, mistake rate {rec['mistake_rate']},"
+        f" ({rec['episodes_per_task']} TRAIN seeds per task"
+        + "".join(f", {t} {n}" for t, n in (rec.get("episodes_by_task") or {}).items())
+        + f", mistake rate {rec['mistake_rate']},"
         f" {rec['mistakes_injected']} mistakes + recoveries injected), {rec['resolution']} px frames;"
         f" recording {rec['record_seconds'] / 60:.1f} min",
         f"- held out for evaluation: {st['dida']['config']['data']['heldout_fraction']:.0%} of the episodes (whole episodes,"
@@ -234,8 +241,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "| stage | steps | batch | lr | train samples | wall time | samples/s | held-out metrics |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("tokenizer", "reading", "next_token", "dida", "verifier", "perception"):
-        if name not in st:  # the reading warm-up, the verifier and the perceiver are optional
+    for name in ("tokenizer", "reading", "next_token", "dida", "refine", "refine_dida", "verifier", "perception"):
+        if name not in st:  # the reading warm-up, the refine stages, the verifier and the perceiver are optional
             continue
         s = st[name]
         c = s["config"]
@@ -281,8 +288,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
 def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progress: bool = True,
                  stage_overrides: dict[str, list[str]] | None = None,
                  record_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record -> tokenizer -> next_token -> dida (-> verifier, -> perception) -> export to ``out`` -> TorchBackend check
-    -> model card.
+    """Record -> tokenizer -> next_token -> dida (-> refine -> refine_dida) (-> verifier, -> perception) -> export to
+    ``out`` -> TorchBackend check -> model card.
 
     ``stage_overrides`` / ``record_overrides`` go on top of the config (tests use them for tiny models).
     """
@@ -302,6 +309,7 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
     if rec["episodes_recorded_now"] or "record" not in state:
         state["record"] = {**rec, "record_seconds": state.get("record", {}).get("record_seconds", 0.0) + time.perf_counter() - t0,
                            "tasks": list(rec_cfg.tasks), "episodes_per_task": rec_cfg.episodes_per_task,
+                           "episodes_by_task": dict(rec_cfg.episodes_by_task or {}),
                            "mistake_rate": rec_cfg.mistake_rate, "resolution": rec_cfg.resolution}
     state_path.write_text(json.dumps(state, indent=1))
     dataset = work / "dataset"
@@ -328,7 +336,19 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
     nt_ckpt = latest_checkpoint(work / "next_token" / "checkpoints")
     stages["dida"] = _run_stage("dida", lm_common + [f"init_from={nt_ckpt}"] + flat("dida"), work, state, progress)
     state_path.write_text(json.dumps(state, indent=1))
-    dida_ckpt = latest_checkpoint(work / "dida" / "checkpoints")
+    lm_ckpt = latest_checkpoint(work / "dida" / "checkpoints")
+    if "refine" in doc:  # the LM trained further from its DiDA weights (e.g. on more of the recording), then DiDA again
+        # from the DiDA stage's model exported as shipped (code rows as one plain table): a fine-tune of a shipped model
+        base = work / "dida_model"
+        if not (base / "guidance.json").is_file():
+            export_model(lm_ckpt, tok_ckpt, base, max_total_mb=float("inf"))
+        stages["refine"] = _run_stage("refine", lm_common + [f"init_from={base}"] + flat("refine"), work, state, progress)
+        state_path.write_text(json.dumps(state, indent=1))
+        refined = latest_checkpoint(work / "refine" / "checkpoints")
+        stages["refine_dida"] = _run_stage("refine_dida", lm_common + [f"init_from={refined}"] + flat("refine_dida"), work,
+                                           state, progress)
+        state_path.write_text(json.dumps(state, indent=1))
+        lm_ckpt = latest_checkpoint(work / "refine_dida" / "checkpoints")
     verifier_ckpt = None
     if "verifier" in doc:  # the step verifier: the loop's frame verification (model_runtime/step_verifier.py)
         stages["verifier"] = _run_stage("verifier", common + flat("verifier"), work, state, progress)
@@ -342,7 +362,7 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
 
     # 5. export + check through the runtime
     max_mb = float((doc.get("export") or {}).get("max_total_mb", 20))
-    exp = export_model(dida_ckpt, tok_ckpt, out, max_total_mb=max_mb, verifier_ckpt=verifier_ckpt,
+    exp = export_model(lm_ckpt, tok_ckpt, out, max_total_mb=max_mb, verifier_ckpt=verifier_ckpt,
                        perceiver_ckpt=perceiver_ckpt)
     try:
         smoke = smoke_check(out)

@@ -41,6 +41,7 @@ __all__ = ["PERCEIVER_DIR", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig
 
 PERCEIVER_DIR = "perception"
 NONE = 0  # name class 0 in the targets: no object centred in this cell / holding nothing
+HELD_CANDIDATES = 5  # names given with their probability of being the held object (frame verification weighs a pick by it)
 
 
 @dataclass
@@ -165,8 +166,10 @@ def cell_targets(objects: list[tuple[str, tuple[float, float]]], holding: str | 
 
 def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: torch.Tensor,
                       holding_out: torch.Tensor) -> dict:
-    """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p"}``
-    in reading order (pixels on the ``image_size`` frame; ``p`` the object probability of its cell)."""
+    """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p",
+    "held_candidates": [[name, p], ...]}`` in reading order (pixels on the ``image_size`` frame; ``p``
+    the object probability of its cell; ``held_candidates`` the likeliest held names, each with
+    P(held) * P(name | held))."""
     from model_runtime.prompt import perception_in_reading_order
 
     g, size = cfg.grid, cfg.image_size
@@ -181,11 +184,14 @@ def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: tor
                 best[name] = (float(p_obj[cell]), cell)
     seen = [{"name": n, "pixel": [(c % g + 0.5) * size / g, (c // g + 0.5) * size / g]} for n, (_, c) in best.items()]
     p_held = float(torch.sigmoid(holding_out[0].float()))
-    held = cfg.names[int(slots.name_log_probs(holding_out[1:]).argmax())] if p_held >= 0.5 else None
+    p_name = slots.name_log_probs(holding_out[1:]).float().exp()
+    held = cfg.names[int(p_name.argmax())] if p_held >= 0.5 else None
     out = perception_in_reading_order(seen, held, size, size)
     for o in out["objects"]:
         o["p"] = round(best[o["name"]][0], 3)
     out["holding_p"] = round(p_held if held else 1.0 - p_held, 3)
+    top = torch.topk(p_name, min(HELD_CANDIDATES, len(cfg.names)))
+    out["held_candidates"] = [[cfg.names[int(k)], round(p_held * float(p), 4)] for p, k in zip(top.values, top.indices)]
     return out
 
 

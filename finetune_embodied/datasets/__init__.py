@@ -25,12 +25,17 @@ __all__ = [
 ]
 
 
-def open_dataset(root: str | Path, on_error: str = "raise") -> LeRobotV3Reader | LeRobotV21Reader:
-    """A reader for the LeRobot dataset at ``root`` (v3.x or v2.x)."""
+def open_dataset(root: str | Path, on_error: str = "raise", first_episodes: int = 0) -> LeRobotV3Reader | LeRobotV21Reader:
+    """A reader for the LeRobot dataset at ``root`` (v3.x or v2.x); ``first_episodes`` > 0 reads only
+    that many, the first in index order."""
     info = load_info(Path(root))
     version = str(info["codebase_version"])
+    reader: LeRobotV3Reader | LeRobotV21Reader | None = None
     if version.startswith("v3"):
-        return LeRobotV3Reader(root, on_error=on_error)
-    if version.startswith("v2"):
-        return LeRobotV21Reader(root, on_error=on_error)
+        reader = LeRobotV3Reader(root, on_error=on_error)
+    elif version.startswith("v2"):
+        reader = LeRobotV21Reader(root, on_error=on_error)
+    if reader is not None:
+        reader.keep_first(first_episodes, Path(root))
+        return reader
     raise DatasetError(f"unsupported codebase_version {version!r} (supported: v2.x, v3.x)", Path(root) / "meta/info.json")

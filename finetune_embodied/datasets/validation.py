@@ -110,6 +110,14 @@ class EpisodeReaderBase:
     def num_episodes(self) -> int:
         return len(self.episode_indices)
 
+    def keep_first(self, count: int, root: Path) -> None:
+        """Read only the first ``count`` episodes in index order (0 = all of them)."""
+        if count < 0 or count > self.num_episodes:
+            raise DatasetError(f"first_episodes={count}, but the dataset has {self.num_episodes} episodes", root)
+        if count:
+            self.episode_indices = self.episode_indices[:count]
+            self._episodes = {i: self._episodes[i] for i in self.episode_indices}
+
     @property
     def num_frames(self) -> int:
         return int(sum(int(r["length"]) for r in self._episodes.values()))

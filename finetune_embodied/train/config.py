@@ -73,6 +73,9 @@ class DataConfig:
     max_seq_len: int = 1024  # longer sequences raise an error (never silently truncated)
     frames_per_episode: int = 0  # tokenizer stage: frames sampled per episode (0 = all)
     max_episodes: int = 0  # tokenizer and verifier stages: read this many episodes, evenly spaced (0 = all)
+    # every stage: read only the recording's first N episodes, in index order (0 = all). A pipeline
+    # recipe's stages before its refine stages see the part recorded for them (configs/train/default_model.yaml)
+    first_episodes: int = 0
     mid_samples_per_step: int = 2  # LM stages: frames sampled inside each step besides its boundary frame
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
@@ -104,6 +107,8 @@ class DataConfig:
         _check(self.object_loss_weight >= 0, f"data.object_loss_weight must be >= 0, got {self.object_loss_weight!r}")
         _check(self.max_seq_len >= 8, f"data.max_seq_len must be >= 8, got {self.max_seq_len!r}")
         _check(self.max_episodes >= 0, f"data.max_episodes must be >= 0, got {self.max_episodes!r}")
+        _check(isinstance(self.first_episodes, int) and self.first_episodes >= 0,
+               f"data.first_episodes must be an int >= 0, got {self.first_episodes!r}")
         _check(self.mid_samples_per_step >= 0, f"data.mid_samples_per_step must be >= 0, got {self.mid_samples_per_step!r}")
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")

@@ -417,7 +417,8 @@ class LocalModelBackend:
 
         seen, ms = self.perceiver.perceive(self.prepare_frame(frame))
         text = format_perception(seen["objects"], seen["holding"])
-        return Perceived(text=text, perception=parse_perception(text), timings_ms={"perceiver": ms, "total": ms})
+        perception = {**parse_perception(text), "held_candidates": seen["held_candidates"]}  # the text drops the probabilities
+        return Perceived(text=text, perception=perception, timings_ms={"perceiver": ms, "total": ms})
 
     def _plan_from(self, perception: str, options: DecodeOptions) -> tuple[list[int], DecodeOptions, dict | None]:
         """(answer prefix ids, options, parsed perception) for a step planned from ``perception``.

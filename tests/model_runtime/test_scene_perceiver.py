@@ -10,6 +10,7 @@ import torch
 
 from model_runtime.prompt import format_perception, parse_perception
 from model_runtime.scene_perceiver import (
+    HELD_CANDIDATES,
     NameSlots,
     ScenePerceiver,
     ScenePerceiverConfig,
@@ -105,11 +106,15 @@ def test_decoding_lists_each_name_once_in_reading_order_above_the_threshold():
     assert out["objects"][1]["cell"] == "left front"
     assert out["objects"][0]["p"] == pytest.approx(0.9, abs=1e-3)
     assert out["holding"] == "small red block"
+    # the likeliest held names with P(held) * P(name | held), for frame verification (sure here)
+    assert out["held_candidates"][0][0] == "small red block" and out["held_candidates"][0][1] == pytest.approx(1.0)
+    assert len(out["held_candidates"]) == min(HELD_CANDIDATES, len(cfg.names))
     text = format_perception(out["objects"], out["holding"])
     assert text == "see teal fork middle back , red cup left front holding small red block ."
     assert parse_perception(text)["holding"] == "small red block"  # the text round-trips through the answer format
     nothing = decode_perception(*_outputs(cfg, {}, holding=None)[:1], cfg, *_outputs(cfg, {}, holding=None)[1:])
     assert nothing["objects"] == [] and nothing["holding"] is None
+    assert all(p < 1e-6 for _, p in nothing["held_candidates"])  # nothing held: no name is likely held
 
 
 def test_a_saved_perceiver_perceives_as_its_network_by_hand(tmp_path):

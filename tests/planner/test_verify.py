@@ -12,7 +12,14 @@ from model_runtime.backends.base import Perceived, StepCheck
 from model_runtime.prompt import format_perception, perception_in_reading_order
 from planner.envs import make_env
 from planner.monitor import ExecutionMonitor, MonitorConfig
-from planner.verify import FrameVerdict, FrameVerifier, decide_by_both, judge_perception, perception_match
+from planner.verify import (
+    FrameVerdict,
+    FrameVerifier,
+    decide_by_both,
+    held_probability,
+    judge_perception,
+    perception_match,
+)
 from sim_envs.perception import visible_objects
 from sim_envs.seeds import HELDOUT_SEEDS
 
@@ -128,8 +135,11 @@ def test_perception_match_against_truth():
     assert perception_match(None, truth) is None
 
 
-def _perceiver(perception: dict | None):
+def _perceiver(perception: dict | None, held_candidates: list | None = None):
+    """A perception as the backend gives it; ``held_candidates`` as a scene perceiver adds them."""
     text = format_perception(perception["objects"], perception["holding"]) if perception else "see see ."
+    if perception is not None and held_candidates is not None:
+        perception = {**perception, "held_candidates": held_candidates}
     return lambda frame: Perceived(text, perception, "" if perception else "malformed", {"total": 1.0})
 
 
@@ -194,34 +204,48 @@ def test_the_step_verifier_decides_and_the_perception_is_its_second_reading():
     env.close()
 
 
-def test_the_perception_overrules_the_verifier_only_on_a_pick_it_sees_went_wrong():
+def test_the_perception_overrules_the_verifier_only_on_a_pick_it_is_sure_of():
     env = make_env("table_clear", resolution=64)
     env.reset(seed=HELDOUT_SEEDS[0])
     sim = env.unwrapped
     pick, place = sim.ground_truth_plan()[:2]
     before, seen_before = Frame(sim.render()), _truth(sim)
-    wrong = next(n for n in sim.object_names() if n.split()[0] != pick.goal.object.split()[0])  # another colour
+    wrong = next(n for n in sim.object_names() if n != pick.goal.object)
     sim.execute_skill(ActionGoal("pick", wrong))  # a wrong pick: another object in the gripper
     after, seen_after = Frame(sim.render()), _truth(sim)
     assert seen_after["holding"] == wrong
 
-    def check(frame_before, frame_after, text):
-        return StepCheck(text, 0.9, 1.0)  # the verifier is fooled: "the step happened"
+    def check(p_happened):
+        return lambda frame_before, frame_after, text: StepCheck(text, p_happened, 1.0)
 
-    verdict = FrameVerifier(_perceiver(seen_after), check=check)(PlanStep(0, pick.text, perception=seen_before),
-                                                                 pick.goal, before, after)
+    planned = PlanStep(0, pick.text, perception=seen_before)
+    # the verifier is fooled ("the step happened"); the perceiver is sure the gripper holds another object
+    verdict = FrameVerifier(_perceiver(seen_after, [[wrong, 0.97], [pick.goal.object, 0.002]]), check=check(0.9))(
+        planned, pick.goal, before, after)
     assert verdict.by == "check" and verdict.done is False and verdict.p_happened == 0.9
-    assert "(the perception overrules)" in verdict.reason
-    # on a place the verifier decides alone, whatever the perception reads
-    verdict = FrameVerifier(_perceiver(seen_after), check=check)(PlanStep(1, place.text, perception=seen_before),
-                                                                 place.goal, before, after)
+    assert f"(the perception overrules: P(the {pick.goal.object} is held) 0.002)" in verdict.reason
+    # not sure either way (the asked object at 0.2): the verifier decides
+    verdict = FrameVerifier(_perceiver(seen_after, [[wrong, 0.7], [pick.goal.object, 0.2]]), check=check(0.9))(
+        planned, pick.goal, before, after)
     assert verdict.done is True and "overrules" not in verdict.reason
-    assert decide_by_both(True, False, "pick", "red cup", "blue fork") is False
-    assert decide_by_both(True, False, "pick", "red cup", None) is True  # nothing seen held: the verifier decides
-    assert decide_by_both(True, False, "pick", "green knife", "green fork") is True  # kinds are what the perceiver confuses
-    assert decide_by_both(True, False, "pick", "small red block", "blue block") is False
-    assert decide_by_both(True, None, "pick", "red cup", "blue fork") is True  # the perception cannot tell
-    assert decide_by_both(True, False, "fold", "left sleeve", "cloth") is True and decide_by_both(False, True, "pick") is False
+    # sure the asked object is held: done although the verifier said no
+    verdict = FrameVerifier(_perceiver(seen_after, [[pick.goal.object, 0.8]]), check=check(0.1))(
+        planned, pick.goal, before, after)
+    assert verdict.done is True and "(the perception overrules: P(the " in verdict.reason
+    # a perception without probabilities (an LM's text) never overrules
+    verdict = FrameVerifier(_perceiver(seen_after), check=check(0.9))(planned, pick.goal, before, after)
+    assert verdict.done is True and "overrules" not in verdict.reason
+    # on a place the verifier decides alone, whatever the perception reads
+    verdict = FrameVerifier(_perceiver(seen_after, [[wrong, 0.97]]), check=check(0.9))(
+        PlanStep(1, place.text, perception=seen_before), place.goal, before, after)
+    assert verdict.done is True and "overrules" not in verdict.reason
+    assert decide_by_both(True, "pick", 0.005) is False and decide_by_both(False, "pick", 0.6) is True
+    assert decide_by_both(True, "pick", 0.3) is True and decide_by_both(False, "pick", 0.3) is False
+    assert decide_by_both(True, "pick", None) is True  # no probabilities: the verifier decides
+    assert decide_by_both(True, "fold", 0.0) is True and decide_by_both(False, "place", 1.0) is False
+    assert held_probability({"held_candidates": [["Red  cup", 0.4], ["blue fork", 0.5]]}, "red cup") == 0.4
+    assert held_probability({"held_candidates": [["blue fork", 0.5]]}, "red cup") == 0.0
+    assert held_probability({"objects": [], "holding": "red cup"}, "red cup") is None and held_probability(None, "x") is None
     env.close()
 
 

@@ -43,7 +43,7 @@ def dataset_sequences(cfg, info) -> tuple[WordTokenizer, TokenLayout, list[Any],
     if not cfg.tokenizer:
         raise ValueError("LM stages on a dataset need `tokenizer:` (a trained vision tokenizer or its checkpoint)")
     vision = load_tokenizer_or_checkpoint(cfg.tokenizer)
-    reader = open_dataset(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error, first_episodes=d.first_episodes)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, vision.image_size[0] if vision.image_size else d.image_size)
     labels, label_line = step_labels(cfg, reader, key)
@@ -195,6 +195,7 @@ def _cache_path(cfg, vision_path: str, words: list[str] | None, frame_cells: boo
         "settings": [d.camera, d.visual_loss_weight, d.max_history, d.mid_samples_per_step, d.plan_sequences, cfg.seed]
         + ([d.answer] if d.answer != "step" else [])  # old caches of the plain format stay valid
         + (["unconfirmed"] if d.unconfirmed_samples else [])
+        + ([f"first_episodes={d.first_episodes}"] if d.first_episodes else [])
         + (["frame_cells"] if frame_cells else []),
         "label": dataclasses.asdict(cfg.label),  # labels found from the data depend on these
         "format": 2,  # 2: rest-of-plan answers without the unconfirmed samples' repeats; step kinds

@@ -59,7 +59,7 @@ def perception_samples_from_dataset(cfg, rng: np.random.Generator) -> tuple[list
     if targets is None:
         raise ValueError(f"stage 'perception': {d.path} has no per-frame perception with object pixels"
                          f" ({PERCEPTION_FILE}, written by `emu-guide record`); the perceiver learns from that ground truth")
-    reader = open_dataset(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error, first_episodes=d.first_episodes)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, d.image_size)
     samples: list[PerceptionSample] = []

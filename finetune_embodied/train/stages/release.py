@@ -111,7 +111,7 @@ def release_sequences(cfg, parts: ReleaseParts) -> tuple[list[Any], list[int], s
     from finetune_embodied.train.stages.tokenizer_stage import announce_resize, camera_key
 
     d = cfg.data
-    reader = open_dataset(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error, first_episodes=d.first_episodes)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, d.image_size)
     labels, label_line = step_labels(cfg, reader, key)

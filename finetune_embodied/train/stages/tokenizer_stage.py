@@ -87,7 +87,7 @@ def frames_from_dataset(cfg, rng: np.random.Generator, targets: dict | None = No
     from model_runtime.tokenizers import resize_image
 
     d = cfg.data
-    reader = open_dataset(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error, first_episodes=d.first_episodes)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, d.image_size)
     frames: list[FrameSample] = []

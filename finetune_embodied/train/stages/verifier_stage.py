@@ -47,7 +47,7 @@ def verifier_samples_from_dataset(cfg, rng: np.random.Generator) -> tuple[list[V
     from model_runtime.tokenizers import resize_image
 
     d = cfg.data
-    reader = open_dataset(d.path, on_error=d.on_error)
+    reader = open_dataset(d.path, on_error=d.on_error, first_episodes=d.first_episodes)
     key = camera_key(reader.camera_keys, d.camera, d.path)
     announce_resize(reader, key, d.image_size)
     labels, label_line = step_labels(cfg, reader, key)  # episodes without step labels: found from the data, as the LM stages do

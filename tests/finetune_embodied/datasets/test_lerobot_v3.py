@@ -37,6 +37,16 @@ def test_roundtrip_many_episodes_per_file(tmp_path, episodes):
         assert nearest == list(range(want.length))
 
 
+def test_a_reader_can_keep_only_the_first_episodes(tmp_path, episodes):
+    root = write_dataset(tmp_path / "ds", episodes, fps=10, max_episodes_per_file=2)
+    reader = open_dataset(root, first_episodes=3)
+    assert reader.num_episodes == 3 and [e.episode_index for e in reader.iter_episodes(load_images=False)] == [0, 1, 2]
+    assert reader.num_frames == sum(e.length for e in episodes[:3])
+    assert open_dataset(root, first_episodes=0).num_episodes == 5  # 0: all of them
+    with pytest.raises(DatasetError, match="first_episodes=6, but the dataset has 5 episodes"):
+        open_dataset(root, first_episodes=6)
+
+
 def test_layout_matches_lerobot_v3(tmp_path, episodes):
     root = write_dataset(tmp_path / "ds", episodes, fps=15, max_episodes_per_file=3, robot_type="sim_tabletop")
     info = json.loads((root / "meta/info.json").read_text())
