@@ -524,7 +524,7 @@ class LocalModelBackend:
             decode_mode=options.mode,
             timings_ms=timings,
             is_final=parsed.is_final,
-            perception=parsed.perception if seen is None else seen,
+            perception=own.perception if own is not None else (parsed.perception if seen is None else seen),
         )
 
     def close(self) -> None:
