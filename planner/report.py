@@ -119,7 +119,8 @@ def plan_text(episodes: Sequence[EpisodeResult]) -> str:
             lines.append(f"     goal: {format_goal(s.goal)}")
             lines.append(f"     latency: {_latency(s)}; attempts {s.attempts}")
             if s.allowed_names is not None:
-                lines.append(f"     may name: {', '.join(s.allowed_names) or 'nothing'} (grounded decoding)")
+                source = "the detector's names" if "detect" in s.latency_ms else "the model's own perception"
+                lines.append(f"     may name: {', '.join(s.allowed_names) or 'nothing'} (grounded in {source})")
             seen = perception_lines(s)
             lines.extend(f"     {kind}: {text}" for kind, text in seen)
             if s.reason and s.verification is None:

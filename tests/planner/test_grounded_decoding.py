@@ -52,7 +52,7 @@ def test_table_clear_names_only_free_objects_and_succeeds(backend, seed):
             placed.add(rec.goal["object"])
     # The shipped model alone names absent objects on this seed (0% TableClear); grounded, it clears the table.
     assert result.success, result.stop_reason
-    assert "may name: " in plan_text([result])
+    assert "(grounded in the detector's names)" in plan_text([result])
 
 
 def test_no_detector_means_grounded_decoding_is_off(backend):
@@ -64,6 +64,7 @@ def test_no_detector_means_grounded_decoding_is_off(backend):
     # scene perceiver): the cloth's parts it sees, never a detector's names
     grounds = [e for e in result.events if e["kind"] == "ground" and "seen" in e["data"]]
     assert grounds and all("the model perceives" in e["why"] for e in grounds)
+    assert "(grounded in the model's own perception)" in plan_text([result])  # the report says where the names came from
 
 
 def test_name_grounding_tracks_held_and_put_away_objects():
