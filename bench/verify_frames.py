@@ -21,7 +21,8 @@ are skipped. The decision is ``planner.verify.judge_perception`` (what the loop 
   after (``TorchBackend.check_step``);
 - ``both``: models with both (since session 14: a scene perceiver and a step verifier): the
   verifier's decision, on a pick overruled where the perceiver is sure whether the asked object
-  is held (``planner.verify.decide_by_both``), which is what the loop decides by for such a model.
+  is held, and a fold or stack done when the perception reads it done
+  (``planner.verify.decide_by_both``), which is what the loop decides by for such a model.
 
 Metrics per task: ``false_done`` (of the steps that did not happen, the fraction judged done),
 ``missed_done`` (of those that happened, judged not done), ``cannot_tell`` (perception could not
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "p_held_asked": held_probability(pa.perception, c["goal"].object)})
                 if perceives and checks:  # what the loop decides with both (planner.verify.FrameVerifier)
                     rows["both"].append({**row, "done": decide_by_both(rows["check"][-1]["done"], c["goal"].verb,
-                                                                        rows["model"][-1]["p_held_asked"])})
+                                                                        rows["model"][-1]["p_held_asked"], done)})
             if perceives:  # the next step after a post-step frame: decoded whole vs perception given
                 for j, (f, p) in enumerate(list(zip(ep["frames"][1:], seen[1:]))[: args.timing_frames]):
                     if p.perception is None:

@@ -157,6 +157,13 @@ def test_a_fold_is_judged_by_the_parts_seen_and_falls_back_to_pixels_when_none_a
         PlanStep(0, step.text, subgoal_image=subgoal, perception=seen_before), step.goal, before, after)
     assert verdict.by == "perception" and verdict.done is True
     assert verdict.reason == f"the {step.goal.object} is no longer seen unfolded"
+    # With a step verifier that misses the fold, the perception's "done" decides (a fold: either judge)
+    missed = FrameVerifier(_perceiver(seen_after), check=lambda b, a, text: StepCheck(text, 0.2, 1.0))(
+        PlanStep(0, step.text, perception=seen_before), step.goal, before, after)
+    assert missed.by == "check" and missed.done is True and missed.reason.endswith("(the perception overrules)")
+    still = FrameVerifier(_perceiver(seen_before), check=lambda b, a, text: StepCheck(text, 0.2, 1.0))(
+        PlanStep(0, step.text, perception=seen_before), step.goal, before, after)
+    assert still.done is False  # both say no
     # A model that lists no cloth parts: perception cannot tell, the pixels decide.
     nothing = {"objects": [], "holding": None}
     verdict = FrameVerifier(_perceiver(nothing))(PlanStep(0, step.text, subgoal_image=subgoal, perception=nothing),
@@ -243,6 +250,10 @@ def test_the_perception_overrules_the_verifier_only_on_a_pick_it_is_sure_of():
     assert decide_by_both(True, "pick", 0.3) is True and decide_by_both(False, "pick", 0.3) is False
     assert decide_by_both(True, "pick", None) is True  # no probabilities: the verifier decides
     assert decide_by_both(True, "fold", 0.0) is True and decide_by_both(False, "place", 1.0) is False
+    # a fold or a stack the perception reads done is done; a place is the verifier's alone
+    assert decide_by_both(False, "fold", None, True) is True and decide_by_both(False, "stack", None, True) is True
+    assert decide_by_both(False, "fold", None, False) is False and decide_by_both(True, "fold", None, False) is True
+    assert decide_by_both(False, "place", None, True) is False
     assert held_probability({"held_candidates": [["Red  cup", 0.4], ["blue fork", 0.5]]}, "red cup") == 0.4
     assert held_probability({"held_candidates": [["blue fork", 0.5]]}, "red cup") == 0.0
     assert held_probability({"objects": [], "holding": "red cup"}, "red cup") is None and held_probability(None, "x") is None
