@@ -283,7 +283,7 @@ class FrameVerifier:
             if judged.unknown_words:
                 why += f" (words it never saw in training: {', '.join(judged.unknown_words)})"
             done = judged.happened
-            if perceived is not None:  # a second reading; on a pick it may overrule
+            if perceived is not None:  # a second reading; on a pick, a fold or a stack it may overrule
                 p_done, p_why = judge_perception(goal, perceived, step.perception, step.text)
                 if p_done is not None:
                     why += f"; its perception reads {'done' if p_done else 'not done'}: {p_why}"
