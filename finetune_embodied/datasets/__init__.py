@@ -30,12 +30,12 @@ def open_dataset(root: str | Path, on_error: str = "raise", first_episodes: int 
     that many, the first in index order."""
     info = load_info(Path(root))
     version = str(info["codebase_version"])
-    reader: LeRobotV3Reader | LeRobotV21Reader | None = None
+    reader: LeRobotV3Reader | LeRobotV21Reader
     if version.startswith("v3"):
         reader = LeRobotV3Reader(root, on_error=on_error)
     elif version.startswith("v2"):
         reader = LeRobotV21Reader(root, on_error=on_error)
-    if reader is not None:
-        reader.keep_first(first_episodes, Path(root))
-        return reader
-    raise DatasetError(f"unsupported codebase_version {version!r} (supported: v2.x, v3.x)", Path(root) / "meta/info.json")
+    else:
+        raise DatasetError(f"unsupported codebase_version {version!r} (supported: v2.x, v3.x)", Path(root) / "meta/info.json")
+    reader.keep_first(first_episodes)
+    return reader

@@ -92,11 +92,12 @@ class SkipReport:
 class EpisodeReaderBase:
     """What every dataset reader shares: the episode index and on_error-aware iteration.
 
-    A subclass sets ``features``, ``_episodes`` (episode_index -> metadata row with a ``length``),
+    A subclass sets ``root``, ``features``, ``_episodes`` (episode_index -> metadata row with a ``length``),
     ``episode_indices``, ``on_error`` and ``report`` and implements ``episode(i, load_images)``,
     which always raises DatasetError on bad data; ``iter_episodes`` applies the on_error policy.
     """
 
+    root: Path
     features: dict
     _episodes: dict[int, dict]
     episode_indices: list[int]
@@ -110,10 +111,10 @@ class EpisodeReaderBase:
     def num_episodes(self) -> int:
         return len(self.episode_indices)
 
-    def keep_first(self, count: int, root: Path) -> None:
+    def keep_first(self, count: int) -> None:
         """Read only the first ``count`` episodes in index order (0 = all of them)."""
         if count < 0 or count > self.num_episodes:
-            raise DatasetError(f"first_episodes={count}, but the dataset has {self.num_episodes} episodes", root)
+            raise DatasetError(f"first_episodes={count}, but the dataset has {self.num_episodes} episodes", self.root)
         if count:
             self.episode_indices = self.episode_indices[:count]
             self._episodes = {i: self._episodes[i] for i in self.episode_indices}
