@@ -119,6 +119,7 @@ def plan_text(episodes: Sequence[EpisodeResult]) -> str:
             lines.append(f"     goal: {format_goal(s.goal)}")
             lines.append(f"     latency: {_latency(s)}; attempts {s.attempts}")
             if s.allowed_names is not None:
+                # the loop times the names' source as "detect" (the detector) or "perceive" (the model)
                 source = "the detector's names" if "detect" in s.latency_ms else "the model's own perception"
                 lines.append(f"     may name: {', '.join(s.allowed_names) or 'nothing'} (grounded in {source})")
             seen = perception_lines(s)
