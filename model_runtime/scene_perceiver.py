@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PERCEIVER_DIR", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "perceiver_loss",
+__all__ = ["PERCEIVER_DIR", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "name_cell_targets", "perceiver_loss",
            "score_perception", "summarise_scores"]
 
 PERCEIVER_DIR = "perception"
@@ -164,6 +164,30 @@ def cell_targets(objects: list[tuple[str, tuple[float, float]]], holding: str | 
     return cells, (NONE if holding is None else names[holding]), lost
 
 
+def name_cell_targets(objects: list[tuple[str, tuple[float, float]]], names: dict[str, int], grid: int,
+                      width: float, height: float, radius: int) -> np.ndarray:
+    """Name targets of one frame (training): (grid*grid,) the class of the object whose centre is
+    nearest the cell's centre, for the cells within ``radius`` cells (Chebyshev) of some object's
+    centre cell; 0 elsewhere. Why: at decoding a cell next to an object's centre that fires names
+    an object, and without a target there its name is whatever the untrained name head says (a
+    fork's neighbour read "spoon": a second, wrong object). ``radius`` 0: the centre cells only."""
+    out = np.zeros(grid * grid, dtype=np.int64)
+    if not objects:
+        return out
+    centres = np.array([p for _, p in objects], dtype=np.float64) * [grid / width, grid / height]  # in cells
+    home = np.clip(np.floor(centres), 0, grid - 1)
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    mid = np.stack([cols + 0.5, rows + 0.5], axis=1)  # (cells, 2) as (x, y)
+    dist = np.linalg.norm(mid[:, None, :] - centres[None], axis=2)  # (cells, objects)
+    near = (np.abs(cols[:, None] - home[None, :, 0]) <= radius) & (np.abs(rows[:, None] - home[None, :, 1]) <= radius)
+    dist[~near] = np.inf
+    best = dist.argmin(axis=1)
+    has = np.isfinite(dist[np.arange(len(dist)), best])
+    classes = np.array([names[n] for n, _ in objects])
+    out[has] = classes[best[has]]
+    return out
+
+
 def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: torch.Tensor,
                       holding_out: torch.Tensor) -> dict:
     """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p",
@@ -226,15 +250,19 @@ class ScenePerceiver:
 
 
 def perceiver_loss(slots: NameSlots, cell_out: torch.Tensor, holding_out: torch.Tensor, cells: torch.Tensor,
-                   holding: torch.Tensor, object_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                   holding: torch.Tensor, object_weight: float, name_cells: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training stage's loss: per cell, binary cross-entropy of "an object is centred here" (cells
-    with one weigh ``object_weight``: a few among 144) and, where one is, its name's words; the same
-    for the held object. ``cells`` (B, cells) and ``holding`` (B,): name classes, 0 = none."""
+    with one weigh ``object_weight``: a few among 144) and its name's words where ``name_cells``
+    names one (default: the centre cells, ``cells``; ``name_cell_targets`` adds their neighbours);
+    the same for the held object. ``cells``, ``name_cells`` (B, cells) and ``holding`` (B,): name
+    classes, 0 = none."""
     flat, target = cell_out.flatten(0, 1), cells.flatten()
     is_obj = (target != NONE).float()
     obj_loss = F.binary_cross_entropy_with_logits(flat[:, 0], is_obj, pos_weight=torch.tensor(float(object_weight)))
     obj = target != NONE
-    name_loss = slots.loss(flat[obj, 1:], target[obj])
+    named_target = target if name_cells is None else name_cells.flatten()
+    name_loss = slots.loss(flat[named_target != NONE, 1:], named_target[named_target != NONE])
     held = holding != NONE
     hold_loss = F.binary_cross_entropy_with_logits(holding_out[:, 0], held.float()) + slots.loss(holding_out[held, 1:], holding[held])
     with torch.no_grad():

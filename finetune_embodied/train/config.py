@@ -77,6 +77,9 @@ class DataConfig:
     # recipe's stages before its refine stages see the part recorded for them (configs/train/default_model.yaml)
     first_episodes: int = 0
     mid_samples_per_step: int = 2  # LM stages: frames sampled inside each step besides its boundary frame
+    # perception stage: the cells within this many cells of an object's centre cell also learn its name
+    # (the nearest centre's), so a neighbour cell that fires names the same object (0 = the centre cell only)
+    name_radius: int = 0
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
     plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (model_runtime.prompt.build_plan_sequence)
@@ -110,6 +113,8 @@ class DataConfig:
         _check(isinstance(self.first_episodes, int) and self.first_episodes >= 0,
                f"data.first_episodes must be an int >= 0, got {self.first_episodes!r}")
         _check(self.mid_samples_per_step >= 0, f"data.mid_samples_per_step must be >= 0, got {self.mid_samples_per_step!r}")
+        _check(isinstance(self.name_radius, int) and not isinstance(self.name_radius, bool) and 0 <= self.name_radius <= 3,
+               f"data.name_radius must be an int in [0, 3], got {self.name_radius!r}")
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")

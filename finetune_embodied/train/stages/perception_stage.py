@@ -8,8 +8,9 @@ frames drawn inside each step (the arm anywhere over the table). Targets: per ce
 perceiver's grid the object whose centre lies in it (or none), and the held object (or nothing).
 
 Loss (``model_runtime.scene_perceiver.perceiver_loss``): per cell, whether an object is centred in
-it (cells with one weigh ``data.object_loss_weight`` + 1) and its name word by word; the same for
-the held object.
+it (cells with one weigh ``data.object_loss_weight`` + 1) and its name word by word, at the centre
+cell and, with ``data.name_radius`` r, at the cells within r cells of it (the nearest centre's
+name: a neighbour cell that fires then names the same object); the same for the held object.
 Held-out evaluation (whole episodes held out), decoded as the runtime decodes: object-list F1
 (full names), cell accuracy among matched objects, held-object accuracy, whole perception exact
 (``model_runtime.scene_perceiver.summarise_scores``).
@@ -160,9 +161,14 @@ class PerceptionStage(Stage):
         """As the runtime's ``ScenePerceiver.perceive`` prepares a frame (images_to_tensor)."""
         from model_runtime.step_verifier import images_to_tensor
 
+        from model_runtime.scene_perceiver import name_cell_targets
+
         targets = [self._targets(s) for s in samples]
+        size, radius = self.config.image_size, self.cfg.data.name_radius
+        names = [name_cell_targets(list(s.objects), self.class_of, self.config.grid, size, size, radius) for s in samples]
         return {"images": images_to_tensor([s.image for s in samples], self.config.image_size),
                 "cells": torch.from_numpy(np.stack([t[0] for t in targets])),
+                "name_cells": torch.from_numpy(np.stack(names)) if radius else None,
                 "holding": torch.tensor([t[1] for t in targets])}
 
     def loss(self, model, batch, gen):
@@ -170,7 +176,7 @@ class PerceptionStage(Stage):
 
         cells, holding = model(batch["images"])
         return perceiver_loss(self.slots, cells, holding, batch["cells"], batch["holding"],
-                              1.0 + self.cfg.data.object_loss_weight)
+                              1.0 + self.cfg.data.object_loss_weight, batch["name_cells"])
 
     def evaluate(self, model) -> dict[str, float]:
         from model_runtime.prompt import perception_in_reading_order
