@@ -16,6 +16,7 @@ from model_runtime.scene_perceiver import (
     ScenePerceiverConfig,
     ScenePerceiverNet,
     cell_targets,
+    name_cell_targets,
     decode_perception,
     perceiver_loss,
     score_perception,
@@ -75,6 +76,37 @@ def test_cell_targets_put_each_object_in_the_cell_of_its_centre():
     assert (cells != 0).sum() == 2
     _, nothing, _ = cell_targets([], None, names, 4, 32, 32)
     assert nothing == 0
+
+
+def test_name_targets_cover_the_cells_around_each_centre_with_the_nearest_object():
+    names = {"red cup": 1, "teal fork": 2}
+    objects = [("red cup", (3.0, 3.0)), ("teal fork", (17.0, 3.0))]  # cells (row 0, col 0) and (row 0, col 2)
+    centre_only = name_cell_targets(objects, names, 4, 32, 32, radius=0).reshape(4, 4)
+    assert centre_only[0, 0] == 1 and centre_only[0, 2] == 2 and (centre_only != 0).sum() == 2
+    near = name_cell_targets(objects, names, 4, 32, 32, radius=1).reshape(4, 4)
+    # column 1 lies within one cell of both centres: the fork's centre (u 17) is nearer its middle (u 12)
+    assert near.tolist() == [[1, 2, 2, 2], [1, 2, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert not name_cell_targets([], names, 4, 32, 32, radius=1).any()
+
+
+def test_neighbour_name_targets_train_names_where_no_object_is_centred():
+    torch.manual_seed(0)
+    net = ScenePerceiverNet(_cfg())
+    image = torch.rand(1, 3, 32, 32)
+    cells = torch.zeros(1, 16, dtype=torch.long)
+    cells[0, 5] = 2
+    names = torch.from_numpy(name_cell_targets([(NAMES[1], (12.0, 12.0))], {NAMES[1]: 2}, 4, 32, 32, 1))[None]
+    holding = torch.tensor([0])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss, _ = perceiver_loss(net.slots, *net(image), cells, holding, object_weight=10.0, name_cells=names)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cell_out, _ = net(image)
+    read = net.slots.name_log_probs(cell_out[0, :, 1:]).argmax(-1) + 1
+    assert (read[names[0] != 0] == 2).all()  # the centre and its 8 neighbours all name the object
+    assert torch.sigmoid(cell_out[0, :, 0]).argmax() == 5  # the object is still found at its centre only
 
 
 def test_names_are_read_word_by_word_from_their_end():

@@ -21,6 +21,7 @@ def test_defaults_are_valid():
         ("optim.max_steps=2.5", "2.5"),
         ("optim.lr=fast", "'fast'"),
         ("data.heldout_fraction=1.5", "1.5"),
+        ("data.name_radius=5", "data.name_radius"),
         ("dida.noise=gaussian", "'gaussian'"),
         ("precision=fp16", "'fp16'"),
         ("optim.lrr=1", "lrr"),

@@ -106,3 +106,18 @@ def test_perception_stage_errors_name_the_problem(recorded, tmp_path):
     (bare / PERCEPTION_FILE).unlink()
     with pytest.raises(ValueError, match="has no per-frame perception with object pixels"):
         make_stage(_perception_cfg(tmp_path, bare), DistInfo())
+
+
+def test_name_radius_names_the_cells_around_each_centre_in_training_batches(recorded, tmp_path, monkeypatch):
+    from finetune_embodied.train.distributed import DistInfo
+    from finetune_embodied.train.stages import make_stage
+
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    plain = make_stage(_perception_cfg(tmp_path, recorded), DistInfo())
+    assert plain.collate(plain.train_set[:4])["name_cells"] is None  # radius 0: names at the centre cells only
+    stage = make_stage(_perception_cfg(tmp_path, recorded, "data.name_radius=1"), DistInfo())
+    batch = stage.collate(stage.train_set[:4])
+    centres, named = batch["cells"] != 0, batch["name_cells"] != 0
+    assert centres.any() and (named.sum() > centres.sum()) and (batch["name_cells"][centres] != 0).all()
+    summary = train(_perception_cfg(tmp_path / "r1", recorded, "data.name_radius=1"), progress=False)
+    assert 0.0 <= summary.final_eval["object_f1"] <= 1.0
