@@ -8,6 +8,11 @@ table and writes, under ``--out`` (default ``runs/bench``):
 - ``success_at_k.png``: CALVIN-style curves, ``latency_hist.png``: planning latency per step;
 - ``sheets/``: contact sheets (frame before | predicted subgoal | frame after) of failed episodes
   and of the first ``--sheets-per-config`` episodes of each configuration (``--sheets all``: every one).
+
+The table's "verify false/missed" is the loop's verification from frames against the executor's
+own report (the simulator's check at the skill's end): of the executed steps the executor says
+failed, the share the frames judged done, and of those it says succeeded, the share judged not
+done (``planner.metrics.frames_verification_rates``; "-" where the checker decided, ``--no-checker`` off).
 """
 
 from __future__ import annotations
@@ -255,7 +260,7 @@ def _plots(summaries: list[dict[str, Any]], results: list[dict[str, Any]], out: 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
     head = ("task", "backend", "decode", "eps", "success", "all-ok", "steps done/plan", "text acc", "goal acc",
-            "PSNR dB", "pos err px", "lat p50", "lat p95", "replans")
+            "PSNR dB", "pos err px", "lat p50", "lat p95", "replans", "verify false/missed")
     rows = [head]
 
     def f(v: Any, fmt: str) -> str:
@@ -267,7 +272,8 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
                      f"{s['avg_completed_steps']:.2f}/{s['avg_gt_steps']:.2f}", f(s["step_text_exact"], ".1%"),
                      f(s["step_goal_accuracy"], ".1%"), f(s["subgoal_psnr_db"], ".1f"),
                      f(s["subgoal_pos_error_px"], ".2f"), f(s["latency_ms_p50"], ".1f"),
-                     f(s["latency_ms_p95"], ".1f"), f(s["replans_per_episode"], ".2f")))
+                     f(s["latency_ms_p95"], ".1f"), f(s["replans_per_episode"], ".2f"),
+                     f"{f(s.get('verify_false_done'), '.3f')}/{f(s.get('verify_missed_done'), '.3f')}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -48,10 +48,10 @@ from planner.executor import Executor, ExecutorError
 from planner.grounded import NameGrounding, ObjectsInView
 from planner.grounding import Grounder, GroundingInfo
 from planner.metrics import capped_psnr, subgoal_position_error
-from planner.monitor import ExecutionMonitor, MonitorConfig, _jsonable
+from planner.monitor import ExecutionMonitor, MonitorConfig, StepOutcome, _jsonable
 from planner.parse import ParseContext, Vocabulary, parse
 from planner.safety import SafetyGate
-from planner.verify import FrameVerdict, FrameVerifier, perception_match
+from planner.verify import FrameVerifier, perception_match
 
 __all__ = ["GroundTruth", "GuidanceLoop", "LoopConfig", "LoopResult", "ObjectsSource", "StepRecord", "resize_frame"]
 
@@ -265,7 +265,7 @@ class GuidanceLoop:
                 outcome = self.monitor.run_step(step, step.goal, frame)
                 rec.outcome, rec.reason, rec.attempts = outcome.status, outcome.reason, outcome.attempts
                 rec.progress = outcome.progress
-                self._record_verification(rec, outcome.verdict, outcome.decided_by, outcome.status == "done")
+                self._record_verification(rec, outcome, outcome.status == "done")
                 rec.after = outcome.after.image if self.config.keep_images else None
                 self.retries += max(0, outcome.attempts - 1)
                 self._finish_record(rec)
@@ -472,12 +472,16 @@ class GuidanceLoop:
         truth = getattr(self.ground_truth, "perception", None)
         return truth() if truth is not None else None
 
-    def _record_verification(self, rec: StepRecord, verdict: FrameVerdict | None, decided_by: str, done: bool) -> None:
+    def _record_verification(self, rec: StepRecord, outcome: StepOutcome, done: bool) -> None:
+        verdict = outcome.verdict
         if verdict is None:  # nothing was executed
             return
         gt_after = self._true_perception()
         rec.verification = {
-            "done": done, "decided_by": decided_by, "reason": rec.reason, "frames": verdict.to_dict(),
+            "done": done, "decided_by": outcome.decided_by, "reason": rec.reason, "frames": verdict.to_dict(),
+            # the executor's own report on the last attempt (a simulator: its check at the skill's end),
+            # which the frames-only loop does not decide by: how often the frames agree is measured by it
+            "executor_success": outcome.results[-1].success if outcome.results else None,
             "gt_after": gt_after, "after_match": perception_match(verdict.perception, gt_after),
         }
         if verdict.perceive_ms is not None or verdict.check_ms is not None:

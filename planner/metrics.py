@@ -17,7 +17,7 @@ import numpy as np
 
 from emu_guide.types import CameraModel
 
-__all__ = ["PSNR_CAP_DB", "aggregate", "capped_psnr", "percentile", "subgoal_position_error", "success_at_k"]
+__all__ = ["PSNR_CAP_DB", "aggregate", "capped_psnr", "frames_verification_rates", "percentile", "subgoal_position_error", "success_at_k"]
 
 PSNR_CAP_DB = 100.0  # identical images report this instead of infinity
 
@@ -91,6 +91,20 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def frames_verification_rates(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The closed loop's verification from frames against the executor's own report (in the sims,
+    the simulator's check at the skill's end), over executed steps the frames decided (not the
+    checker): ``verify_false_done`` (of the steps the executor says failed, the share judged done)
+    and ``verify_missed_done`` (of those it says succeeded, judged not done); None without any."""
+    judged = [(v["done"], v["executor_success"]) for v in (s.get("verification") for s in steps)
+              if v and v.get("executor_success") is not None and "checker" not in (v.get("decided_by") or "")]
+    failed = [done for done, ok in judged if not ok]
+    succeeded = [done for done, ok in judged if ok]
+    return {"verify_steps": len(judged),
+            "verify_false_done": sum(failed) / len(failed) if failed else None,
+            "verify_missed_done": sum(not d for d in succeeded) / len(succeeded) if succeeded else None}
+
+
 def aggregate(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Summary metrics over episode dicts (``EpisodeResult.to_dict()``) of ONE task/backend/mode."""
     if not episodes:
@@ -123,6 +137,7 @@ def aggregate(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "planner_ms_p50": percentile(planner_ms, 50),
         "planner_ms_p95": percentile(planner_ms, 95),
         "replans_per_episode": float(np.mean([e["replans"] for e in episodes])),
+        **frames_verification_rates(steps),
         "retries_per_episode": float(np.mean([e["retries"] for e in episodes])),
         "wall_s_per_episode": float(np.mean([e["wall_s"] for e in episodes])),
         "failures": [{"seed": e["seed"], "stop_reason": e["stop_reason"], "completed_steps": e["completed_steps"]}

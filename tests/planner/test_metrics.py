@@ -89,8 +89,9 @@ def test_aggregate_every_field():
         "avg_gt_steps", "success_at_k", "step_text_exact", "step_goal_accuracy", "subgoal_psnr_db",
         "subgoal_pos_error_px", "subgoal_pos_error_m", "grounding_found_rate", "grounding_error_m_median",
         "latency_ms_p50", "latency_ms_p95", "planner_ms_p50", "planner_ms_p95", "replans_per_episode",
-        "retries_per_episode", "wall_s_per_episode", "failures",
+        "retries_per_episode", "wall_s_per_episode", "failures", "verify_steps", "verify_false_done", "verify_missed_done",
     }  # fmt: skip
+    assert s["verify_steps"] == 0 and s["verify_false_done"] is None  # no step was verified from frames
 
 
 def test_aggregate_with_nothing_measured_and_no_episodes():
@@ -145,3 +146,18 @@ def test_subgoal_position_error():
     assert px == pytest.approx(np.hypot(40, 60))
     empty = np.full((40, 60, 3), 128, np.uint8)
     assert subgoal_position_error(pred, empty) == (None, None)
+
+
+def test_frames_verification_rates_compare_the_frames_with_the_executor_report():
+    from planner.metrics import frames_verification_rates
+
+    def step(done, ok, by="check"):
+        return {"verification": {"done": done, "executor_success": ok, "decided_by": by}}
+
+    steps = [step(True, True), step(False, True), step(True, True), step(True, True),  # one of four missed
+             step(True, False), step(False, False),  # one of two false
+             step(False, True, by="checker"), {"verification": None}, step(True, None)]  # not counted
+    rates = frames_verification_rates(steps)
+    assert rates == {"verify_steps": 6, "verify_false_done": 0.5, "verify_missed_done": 0.25}
+    assert frames_verification_rates([step(True, True, by="checker")]) == {
+        "verify_steps": 0, "verify_false_done": None, "verify_missed_done": None}

@@ -373,6 +373,8 @@ def test_the_loop_verifies_by_perception_reuses_it_and_the_report_shows_it(tmp_p
     checks = [e for e in result.events if e["kind"] == "check"]
     assert checks[0]["data"]["frames_done"] is False and "holds nothing, not the" in checks[0]["why"]
     assert all(r.verification["after_match"]["exact"] for r in acted)  # the double perceives perfectly
+    # the executor's own report rides along (the slip's retry succeeded): the frames agree with it everywhere
+    assert all(r.verification["executor_success"] is True for r in acted)
     # Each post-step perception was decoded once: the next answer started from it.
     assert len(backend.perceived) == len(checks)
     assert backend.given[0] is None and all(g is not None for g in backend.given[1:])

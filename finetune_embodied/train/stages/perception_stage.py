@@ -159,9 +159,8 @@ class PerceptionStage(Stage):
 
     def collate(self, samples: list[PerceptionSample]) -> dict[str, Any]:
         """As the runtime's ``ScenePerceiver.perceive`` prepares a frame (images_to_tensor)."""
-        from model_runtime.step_verifier import images_to_tensor
-
         from model_runtime.scene_perceiver import name_cell_targets
+        from model_runtime.step_verifier import images_to_tensor
 
         targets = [self._targets(s) for s in samples]
         size, radius = self.config.image_size, self.cfg.data.name_radius
