@@ -187,7 +187,10 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
             images.append(obs["image"])
             states.append(obs["state"])
             perceptions.append(frame_perception(u, res[1], res[0]))
-            if terminated or truncated:
+            # Not on `terminated`: the env reports success the moment the last step's check passes,
+            # mid-motion; the expert finishes the step (release, retreat) as the loop's executor does,
+            # so the last frame is the post-step frame the loop verifies and plans "done" from.
+            if truncated:
                 break
     except ExpertError as exc:
         error = str(exc)
