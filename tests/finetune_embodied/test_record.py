@@ -153,3 +153,21 @@ def test_killed_recording_resumes_without_duplicates_or_losses(tmp_path):
     with pytest.raises(ValueError, match="was recorded with"):
         rec.record(other, progress=False)
     assert open_dataset(out).num_frames == reader.num_frames
+
+
+@pytest.mark.parametrize("task", ["fold_cloth", "sort_blocks"])
+def test_the_last_frame_is_the_one_the_loop_sees_after_the_last_step(tmp_path, task):
+    """The env signals success mid-way through the last step; the recording goes on to the step's
+    end, where the loop's executor (``execute_skill``) stops and the loop verifies the step."""
+    from planner.envs import make_env
+
+    cfg = rec.RecordConfig(out=str(tmp_path / "ds"), tasks=(task,), seeds=(40,), mistake_rate=0.0, resolution=32)
+    rec.record_episode(task, 40, cfg)
+    shard = np.load(rec.shard_path(cfg.shard_dir, task, 40))
+    env = make_env(task, resolution=32)
+    env.reset(seed=40)
+    sim = env.unwrapped
+    for step in sim.ground_truth_plan():
+        assert sim.execute_skill(step.goal).success
+    assert np.array_equal(shard["images"][-1], sim.render())
+    env.close()
