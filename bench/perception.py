@@ -69,7 +69,7 @@ def boundary_frames(task: str, seed: int, mistake_rate: float, resolution: int, 
                 done.append(label)  # (the env is still in the state of the last observation)
                 frames.append({"image": obs["image"], "history": list(done), "truth": scene_perception(u, w, h)})
             label = text
-            obs, _, terminated, truncated, _ = env.step(action)
+            obs, _, _, truncated, _ = env.step(action)
             if truncated:  # not on success: the last step runs to its end, as the loop executes it
                 break
     except ExpertError:

@@ -180,7 +180,7 @@ def record_episode(task: str, seed: int, cfg: RecordConfig) -> dict:
                 if segment is not None:
                     close_segment()
                 segment, first = expert.segment, len(kinds)
-            obs, _, terminated, truncated, _ = env.step(action)
+            obs, _, _, truncated, _ = env.step(action)
             actions.append(action)
             labels.append(text)
             kinds.append(segment.kind)
