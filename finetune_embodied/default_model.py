@@ -30,10 +30,11 @@ from emu_guide.paths import PROJECT_ROOT, artifacts_root
 
 __all__ = ["add_arguments", "export_model", "main", "run_pipeline"]
 
-STAGES = ("tokenizer", "next_token", "dida", "refine", "refine_dida", "verifier", "perception")
+STAGES = ("tokenizer", "next_token", "dida", "refine", "refine_dida", "verifier", "perception", "perception_names")
 # A stage trains by configs/train/<its config>.yaml: its own name, but for the refine stages, which
-# train the LM further from the DiDA stage's weights (a second next-token pass, then DiDA again)
-STAGE_CONFIGS = {"refine": "next_token", "refine_dida": "dida"}
+# train the LM further from the DiDA stage's weights (a second next-token pass, then DiDA again),
+# and perception_names, which trains the perceiver's name reader alone on the trained perceiver
+STAGE_CONFIGS = {"refine": "next_token", "refine_dida": "dida", "perception_names": "perception"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -241,7 +242,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
         "| stage | steps | batch | lr | train samples | wall time | samples/s | held-out metrics |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("tokenizer", "reading", "next_token", "dida", "refine", "refine_dida", "verifier", "perception"):
+    for name in ("tokenizer", "reading", "next_token", "dida", "refine", "refine_dida", "verifier", "perception",
+                 "perception_names"):
         if name not in st:  # the reading warm-up, the refine stages, the verifier and the perceiver are optional
             continue
         s = st[name]
@@ -288,7 +290,8 @@ def write_model_card(out: Path, info: dict[str, Any]) -> Path:
 def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progress: bool = True,
                  stage_overrides: dict[str, list[str]] | None = None,
                  record_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record -> tokenizer -> next_token -> dida (-> refine -> refine_dida) (-> verifier, -> perception) -> export to
+    """Record -> tokenizer -> next_token -> dida (-> refine -> refine_dida) (-> verifier, -> perception
+    (-> perception_names)) -> export to
     ``out`` -> TorchBackend check -> model card.
 
     ``stage_overrides`` / ``record_overrides`` go on top of the config (tests use them for tiny models).
@@ -359,6 +362,11 @@ def run_pipeline(config: Path, out: Path, work: Path, quick: bool = False, progr
         stages["perception"] = _run_stage("perception", common + flat("perception"), work, state, progress)
         state_path.write_text(json.dumps(state, indent=1))
         perceiver_ckpt = latest_checkpoint(work / "perception" / "checkpoints")
+        if "perception_names" in doc:  # its name reader (full-resolution crops), trained alone on the frozen perceiver
+            stages["perception_names"] = _run_stage("perception_names", common + [f"init_from={perceiver_ckpt}"]
+                                                    + flat("perception_names"), work, state, progress)
+            state_path.write_text(json.dumps(state, indent=1))
+            perceiver_ckpt = latest_checkpoint(work / "perception_names" / "checkpoints")
 
     # 5. export + check through the runtime
     max_mb = float((doc.get("export") or {}).get("max_total_mb", 20))

@@ -29,6 +29,7 @@ Files: ``perception/config.json`` (names, sizes, threshold) and ``perception/mod
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PERCEIVER_DIR", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "name_cell_targets", "perceiver_loss",
+__all__ = ["PERCEIVER_DIR", "NameReader", "NameSlots", "ScenePerceiver", "ScenePerceiverConfig", "ScenePerceiverNet", "cell_targets", "decode_perception", "name_cell_targets", "perceiver_loss", "reader_loss",
            "score_perception", "summarise_scores"]
 
 PERCEIVER_DIR = "perception"
@@ -53,6 +54,10 @@ class ScenePerceiverConfig:
     layers: int = 2  # transformer layers over the cells
     heads: int = 4
     threshold: float = 0.5  # an object is seen when its most likely cell's probability reaches it
+    # The name reader (``NameReader``): a full-resolution crop of this many pixels around each
+    # firing cell's centre names its object, with the cell head (their log-probabilities summed).
+    # 0: the cell head alone names (perceivers trained before session 17).
+    name_crop: int = 0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "grid", "width", "layers", "heads"):
@@ -63,6 +68,9 @@ class ScenePerceiverConfig:
             raise ValueError(f"image_size {self.image_size} must be 8 times grid {self.grid} (three stride-2 stages)")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        if isinstance(self.name_crop, bool) or not isinstance(self.name_crop, int) or self.name_crop < 0 \
+                or (self.name_crop and (self.name_crop < 8 or self.name_crop % 4)):
+            raise ValueError(f"name_crop must be 0 (off) or a multiple of 4 >= 8, got {self.name_crop!r}")
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be a number in (0, 1), got {self.threshold!r}")
         if not isinstance(self.names, list) or not all(isinstance(n, str) and n.strip() for n in self.names):
@@ -108,6 +116,40 @@ class NameSlots:
         return total / self.size
 
 
+class NameReader(torch.nn.Module):
+    """Names the object at a cell from a full-resolution crop around the cell's centre: (crops of the
+    frame plus its two coordinate channels) -> ``NameSlots`` logits. Why: the cell head sees a cell
+    through three stride-2 stages, and at 96 px a fork's tines, a knife's blade and a spoon's bowl
+    differ by a few pixels (the cell head's fork recall stayed near 0.3: docs/training.md, session 17).
+    The coordinates let position-defined names (a shirt's left half) be read from a crop too."""
+
+    def __init__(self, crop: int, out: int) -> None:
+        super().__init__()
+        self.crop = crop
+        gelu = torch.nn.GELU
+
+        def conv(a: int, b: int, stride: int = 1) -> list[torch.nn.Module]:
+            # group norm: without it the reader sat at chance for the first ~1000 steps (session 17)
+            return [torch.nn.Conv2d(a, b, 3, stride=stride, padding=1), torch.nn.GroupNorm(8, b), gelu()]
+
+        self.net = torch.nn.Sequential(*conv(5, 32), *conv(32, 32), *conv(32, 64, 2), *conv(64, 64), *conv(64, 96, 2),
+                                       torch.nn.AdaptiveAvgPool2d(3), torch.nn.Flatten(),
+                                       torch.nn.Linear(9 * 96, 128), gelu(), torch.nn.Linear(128, out))
+
+    def crops(self, frames: torch.Tensor, index: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """(N, 5, crop, crop) crops of ``frames`` (B, 5, S, S) at integer pixel ``centres`` (N, 2) as
+        (x, y) of frame ``index`` (N,); outside the frame is zero."""
+        half = self.crop // 2
+        padded = F.pad(frames, (half, half, half, half))
+        r = torch.arange(self.crop, device=frames.device)
+        ys = centres[:, 1, None] + r  # rows in the padded frame: centre - half + half
+        xs = centres[:, 0, None] + r
+        return padded[index[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
+
+    def forward(self, frames: torch.Tensor, index: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        return self.net(self.crops(frames, index, centres))
+
+
 class ScenePerceiverNet(torch.nn.Module):
     """(B, 3, S, S) floats in [0, 1] -> (cell outputs (B, grid*grid, 1 + slot logits), holding outputs
     (B, 1 + slot logits)); output 0 is the object (held object) logit, the rest ``NameSlots`` logits."""
@@ -135,11 +177,33 @@ class ScenePerceiverNet(torch.nn.Module):
         self.context = torch.nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.cells = torch.nn.Linear(w, classes)
         self.holding = torch.nn.Linear(w, classes)
+        self.reader = NameReader(cfg.name_crop, self.slots.width) if cfg.name_crop else None
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, cfg.image_size), torch.linspace(-1, 1, cfg.image_size), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
 
+    def with_coords(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 5, S, S): the frame and its x, y coordinate channels (both networks' input)."""
+        return torch.cat([images, self.coords.expand(images.shape[0], -1, -1, -1)], dim=1)
+
+    def cell_centres(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N,) cell indices -> (N, 2) their centre pixels as (x, y) integers."""
+        g, step = self.cfg.grid, self.cfg.image_size // self.cfg.grid
+        return torch.stack([cells % g, cells // g], dim=1) * step + step // 2
+
+    def read_names(self, images: torch.Tensor, index: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The name reader's slot logits (N, slot width) for cell ``cells`` (N,) of image ``index`` (N,)."""
+        if self.reader is None:
+            raise ValueError("this scene perceiver has no name reader (name_crop 0)")
+        return self.reader(self.with_coords(images), index, self.cell_centres(cells))
+
+    def reader_for(self, images: torch.Tensor, k: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``decode_perception``'s ``read_names`` for image ``k`` of ``images``; None without a reader."""
+        if self.reader is None:
+            return None
+        return lambda cells: self.read_names(images, torch.full_like(cells, k), cells)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([images, self.coords.expand(images.shape[0], -1, -1, -1)], dim=1)
+        x = self.with_coords(images)
         fine = self.fine(x)  # (B, 64, 2 grid, 2 grid)
         x = self.coarse(fine).flatten(2).transpose(1, 2)  # (B, grid*grid, w)
         x = torch.cat([self.summary.expand(x.shape[0], -1, -1), x], dim=1) + self.position
@@ -189,11 +253,12 @@ def name_cell_targets(objects: list[tuple[str, tuple[float, float]]], names: dic
 
 
 def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: torch.Tensor,
-                      holding_out: torch.Tensor) -> dict:
+                      holding_out: torch.Tensor, read_names: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p",
     "held_candidates": [[name, p], ...]}`` in reading order (pixels on the ``image_size`` frame; ``p``
     the object probability of its cell; ``held_candidates`` the likeliest held names, each with
-    P(held) * P(name | held))."""
+    P(held) * P(name | held)). ``read_names``: (n,) firing cells -> the name reader's slot logits
+    (n, width); a cell's name is then the most likely under both heads (log-probabilities summed)."""
     from model_runtime.prompt import perception_in_reading_order
 
     g, size = cfg.grid, cfg.image_size
@@ -201,7 +266,10 @@ def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: tor
     best: dict[str, tuple[float, int]] = {}  # each name once: its most confident cell
     cells = torch.nonzero(p_obj >= cfg.threshold).flatten()
     if len(cells):
-        names = slots.name_log_probs(cell_out[cells, 1:]).argmax(dim=-1)
+        log_probs = slots.name_log_probs(cell_out[cells, 1:])
+        if read_names is not None:
+            log_probs = log_probs + slots.name_log_probs(read_names(cells))
+        names = log_probs.argmax(dim=-1)
         for cell, k in zip(cells.tolist(), names.tolist()):
             name = cfg.names[k]
             if name not in best or p_obj[cell] > best[name][0]:
@@ -245,7 +313,7 @@ class ScenePerceiver:
         x = images_to_tensor([image], self.cfg.image_size)
         with torch.inference_mode():
             cells, holding = self.net(x)
-        out = decode_perception(self.net.slots, self.cfg, cells[0], holding[0])
+            out = decode_perception(self.net.slots, self.cfg, cells[0], holding[0], self.net.reader_for(x, 0))
         return out, 1e3 * (time.perf_counter() - t0)
 
 
@@ -269,6 +337,27 @@ def perceiver_loss(slots: NameSlots, cell_out: torch.Tensor, holding_out: torch.
         found = ((flat[:, 0] >= 0) == obj)[obj].float().mean() if obj.any() else torch.tensor(1.0)
         named = (slots.name_log_probs(flat[obj, 1:]).argmax(-1) + 1 == target[obj]).float().mean() if obj.any() else torch.tensor(1.0)
     return obj_loss + name_loss + hold_loss, {"found": float(found), "named": float(named)}
+
+
+def reader_loss(net: ScenePerceiverNet, images: torch.Tensor, centres: torch.Tensor, name_cells: torch.Tensor,
+                max_crops: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The name reader's loss: cross-entropy of the name's words from the crop at each named cell
+    (``name_cells`` (B, cells), 0 = none: the centre cells and, with a name radius, their
+    neighbours, which may fire at decoding too), at most ``max_crops`` of them: every object's
+    centre cell (``centres``, nonzero there; the cell that fires at decoding), then neighbours
+    drawn at random (8 of 9 named cells at radius 1: drawn evenly they slowed the reader down)."""
+    index, cells = torch.nonzero(name_cells, as_tuple=True)
+    if len(cells) > max_crops:
+        centre = centres[index, cells] != 0
+        rest = torch.nonzero(~centre).flatten()
+        rest = rest[torch.randperm(len(rest), generator=gen).to(rest.device)]
+        keep = torch.cat([torch.nonzero(centre).flatten(), rest])[:max_crops]
+        index, cells = index[keep], cells[keep]
+    classes = name_cells[index, cells]
+    logits = net.read_names(images, index, cells)
+    with torch.no_grad():
+        read = (net.slots.name_log_probs(logits).argmax(-1) + 1 == classes).float().mean() if len(classes) else torch.tensor(1.0)
+    return net.slots.loss(logits, classes), {"read": float(read)}
 
 
 def score_perception(pred: dict | None, truth: dict) -> dict[str, int]:

@@ -39,6 +39,10 @@ class NameGrounding:
     targets: tuple[str, ...] = ()  # the scene's targets; those that are known names stay nameable (a tower's blocks)
     held: str | None = None
     put_away: set[str] = field(default_factory=set)
+    # Names of a step whose object named nothing in the scene: not offered again until a step is
+    # confirmed, so a re-plan names another object instead of rephrasing around the same name
+    # ("blue shirt spoon"). Never the held object (the next step places it).
+    refused: set[str] = field(default_factory=set)
 
 
     def __post_init__(self) -> None:
@@ -52,10 +56,19 @@ class NameGrounding:
         free = [n for n in dict.fromkeys(s.lower().strip() for s in seen) if n not in self.put_away]
         held = [self.held] if self.held else []
         targets = [t for t in self.targets if t in self.known]  # receptacles are no object names
-        return list(dict.fromkeys([*free, *held, *targets]))
+        return [n for n in dict.fromkeys([*free, *held, *targets]) if n not in self.refused]
+
+    def refuse(self, sentence: str, offered: Iterable[str]) -> list[str]:
+        """The object of ``sentence`` named nothing in the scene: the ``offered`` names it mentions,
+        but the held one, are not offered again for this step. Returns them."""
+        words = f" {' '.join(sentence.lower().split())} "
+        named = [n for n in offered if f" {n} " in words and n != self.held]
+        self.refused.update(named)
+        return named
 
     def confirm(self, goal: ActionGoal) -> None:
         """A step was confirmed done: track what is in the gripper and what was put away."""
+        self.refused.clear()
         name = goal.object.lower().strip()
         if goal.verb == "pick":
             self.held = name

@@ -285,6 +285,7 @@ class GuidanceLoop:
                         self.monitor.record("limit", rec.index, reason)
                         break
                     if outcome.attempts == 0:  # nothing ran: plan again from the newest frame (the world moves on)
+                        self._refuse_names(rec)
                         frame = self.executor.observe()
         except (BackendError, SessionError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -501,6 +502,17 @@ class GuidanceLoop:
             self.context.held_object = None
         if self.naming is not None:
             self.naming.confirm(goal)
+
+    def _refuse_names(self, rec: StepRecord) -> None:
+        """Nothing ran and the step's object phrase named nothing in the scene (its goal has no object:
+        "no object matching"; a wrong destination keeps the object): with name grounding, the names
+        it mentions are not offered again for this step."""
+        if self.naming is None or not rec.allowed_names or rec.goal.get("object"):
+            return
+        named = self.naming.refuse(rec.text, rec.allowed_names)
+        if named:
+            self.monitor.record("ground", rec.index, "no goal from these names: the re-plan names another object",
+                                refused=named)
 
     def _finish_record(self, rec: StepRecord) -> None:
         self.records.append(rec)

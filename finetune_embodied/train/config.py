@@ -80,6 +80,10 @@ class DataConfig:
     # perception stage: the cells within this many cells of an object's centre cell also learn its name
     # (the nearest centre's), so a neighbour cell that fires names the same object (0 = the centre cell only)
     name_radius: int = 0
+    # perception stage with a name reader (model.name_crop): crops its loss reads per step, drawn
+    # from the named cells; names_only: train the reader alone, the rest loaded by init_from and frozen
+    reader_crops: int = 256
+    names_only: bool = False
     num_synthetic: int = 64  # synthetic source: number of samples
     max_history: int = 4  # sequences: most recent done steps kept in the prompt
     plan_sequences: bool = False  # LM stages: also train the rest-of-plan task (model_runtime.prompt.build_plan_sequence)
@@ -115,6 +119,9 @@ class DataConfig:
         _check(self.mid_samples_per_step >= 0, f"data.mid_samples_per_step must be >= 0, got {self.mid_samples_per_step!r}")
         _check(isinstance(self.name_radius, int) and not isinstance(self.name_radius, bool) and 0 <= self.name_radius <= 3,
                f"data.name_radius must be an int in [0, 3], got {self.name_radius!r}")
+        _check(isinstance(self.reader_crops, int) and not isinstance(self.reader_crops, bool) and self.reader_crops >= 1,
+               f"data.reader_crops must be an int >= 1, got {self.reader_crops!r}")
+        _check(isinstance(self.names_only, bool), f"data.names_only must be true or false, got {self.names_only!r}")
         _check(self.frames_per_episode >= 0, f"data.frames_per_episode must be >= 0, got {self.frames_per_episode!r}")
         _check(self.num_synthetic >= 2, f"data.num_synthetic must be >= 2, got {self.num_synthetic!r}")
         _check(self.max_history >= 0, f"data.max_history must be >= 0, got {self.max_history!r}")

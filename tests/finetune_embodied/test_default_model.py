@@ -24,6 +24,8 @@ TOY_STAGES = {
     "refine_dida": [TINY, *FAST],
     "verifier": ["data.image_size=32", "model={width: 8, text_dim: 8}", *FAST, *FIRST],
     "perception": ["data.image_size=32", "model={grid: 4, width: 8, layers: 1, heads: 2}", *FAST, *FIRST],
+    "perception_names": ["data.image_size=32", "model={grid: 4, width: 8, layers: 1, heads: 2, name_crop: 8}",
+                         "data.reader_crops=16", *FAST, *FIRST],
 }
 TOY_RECORD = {"resolution": 32, "tasks": ["table_clear"], "workers": 1, "episodes_by_task": {"table_clear": 3}}
 
@@ -61,6 +63,9 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     assert info["export"]["weights_mb"] < 20
     assert (out / "step_verifier" / "model.safetensors").is_file() and "| verifier | 2 |" in card
     assert (out / "perception" / "model.safetensors").is_file() and "| perception | 2 |" in card
+    # the shipped perceiver is the one with a name reader, trained alone on the perception stage's
+    assert json.loads((out / "perception" / "config.json").read_text())["name_crop"] == 8 and "| perception_names | 2 |" in card
+    assert info["stages"]["perception_names"]["config"]["init_from"].startswith(str(tmp_path / "work" / "perception"))
     # A second run resumes: nothing is re-recorded or re-trained.
     again = run_pipeline(config, out, tmp_path / "work", quick=True, progress=False, stage_overrides=TOY_STAGES,
                          record_overrides=TOY_RECORD)

@@ -19,6 +19,7 @@ from model_runtime.scene_perceiver import (
     decode_perception,
     name_cell_targets,
     perceiver_loss,
+    reader_loss,
     score_perception,
     summarise_scores,
 )
@@ -63,6 +64,8 @@ def test_config_refuses_bad_fields_with_their_names():
         ScenePerceiverConfig(names=["a", "a"])
     with pytest.raises(ValueError, match="multiple of heads"):
         ScenePerceiverConfig(names=list(NAMES), width=10, heads=4)
+    with pytest.raises(ValueError, match="name_crop must be 0 .off. or a multiple of 4 >= 8, got 10"):
+        _cfg(name_crop=10)
 
 
 def test_cell_targets_put_each_object_in_the_cell_of_its_centre():
@@ -209,3 +212,53 @@ def test_scores_count_names_cells_and_the_held_object():
     assert out["object_f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5)  # 3 of 4 said right, 3 of 4 true found
     assert out["cell_acc"] == pytest.approx(2 / 3) and out["exact"] == 0.5
     assert summarise_scores([score_perception(None, {"objects": [], "holding": None})])["object_f1"] == 1.0
+
+
+def test_the_name_reader_crops_the_full_resolution_frame_around_each_cell_centre():
+    net = ScenePerceiverNet(_cfg(name_crop=8))
+    frames = net.with_coords(torch.rand(2, 3, 32, 32))
+    assert net.cell_centres(torch.tensor([0, 5, 15])).tolist() == [[4, 4], [12, 12], [28, 28]]  # 8 px cells
+    crops = net.reader.crops(frames, torch.tensor([1, 0]), torch.tensor([[12, 12], [30, 2]]))
+    assert crops.shape == (2, 5, 8, 8)
+    assert torch.equal(crops[0], frames[1, :, 8:16, 8:16])  # centred: 4 pixels either side
+    assert torch.equal(crops[1, :, 2:, :6], frames[0, :, 0:6, 26:32])  # the frame's corner ...
+    assert crops[1, :, :2].abs().sum() == 0 and crops[1, :, :, 6:].abs().sum() == 0  # ... and zeros outside it
+
+
+def test_decoding_names_a_cell_by_both_heads_when_the_perceiver_has_a_reader():
+    cfg = _cfg(name_crop=8)
+    slots, cells, hold = _outputs(cfg, {1: ("teal fork", 0.9)}, holding=None)
+    cells[1, 1:] = 0.0  # the cell head cannot tell
+    fork = _outputs(cfg, {1: ("red cup", 0.9)}, holding=None)[1][1:2, 1:]  # the reader says "red cup"
+    asked = []
+
+    def read(c):
+        asked.append(c.tolist())
+        return fork.expand(len(c), -1)
+
+    assert [o["name"] for o in decode_perception(slots, cfg, cells, hold, read)["objects"]] == ["red cup"]
+    assert asked == [[1]]  # only the firing cells are read
+
+
+def test_the_reader_loss_learns_names_from_crops_at_named_cells():
+    torch.manual_seed(0)
+    net = ScenePerceiverNet(_cfg(name_crop=8))
+    images = torch.rand(2, 3, 32, 32)
+    named = torch.zeros(2, 16, dtype=torch.long)
+    named[0, 5], named[0, 6], named[1, 10] = 2, 2, 4  # cell 6 is a neighbour of the centre cell 5
+    centres = named.clone()
+    centres[0, 6] = 0
+    opt = torch.optim.Adam(net.reader.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss, parts = reader_loss(net, images, centres, named, max_crops=8)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first and parts["read"] == 1.0
+    read = []
+    net.read_names = lambda images, index, cells: (read.append(cells.tolist()), net.reader(  # noqa: E731
+        net.with_coords(images), index, net.cell_centres(cells)))[1]
+    reader_loss(net, images, centres, named, max_crops=2)  # at most max_crops crops: the centre cells first
+    assert sorted(read[0]) == [5, 10]

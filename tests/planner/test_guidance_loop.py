@@ -308,6 +308,42 @@ def test_confirmed_steps_update_name_grounding():
     assert [r.allowed_names for r in res.records] == [None, None]
 
 
+class MisreadObjectsForTest:
+    """A detector that also reports a green fork the scene does not have (a misread object)."""
+
+    def objects_for(self, frame):
+        return ObjectsInView(frame.stamp, known=("red cup", "blue bowl", "green fork"), names=("green fork", "red cup"))
+
+
+def test_a_name_no_goal_could_be_formed_from_is_not_offered_again_until_a_step_is_confirmed():
+    from planner.parse import Vocabulary
+
+    backend = ScriptBackendForTest(["pick up the green fork", "pick up the red cup", "place it in the rack",
+                                    "pick up the green fork", DONE])
+    loop = GuidanceLoop(backend, "clear the table", ExecutorForTest(), LoopConfig(grounded_decoding=True),
+                        vocabulary=Vocabulary(("red cup", "blue bowl"), ("rack",)), objects=MisreadObjectsForTest())
+    res = loop.run()
+    assert [r.outcome for r in res.records[:3]] == ["failed", "done", "done"]
+    assert "no object matching 'green fork'" in res.records[0].reason and res.records[0].attempts == 0
+    # the re-plan is offered the other names only; once a step is confirmed the fork is offered again
+    assert [r.allowed_names for r in res.records[:4]] == [["green fork", "red cup"], ["red cup"], ["green fork", "red cup"],
+                                                         ["green fork"]]
+    refused = [e["data"]["refused"] for e in res.events if e["kind"] == "ground" and "refused" in e["data"]]
+    assert refused[0] == ["green fork"]
+    # a wrong destination is no unknown object: the held cup stays on offer for its place
+    res = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", "put the red cup in the middle bin", "place it in the rack",
+                                             DONE]), "clear the table", ExecutorForTest(), LoopConfig(grounded_decoding=True),
+                       vocabulary=Vocabulary(("red cup", "blue bowl"), ("rack",)), objects=MisreadObjectsForTest()).run()
+    assert "no target matching 'middle bin'" in res.records[1].reason
+    assert res.records[2].allowed_names == ["green fork", "red cup"] and res.records[2].outcome == "done"
+    # a step that ran and failed is re-planned as before: its names stay on offer
+    loop = GuidanceLoop(ScriptBackendForTest(["pick up the red cup", DONE]), "clear the table",
+                        ExecutorForTest(results=[False, False]), LoopConfig(grounded_decoding=True),
+                        vocabulary=Vocabulary(("red cup", "blue bowl"), ("rack",)), objects=MisreadObjectsForTest())
+    res = loop.run()
+    assert res.records[0].attempts == 2 and res.records[1].allowed_names == ["green fork", "red cup"]
+
+
 def test_with_the_oracle_over_the_sim_a_premature_done_is_rejected_by_the_checker():
     env = make_env("table_clear")
     env.reset(seed=HELDOUT_SEEDS[3])

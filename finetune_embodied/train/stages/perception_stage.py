@@ -98,6 +98,29 @@ def perception_samples_from_dataset(cfg, rng: np.random.Generator) -> tuple[list
     return samples, groups, note
 
 
+def _perceiver_dir(path: str | Path) -> Path:
+    """The scene perceiver directory of ``init_from``: a perception checkpoint's ``perception/`` or itself."""
+    from model_runtime.scene_perceiver import PERCEIVER_DIR
+
+    p = Path(path)
+    p = p / PERCEIVER_DIR if (p / PERCEIVER_DIR).is_dir() else p
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        raise ValueError(f"init_from {str(path)!r}: no scene perceiver (config.json and model.safetensors)")
+    return p
+
+
+def _perceiver_names(path: str | Path) -> list[str]:
+    """The object names (classes, in order) of the perceiver at ``init_from``."""
+    import json
+
+    p = _perceiver_dir(path)
+    try:
+        names = json.loads((p / "config.json").read_text())["names"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"init_from {str(path)!r}: cannot read its perceiver's names ({exc})") from None
+    return list(names)
+
+
 class PerceptionStage(Stage):
     name = "perception"
 
@@ -106,6 +129,9 @@ class PerceptionStage(Stage):
         if cfg.data.source != "dataset":
             raise ValueError("stage 'perception' trains on a recording (data.source: dataset)")
         self.config = self._config([])  # the model.* overrides are checked before minutes of reading
+        if cfg.data.names_only and not (self.config.name_crop and cfg.init_from):
+            raise ValueError("data.names_only trains the name reader alone: it needs model.name_crop > 0 and"
+                             " init_from=<a trained perceiver> (the rest of the network, frozen)")
         rng = np.random.default_rng(cfg.seed)
         samples, groups, report = perception_samples_from_dataset(cfg, rng)
         if report:
@@ -115,6 +141,13 @@ class PerceptionStage(Stage):
         names = sorted({n for s in samples for n, _ in s.objects} | {s.holding for s in samples if s.holding})
         if not names:
             raise ValueError(f"stage 'perception': the perception of {cfg.data.path} never lists an object")
+        if cfg.init_from:  # a trained perceiver keeps its classes (its names, in its order)
+            known = _perceiver_names(cfg.init_from)
+            new = sorted(set(names) - set(known))
+            if new:
+                raise ValueError(f"init_from {cfg.init_from!r}: the recording names objects its perceiver does not"
+                                 f" know: {new[:5]}{' ...' if len(new) > 5 else ''}")
+            names = known
         self.config = dataclasses.replace(self.config, names=names)
         from model_runtime.scene_perceiver import NameSlots
 
@@ -154,6 +187,23 @@ class PerceptionStage(Stage):
         self.model = ScenePerceiverNet(self.config)
         return self.model
 
+    def load_init(self, model: torch.nn.Module, path: str | Path) -> None:
+        """Start from a trained perceiver (a perception checkpoint or a ``perception/`` directory, whose
+        names ``__init__`` took): every weight but a name reader the new config adds."""
+        from safetensors.torch import load_file
+
+        p = _perceiver_dir(path)
+        missing, unexpected = model.load_state_dict(load_file(str(p / "model.safetensors")), strict=False)
+        missing = [k for k in missing if not k.startswith("reader.")]  # a new reader starts fresh
+        if missing or unexpected:
+            raise ValueError(f"init_from {str(path)!r} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.cfg.data.names_only:  # the reader learns on the frozen perceiver's cells
+            for name, param in model.named_parameters():
+                param.requires_grad_(name.startswith("reader."))
+        return model
+
     def model_config(self) -> dict[str, Any]:
         return {"kind": "scene_perceiver", "perceiver": self.config.to_dict()}
 
@@ -167,15 +217,23 @@ class PerceptionStage(Stage):
         names = [name_cell_targets(list(s.objects), self.class_of, self.config.grid, size, size, radius) for s in samples]
         return {"images": images_to_tensor([s.image for s in samples], self.config.image_size),
                 "cells": torch.from_numpy(np.stack([t[0] for t in targets])),
-                "name_cells": torch.from_numpy(np.stack(names)) if radius else None,
+                "name_cells": torch.from_numpy(np.stack(names)),
                 "holding": torch.tensor([t[1] for t in targets])}
 
     def loss(self, model, batch, gen):
-        from model_runtime.scene_perceiver import perceiver_loss
+        from model_runtime.scene_perceiver import perceiver_loss, reader_loss
 
+        d = self.cfg.data
+        net = getattr(model, "module", model)  # DDP wraps it
+        if d.names_only:
+            return reader_loss(net, batch["images"], batch["cells"], batch["name_cells"], d.reader_crops, gen)
         cells, holding = model(batch["images"])
-        return perceiver_loss(self.slots, cells, holding, batch["cells"], batch["holding"],
-                              1.0 + self.cfg.data.object_loss_weight, batch["name_cells"])
+        loss, parts = perceiver_loss(self.slots, cells, holding, batch["cells"], batch["holding"],
+                                     1.0 + d.object_loss_weight, batch["name_cells"] if d.name_radius else None)
+        if net.reader is not None:
+            extra, more = reader_loss(net, batch["images"], batch["cells"], batch["name_cells"], d.reader_crops, gen)
+            loss, parts = loss + extra, {**parts, **more}
+        return loss, parts
 
     def evaluate(self, model) -> dict[str, float]:
         from model_runtime.prompt import perception_in_reading_order
@@ -190,9 +248,10 @@ class PerceptionStage(Stage):
         for i in range(0, len(samples), bs):
             chunk = samples[i : i + bs]
             batch = self.collate(chunk)
-            cells, holding = model(batch["images"].to(self.info.device))
-            for k, s in enumerate(chunk):
-                pred = decode_perception(self.slots, self.config, cells[k].cpu(), holding[k].cpu())  # as the runtime decodes
+            images = batch["images"].to(self.info.device)
+            cells, holding = model(images)
+            for k, s in enumerate(chunk):  # as the runtime decodes
+                pred = decode_perception(self.slots, self.config, cells[k].cpu(), holding[k].cpu(), model.reader_for(images, k))
                 truth = perception_in_reading_order([{"name": n, "pixel": list(p)} for n, p in s.objects], s.holding,
                                                     size, size)
                 counts.append(score_perception(pred, truth))

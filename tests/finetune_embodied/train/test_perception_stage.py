@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from test_train_bad_data import _tok_cfg
 from train_helpers import TINY_LM
@@ -114,10 +116,44 @@ def test_name_radius_names_the_cells_around_each_centre_in_training_batches(reco
 
     monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
     plain = make_stage(_perception_cfg(tmp_path, recorded), DistInfo())
-    assert plain.collate(plain.train_set[:4])["name_cells"] is None  # radius 0: names at the centre cells only
+    flat = plain.collate(plain.train_set[:4])
+    assert torch.equal(flat["name_cells"] != 0, flat["cells"] != 0)  # radius 0: names at the centre cells only
     stage = make_stage(_perception_cfg(tmp_path, recorded, "data.name_radius=1"), DistInfo())
     batch = stage.collate(stage.train_set[:4])
     centres, named = batch["cells"] != 0, batch["name_cells"] != 0
     assert centres.any() and (named.sum() > centres.sum()) and (batch["name_cells"][centres] != 0).all()
     summary = train(_perception_cfg(tmp_path / "r1", recorded, "data.name_radius=1"), progress=False)
     assert 0.0 <= summary.final_eval["object_f1"] <= 1.0
+
+
+def test_a_name_reader_trains_alone_on_a_trained_perceiver(recorded, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from finetune_embodied.train.distributed import DistInfo
+    from finetune_embodied.train.stages import make_stage
+    from model_runtime.scene_perceiver import PERCEIVER_DIR, ScenePerceiver
+
+    monkeypatch.setenv("EMU_GUIDE_RUNS", str(tmp_path / "runs"))
+    train(_perception_cfg(tmp_path / "base", recorded), progress=False)
+    base = latest_checkpoint(tmp_path / "base" / "perception" / "checkpoints")
+    reader = [f"init_from={base}", "model={grid: 4, width: 8, layers: 1, heads: 2, name_crop: 8}", "data.reader_crops=16"]
+    summary = train(_perception_cfg(tmp_path / "r", recorded, *reader, "data.names_only=true"), progress=False)
+    assert 0.0 <= summary.final_eval["object_f1"] <= 1.0  # decoded with the reader, as the runtime decodes
+    ckpt = latest_checkpoint(tmp_path / "r" / "perception" / "checkpoints")
+    before = load_file(str(base / PERCEIVER_DIR / "model.safetensors"))
+    after = load_file(str(ckpt / PERCEIVER_DIR / "model.safetensors"))
+    assert {k for k in after if k not in before} == {k for k in after if k.startswith("reader.")}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the perceiver itself is frozen
+    loaded = ScenePerceiver.load(ckpt / PERCEIVER_DIR)
+    assert loaded.net.reader is not None and loaded.cfg.name_crop == 8
+    loaded.perceive(np.zeros((32, 32, 3), dtype=np.uint8))
+    # the reader alone needs a perceiver to read on, with the names it was trained on
+    with pytest.raises(ValueError, match="names_only trains the name reader alone: it needs model.name_crop > 0 and init_from"):
+        make_stage(_perception_cfg(tmp_path, recorded, "data.names_only=true"), DistInfo())
+    with pytest.raises(ValueError, match="no scene perceiver"):
+        make_stage(_perception_cfg(tmp_path, recorded, *reader[1:], f"init_from={tmp_path}", "data.names_only=true"), DistInfo())
+    doc = json.loads((base / PERCEIVER_DIR / "config.json").read_text())
+    doc["names"] = doc["names"][1:]
+    (base / PERCEIVER_DIR / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="the recording names objects its perceiver does not know"):
+        make_stage(_perception_cfg(tmp_path, recorded, *reader, "data.names_only=true"), DistInfo())
