@@ -7,8 +7,8 @@ import json
 import shutil
 
 import numpy as np
-import torch
 import pytest
+import torch
 from test_train_bad_data import _tok_cfg
 from train_helpers import TINY_LM
 
