@@ -504,9 +504,9 @@ class GuidanceLoop:
             self.naming.confirm(goal)
 
     def _refuse_names(self, rec: StepRecord) -> None:
-        """Nothing ran and the step's object phrase named nothing in the scene (its goal has no object:
-        "no object matching"; a wrong destination keeps the object): with name grounding, the names
-        it mentions are not offered again for this step."""
+        """Nothing ran and the step's goal has no object (its object phrase named nothing in the scene,
+        "no object matching", or the sentence was no single action; a wrong destination keeps the
+        object): with name grounding, the names it mentions are not offered again for this step."""
         if self.naming is None or not rec.allowed_names or rec.goal.get("object"):
             return
         named = self.naming.refuse(rec.text, rec.allowed_names)
