@@ -21,7 +21,9 @@ teaches "red" and every fork "fork": 80 TableClear names learnt as 10 colours an
 softmax over whole names learnt them far slower: docs/training.md, session 14). A cell's name is
 the known name whose words are most likely together. Decoding: the cells whose object probability
 reaches ``threshold``, each name once (its most confident cell), listed in the perception
-format's reading order (``perception_in_reading_order``), each cell's centre as its pixel.
+format's reading order (``perception_in_reading_order``), each cell's centre as its pixel. With a
+name reader (``name_crop`` > 0, ``NameReader``, session 17) each firing cell is also read from a
+full-resolution crop around its centre, and its name is the most likely under both heads.
 
 Files: ``perception/config.json`` (names, sizes, threshold) and ``perception/model.safetensors``.
 """
