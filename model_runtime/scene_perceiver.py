@@ -122,7 +122,7 @@ class NameReader(torch.nn.Module):
     """Names the object at a cell from a full-resolution crop around the cell's centre: (crops of the
     frame plus its two coordinate channels) -> ``NameSlots`` logits. Why: the cell head sees a cell
     through three stride-2 stages, and at 96 px a fork's tines, a knife's blade and a spoon's bowl
-    differ by a few pixels (the cell head's fork recall stayed near 0.3: docs/training.md, session 17).
+    differ by a few pixels (the cell head found 14 of 68 held-out forks: docs/training.md, session 17).
     The coordinates let position-defined names (a shirt's left half) be read from a crop too."""
 
     def __init__(self, crop: int, out: int) -> None:

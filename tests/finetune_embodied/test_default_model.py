@@ -63,7 +63,7 @@ def test_pipeline_exports_a_model_the_torch_backend_runs(tmp_path):
     assert info["export"]["weights_mb"] < 20
     assert (out / "step_verifier" / "model.safetensors").is_file() and "| verifier | 2 |" in card
     assert (out / "perception" / "model.safetensors").is_file() and "| perception | 2 |" in card
-    # the shipped perceiver is the one with a name reader, trained alone on the perception stage's
+    # the exported perceiver is the one with a name reader, trained alone on the perception stage's perceiver
     assert json.loads((out / "perception" / "config.json").read_text())["name_crop"] == 8 and "| perception_names | 2 |" in card
     assert info["stages"]["perception_names"]["config"]["init_from"].startswith(str(tmp_path / "work" / "perception"))
     # A second run resumes: nothing is re-recorded or re-trained.
