@@ -45,6 +45,7 @@ __all__ = ["PERCEIVER_DIR", "NameReader", "NameSlots", "ScenePerceiver", "SceneP
 PERCEIVER_DIR = "perception"
 NONE = 0  # name class 0 in the targets: no object centred in this cell / holding nothing
 HELD_CANDIDATES = 5  # names given with their probability of being the held object (frame verification weighs a pick by it)
+OTHER_NAMES = 3  # per object, its cell's next likeliest names (a re-plan offers one when the first named nothing)
 
 
 @dataclass
@@ -256,9 +257,10 @@ def name_cell_targets(objects: list[tuple[str, tuple[float, float]]], names: dic
 
 def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: torch.Tensor,
                       holding_out: torch.Tensor, read_names: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
-    """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p"}], "holding", "holding_p",
-    "held_candidates": [[name, p], ...]}`` in reading order (pixels on the ``image_size`` frame; ``p``
-    the object probability of its cell; ``held_candidates`` the likeliest held names, each with
+    """One frame's outputs -> ``{"objects": [{"name", "cell", "pixel", "p", "other_names"}], "holding",
+    "holding_p", "held_candidates": [[name, p], ...]}`` in reading order (pixels on the ``image_size``
+    frame; ``p`` the object probability of its cell; ``other_names`` the cell's next likeliest names
+    with their probabilities; ``held_candidates`` the likeliest held names, each with
     P(held) * P(name | held)). ``read_names``: (n,) firing cells -> the name reader's slot logits
     (n, width); a cell's name is then the most likely under both heads (log-probabilities summed)."""
     from model_runtime.prompt import perception_in_reading_order
@@ -266,16 +268,19 @@ def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: tor
     g, size = cfg.grid, cfg.image_size
     p_obj = torch.sigmoid(cell_out[:, 0].float())
     best: dict[str, tuple[float, int]] = {}  # each name once: its most confident cell
+    others: dict[int, list[list]] = {}  # cell -> its next likeliest names, [name, p]
     cells = torch.nonzero(p_obj >= cfg.threshold).flatten()
     if len(cells):
         log_probs = slots.name_log_probs(cell_out[cells, 1:])
         if read_names is not None:
             log_probs = log_probs + slots.name_log_probs(read_names(cells))
-        names = log_probs.argmax(dim=-1)
-        for cell, k in zip(cells.tolist(), names.tolist()):
-            name = cfg.names[k]
+        probs = torch.softmax(log_probs.float(), dim=-1)
+        top = torch.topk(probs, min(OTHER_NAMES + 1, len(cfg.names)), dim=-1)
+        for cell, ps, ks in zip(cells.tolist(), top.values.tolist(), top.indices.tolist()):
+            name = cfg.names[ks[0]]
             if name not in best or p_obj[cell] > best[name][0]:
                 best[name] = (float(p_obj[cell]), cell)
+                others[cell] = [[cfg.names[k], round(q, 4)] for q, k in zip(ps[1:], ks[1:])]
     seen = [{"name": n, "pixel": [(c % g + 0.5) * size / g, (c // g + 0.5) * size / g]} for n, (_, c) in best.items()]
     p_held = float(torch.sigmoid(holding_out[0].float()))
     p_name = slots.name_log_probs(holding_out[1:]).float().exp()
@@ -283,6 +288,7 @@ def decode_perception(slots: NameSlots, cfg: ScenePerceiverConfig, cell_out: tor
     out = perception_in_reading_order(seen, held, size, size)
     for o in out["objects"]:
         o["p"] = round(best[o["name"]][0], 3)
+        o["other_names"] = others[best[o["name"]][1]]
     out["holding_p"] = round(p_held if held else 1.0 - p_held, 3)
     top = torch.topk(p_name, min(HELD_CANDIDATES, len(cfg.names)))
     out["held_candidates"] = [[cfg.names[int(k)], round(p_held * float(p), 4)] for p, k in zip(top.values, top.indices)]

@@ -7,7 +7,7 @@ away and what is in the gripper. ``NameGrounding`` turns both into ``DecodeOptio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from emu_guide.types import ActionGoal
@@ -51,12 +51,26 @@ class NameGrounding:
             raise ValueError(f"NameGrounding needs non-empty known names, got {self.known!r}")
         self.targets = tuple(t.lower().strip() for t in self.targets)
 
-    def allowed(self, seen: Iterable[str]) -> list[str]:
-        """The names the next step may mention, given the names the detector sees now."""
+    def allowed(self, seen: Iterable[str], other_names: Mapping[str, Sequence] | None = None) -> list[str]:
+        """The names the next step may mention, given the names the detector sees now.
+
+        ``other_names``: per seen name, the object's next likeliest names, likeliest first (a scene
+        perceiver's ``other_names``: ``[name, p]`` pairs). A refused name's object is offered under
+        the first of them that is known and neither refused, put away nor offered already: the
+        reading, not the object, was wrong (a fork read as a spoon)."""
         free = [n for n in dict.fromkeys(s.lower().strip() for s in seen) if n not in self.put_away]
         held = [self.held] if self.held else []
         targets = [t for t in self.targets if t in self.known]  # receptacles are no object names
-        return [n for n in dict.fromkeys([*free, *held, *targets]) if n not in self.refused]
+        offered = [n for n in dict.fromkeys([*free, *held, *targets]) if n not in self.refused]
+        for name in free:
+            if name not in self.refused:
+                continue
+            for other in (other_names or {}).get(name, ()):
+                other = (other[0] if isinstance(other, (list, tuple)) else other).lower().strip()
+                if other in self.known and other not in self.refused and other not in self.put_away and other not in offered:
+                    offered.append(other)
+                    break
+        return offered
 
     def refuse(self, sentence: str, offered: Iterable[str]) -> list[str]:
         """The object of ``sentence`` named nothing in the scene: the ``offered`` names it mentions,

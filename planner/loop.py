@@ -314,7 +314,8 @@ class GuidanceLoop:
         frame_in = self._model_input(frame)
         post, self._post = self._post, None
         given = post[1].text if post is not None and post[0] is frame and post[1].perception is not None else None
-        allowed, known, detect_ms, given = self._allowed_names(frame, frame_in, index, given)
+        others = post[1].perception.get("other_names", {}) if given is not None else {}  # type: ignore[union-attr]
+        allowed, known, detect_ms, given = self._allowed_names(frame, frame_in, index, given, others)
         reused = given is not None and post is not None and post[0] is frame and given == post[1].text
         on_text = (lambda partial: self.on_text(partial, self.plan, frame)) if self.on_text is not None else None  # noqa: E731
         step = self.session.next_step(frame_in, allowed_names=allowed, known_names=known, perception=given,
@@ -358,12 +359,14 @@ class GuidanceLoop:
             self.on_plan(step, self.plan)
         return step, rec
 
-    def _allowed_names(self, frame: Frame, frame_in: Frame, index: int, given: str | None,
+    def _allowed_names(self, frame: Frame, frame_in: Frame, index: int, given: str | None, others: dict,
                        ) -> tuple[list[str] | None, tuple[str, ...] | None, float, str | None]:
         """(the names the step may use or None, every name known, detection ms, the perception the
         answer starts with). By the detector (grounded decoding); else, for a model with a scene
         perceiver, by what the model perceives, with the object in the gripper since a confirmed pick
-        added and those put away removed (NameGrounding), so a held object the frame hides stays nameable."""
+        added and those put away removed (NameGrounding), so a held object the frame hides stays nameable.
+        ``others``: the perceiver's next likeliest names per object of ``given`` (a refused name's
+        object is offered under one of them)."""
         names = self.session.perceived_names
         if self.config.grounded_decoding and self.objects is not None:
             t0 = time.perf_counter()
@@ -372,7 +375,8 @@ class GuidanceLoop:
         elif names:
             t0 = time.perf_counter()
             perceived = self.session.perceive(frame_in) if given is None else None
-            given = perceived.text if perceived is not None else given
+            if perceived is not None:
+                given, others = perceived.text, (perceived.perception or {}).get("other_names", {})
             view = parse_perception(given)
             held = [view["holding"]] if view["holding"] else []
             seen = ObjectsInView(frame.stamp, names, tuple(dict.fromkeys(
@@ -390,9 +394,12 @@ class GuidanceLoop:
             self.naming = NameGrounding(seen.known, targets)
         elif set(seen.known) != set(self.naming.known):
             self.naming = dataclasses.replace(self.naming, known=tuple(seen.known))
+        allowed = self.naming.allowed(seen.names, others)
+        instead = sorted(set(allowed) - set(seen.names) - {self.naming.held, *self.naming.targets})
         self.monitor.record("ground", index, f"the model may name the objects {source} that were not put away",
-                            seen=sorted(seen.names), put_away=sorted(self.naming.put_away))
-        return self.naming.allowed(seen.names), self.naming.known, detect_ms, given
+                            seen=sorted(seen.names), put_away=sorted(self.naming.put_away),
+                            **({"read_otherwise": instead} if instead else {}))
+        return allowed, self.naming.known, detect_ms, given
 
     def _goal(self, step: PlanStep, frame: Frame, rec: StepRecord, index: int) -> ActionGoal:
         """The step's ActionGoal: the sentence parsed in context and grounded in the frame."""

@@ -417,7 +417,8 @@ class LocalModelBackend:
 
         seen, ms = self.perceiver.perceive(self.prepare_frame(frame))
         text = format_perception(seen["objects"], seen["holding"])
-        perception = {**parse_perception(text), "held_candidates": seen["held_candidates"]}  # the text drops the probabilities
+        perception = {**parse_perception(text), "held_candidates": seen["held_candidates"],  # the text drops the
+                      "other_names": {o["name"]: o["other_names"] for o in seen["objects"]}}  # probabilities
         return Perceived(text=text, perception=perception, timings_ms={"perceiver": ms, "total": ms})
 
     def _plan_from(self, perception: str, options: DecodeOptions) -> tuple[list[int], DecodeOptions, dict | None]:

@@ -53,15 +53,46 @@ def decode_text(
         if token is None:
             if state.pending:  # CAUSAL APPEND of the last sampled/forced tokens -> next logits
                 logits = state.flush()
-            masked = cons.mask_logits(logits[0])
-            ids, _, max_p = sample(masked, temperature, top_k, top_p, generator)
-            token = int(ids)
+            token, max_p = _sample_looking_ahead(state, logits[0], cons, temperature, top_k, top_p, generator)
             confidences.append(float(max_p))
             if allowed_mass is not None:  # before advance: what could be honoured at this position
                 allowed_mass.append(cons.allowed_probability(torch.softmax(logits[0].float(), dim=-1)))
         cons.advance(token)
         state.pending.append(token)
     return confidences
+
+
+def _sample_looking_ahead(
+    state: KVState,
+    logits: torch.Tensor,
+    cons: DecodeConstraint,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> tuple[int, torch.Tensor]:
+    """One text token under ``cons``, with grounded decoding's first words looked ahead at.
+
+    A word that only starts names the caller does not offer ("left" of "left sleeve") is banned by
+    the mention rule, though the model may mean another phrase ("the left bin"). Such words are
+    offered too; when one is drawn, one forward on it (``KVState.peek``, the cache left as it was)
+    shows whether the model goes on with a name: then it is banned and the draw repeated, else kept.
+    """
+    masked = cons.mask_logits(logits)
+    refused: set[int] = set()
+    while True:
+        starts = sorted(t for t in cons.maybe_name_starts() - refused if t < logits.shape[-1])
+        offered = masked.clone()
+        if starts:
+            offered[starts] = logits[starts]
+        ids, _, max_p = sample(offered, temperature, top_k, top_p, generator)
+        token = int(ids)
+        if token not in starts:
+            return token, max_p
+        ahead = state.peek([token], logits_index=1)[0, -1]
+        if not cons.name_follows(token, ahead):
+            return token, max_p
+        refused.add(token)  # a name the caller does not offer: draw again without it
 
 
 def decode_image_ar(

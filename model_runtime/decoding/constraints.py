@@ -158,6 +158,9 @@ class DecodeConstraint:
         known, allowed = mentions if mentions is not None else ((), ())
         self.allowed_mentions = {tuple(int(t) for t in a) for a in allowed if len(a)}
         self.known_mentions = {tuple(int(t) for t in k) for k in known if len(k)} | self.allowed_mentions
+        # First words of names not on offer that a look-ahead showed open another phrase here ("left"
+        # of "left sleeve" in "the left bin"); cleared by every advance (see ``maybe_name_starts``).
+        self._words_not_names: set[int] = set()
         self._masks: dict[tuple, torch.Tensor] = {}
         # "perceive" answers: the token that ends the perception; None: the step starts at once.
         self.step_marker = None if step_marker is None else int(step_marker)
@@ -329,9 +332,44 @@ class DecodeConstraint:
                 longest[token] = max(longest.get(token, -1), j)
                 if allowed:
                     extends_allowed.add((token, j))
-        banned = {t for t, j in longest.items() if (t, j) not in extends_allowed}
+        banned = {t for t, j in longest.items() if (t, j) not in extends_allowed} - self._words_not_names
         offered = any((t, j) in extends_allowed for t, j in longest.items())
         return banned, None, banned if offered else set()
+
+    def maybe_name_starts(self) -> set[int]:
+        """Tokens the mention rule bans here only as the first word of names not on offer, where the
+        word may also open a phrase that is no name ("left" of "left sleeve", said in "the left bin").
+
+        A one-word name is not among them (it is a whole mention). A decoder that can look one token
+        ahead offers them anyway and asks ``name_follows`` whether the model goes on with a name.
+        """
+        if not self.known_mentions or self.phase is not Phase.TEXT or self.in_perception:
+            return set()
+        banned, only, _ = self._mention_rule()
+        if only is not None or not banned:
+            return set()
+        run = self.tokens[len(self.tokens) - self.text_run :] if self.text_run else []
+        deeper = {k[j] for k in self.known_mentions for j in range(1, min(len(k), len(run) + 1))
+                  if tuple(run[-j:]) == k[:j]}  # tokens that would go on with a name already begun
+        whole = {k[0] for k in self.known_mentions if len(k) == 1}
+        firsts = {k[0] for k in self.known_mentions}
+        starts = set()
+        for t in (banned & firsts) - deeper - whole:  # only where nothing but the mention rule bans it
+            self._words_not_names.add(t)
+            if self.is_allowed(t):
+                starts.add(t)
+            self._words_not_names.discard(t)
+        return starts
+
+    def name_follows(self, token: int, next_logits: torch.Tensor) -> bool:
+        """Whether the model, having written ``token`` (one of ``maybe_name_starts``), would go on
+        with a known name: its likeliest next token (``next_logits`` (V,)) is a name's second token.
+        False makes ``token`` allowed at this position (until the next advance)."""
+        seconds = {k[1] for k in self.known_mentions if len(k) > 1 and k[0] == token}
+        if int(next_logits.argmax()) in seconds:
+            return True
+        self._words_not_names.add(int(token))
+        return False
 
     def allowed_probability(self, probs: torch.Tensor) -> float:
         """How much of the model's next-token distribution ``probs`` (V,) this answer can honour here.
@@ -392,6 +430,7 @@ class DecodeConstraint:
         if not self.is_allowed(token):
             raise ConstraintError(f"token {token} is not allowed in phase {self.phase.value} at offset {self.offset}")
         self.tokens.append(token)
+        self._words_not_names.clear()
         lay = self.layout
         if self.phase is Phase.TEXT:
             if token == lay.eos:

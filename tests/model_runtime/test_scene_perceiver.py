@@ -11,6 +11,7 @@ import torch
 from model_runtime.prompt import format_perception, parse_perception
 from model_runtime.scene_perceiver import (
     HELD_CANDIDATES,
+    OTHER_NAMES,
     NameSlots,
     ScenePerceiver,
     ScenePerceiverConfig,
@@ -261,3 +262,22 @@ def test_the_reader_loss_learns_names_from_crops_at_named_cells():
     two, _ = reader_loss(net, images, centres, named, max_crops=2)
     by_hand = net.slots.loss(net.read_names(images, torch.tensor([0, 1]), torch.tensor([5, 10])), torch.tensor([2, 4]))
     assert torch.allclose(two, by_hand)
+
+
+def test_each_object_comes_with_its_cells_next_likeliest_names():
+    cfg = _cfg()
+    slots, cells, hold = _outputs(cfg, {1: ("teal fork", 0.9), 12: ("blue block", 0.8)}, holding=None)
+    row, start = torch.full((slots.width,), -20.0), 0
+    for ws, sure in zip(slots.words, ({"fork": 2.0, "cup": 1.5}, {"teal": 2.0, "red": 1.5}, {"": 20.0})):
+        for w, logit in sure.items():
+            row[start + ws.index(w)] = logit
+        start += len(ws)
+    cells[1, 1:] = row  # a fork, though a cup is nearly as likely; teal, though red is nearly as likely
+    out = decode_perception(slots, cfg, cells, hold)
+    fork = next(o for o in out["objects"] if o["name"] == "teal fork")
+    others = fork["other_names"]
+    assert [n for n, _ in others][0] == "red cup" and len(others) == min(OTHER_NAMES, len(cfg.names) - 1)
+    assert others[0][1] == pytest.approx(float(torch.sigmoid(torch.tensor(-1.0))), abs=1e-3)  # e^3 / (e^4 + e^3)
+    assert all(a[1] >= b[1] for a, b in zip(others, others[1:])) and "teal fork" not in [n for n, _ in others]
+    block = next(o for o in out["objects"] if o["name"] == "blue block")
+    assert all(p < 1e-6 for _, p in block["other_names"])  # a sure reading: nothing else is likely

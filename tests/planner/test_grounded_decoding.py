@@ -82,3 +82,17 @@ def test_name_grounding_tracks_held_and_put_away_objects():
     assert naming.allowed(["left sleeve", "right sleeve"]) == ["right sleeve", "blue block"]
     with pytest.raises(ValueError, match="non-empty known names"):
         NameGrounding(())
+
+
+def test_name_grounding_offers_a_refused_objects_next_reading():
+    from planner.grounded import NameGrounding
+
+    naming = NameGrounding(("red cup", "green spoon", "green knife", "green fork"))
+    others = {"green spoon": [["green knife", 0.3], ["green fork", 0.2]]}
+    assert naming.allowed(["green spoon", "red cup"], others) == ["green spoon", "red cup"]  # not refused: as read
+    naming.refuse("pick up the green spoon", ["green spoon", "red cup"])
+    assert naming.allowed(["green spoon", "red cup"], others) == ["red cup", "green knife"]
+    assert naming.allowed(["green spoon", "red cup", "green knife"], others) == ["red cup", "green knife", "green fork"]
+    naming.refuse("pick up the green knife", ["red cup", "green knife"])
+    assert naming.allowed(["green spoon", "red cup"], others) == ["red cup", "green fork"]
+    assert naming.allowed(["green spoon", "red cup"]) == ["red cup"]  # a detector gives no other readings

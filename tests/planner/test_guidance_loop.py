@@ -344,6 +344,38 @@ def test_a_name_no_goal_could_be_formed_from_is_not_offered_again_until_a_step_i
     assert res.records[0].attempts == 2 and res.records[1].allowed_names == ["green fork", "red cup"]
 
 
+class MisreadingPerceiverBackendForTest(ScriptBackendForTest):
+    """A scripted model with a scene perceiver that reads the green fork as a green spoon, a knife and
+    a fork its cell's next likeliest names."""
+
+    perceives = True
+    perceived_names = ("red cup", "green spoon", "green knife", "green fork")
+
+    def perceive(self, frame, instruction, history, options=None):
+        from model_runtime.backends.base import Perceived
+        from model_runtime.prompt import format_perception, parse_perception
+
+        text = format_perception([{"name": "green spoon", "cell": "left back"}, {"name": "red cup", "cell": "right front"}], None)
+        others = {"green spoon": [["green knife", 0.2], ["green fork", 0.1]], "red cup": [["green cup", 0.01]]}
+        return Perceived(text=text, perception={**parse_perception(text), "other_names": others})
+
+
+def test_a_refused_reading_is_offered_under_the_objects_next_likeliest_name():
+    from planner.parse import Vocabulary
+
+    backend = MisreadingPerceiverBackendForTest(["pick up the green spoon", "pick up the green knife",
+                                                 "pick up the green fork", DONE])
+    res = GuidanceLoop(backend, "clear the table", ExecutorForTest(), LoopConfig(),
+                       vocabulary=Vocabulary(("red cup", "green fork"), ("rack",))).run()
+    assert [r.outcome for r in res.records[:3]] == ["failed", "failed", "done"]
+    # each name that named nothing gives way to the next reading of its object ("green cup" is no known name)
+    assert [r.allowed_names for r in res.records[:3]] == [["green spoon", "red cup"], ["red cup", "green knife"],
+                                                         ["red cup", "green fork"]]
+    instead = [e["data"].get("read_otherwise") for e in res.events if e["kind"] == "ground" and "seen" in e["data"]]
+    assert instead[:3] == [None, ["green knife"], ["green fork"]]
+    assert res.records[2].goal["object"] == "green fork"
+
+
 def test_with_the_oracle_over_the_sim_a_premature_done_is_rejected_by_the_checker():
     env = make_env("table_clear")
     env.reset(seed=HELDOUT_SEEDS[3])

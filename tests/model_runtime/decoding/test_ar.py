@@ -48,3 +48,24 @@ def test_text_decoding_respects_constraints_and_stops(model, layout):
     assert len(conf) <= 6 and all(0 < c <= 1 for c in conf)
     # forced tokens ride along: 6 sampled tokens need 5 forwards after the prefill (EOS is forced)
     assert runner.counts["prefill"] == 1 + len(conf) - 1
+
+
+def _greedy_text(model, layout, prompt, mentions=None):
+    with torch.no_grad():
+        state, logits = KVState.prefill(ForwardCounter(model), prompt)
+        cons = DecodeConstraint(layout, (2, 2), max_images=0, max_text_tokens=4, mentions=mentions)
+        decode_text(state, logits, cons, 0.0, 0, 1.0, None)
+    return cons.tokens
+
+
+def test_a_first_word_of_a_name_not_offered_is_kept_only_when_no_name_follows(model, layout):
+    prompt = [layout.bos, layout.extra["user"], 40, 41, 42, layout.extra["assistant"]]
+    first = _greedy_text(model, layout, prompt)[0]  # the model's own first word
+    with torch.no_grad():
+        meant = int(model(torch.tensor([prompt + [first]])).logits[0, -1].argmax())  # its next word
+    other = next(t for t in range(40, 60) if t not in (meant, first))
+    # The model goes on with the name: its first word is refused, as the mention rule always did.
+    assert _greedy_text(model, layout, prompt, mentions=([[first, meant]], []))[0] != first
+    # The model goes on with another phrase: the word stays, and the name can still not be finished.
+    kept = _greedy_text(model, layout, prompt, mentions=([[first, other]], []))
+    assert kept[0] == first and kept[1] != other

@@ -166,3 +166,26 @@ def test_allowed_probability_honours_a_wish_for_a_name_only_when_one_is_present(
     assert cons.allowed_probability(probs2) == pytest.approx(1.0)  # finishing the present red cup's name
     lay, cons = _mention_constraint(known, allowed=[])
     assert cons.allowed_probability(probs) == pytest.approx(0.1)  # nothing to name: only "the" can be honoured
+
+
+def test_a_first_word_that_may_open_another_phrase_is_looked_ahead_at():
+    left, sleeve, side, bin_, cloth = 44, 45, 46, 47, 48  # ids beyond W's
+    known = [[left, sleeve], [left, side], [cloth], [W["blue"], W["block"]]]
+    lay, cons = _mention_constraint(known, allowed=[[W["blue"], W["block"]]])
+    words = {left, sleeve, side, bin_, cloth, W["blue"]} | {W["the"]}
+    assert left not in _free(lay, cons, words)  # banned until looked ahead at
+    assert cons.maybe_name_starts() == {left}  # "cloth" is a whole name, "blue" is on offer
+    says = torch.zeros(lay.vocab_size)
+    says[sleeve] = 5.0
+    assert cons.name_follows(left, says) and left not in _free(lay, cons, words)  # "left sleeve": a name
+    says[bin_] = 9.0
+    assert not cons.name_follows(left, says) and left in _free(lay, cons, words)  # "left bin": no name
+    cons.advance(left)
+    assert _free(lay, cons, words) & {sleeve, side} == set() and bin_ in _free(lay, cons, words)
+    assert left not in _free(lay, cons, words) and cons.maybe_name_starts() == {left}  # looked at again
+
+
+def test_a_first_word_banned_by_another_rule_is_not_looked_ahead_at():
+    left, sleeve = 44, 45
+    lay, cons = _mention_constraint([[left, sleeve]], allowed=[], banned=[[left]])  # "left" was rejected
+    assert cons.maybe_name_starts() == set() and not cons.is_allowed(left)
