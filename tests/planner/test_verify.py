@@ -242,18 +242,20 @@ def test_the_perception_overrules_the_verifier_only_on_a_pick_it_is_sure_of():
     # a perception without probabilities (an LM's text) never overrules
     verdict = FrameVerifier(_perceiver(seen_after), check=check(0.9))(planned, pick.goal, before, after)
     assert verdict.done is True and "overrules" not in verdict.reason
-    # on a place the verifier decides alone, whatever the perception reads
-    verdict = FrameVerifier(_perceiver(seen_after, [[wrong, 0.97]]), check=check(0.9))(
-        PlanStep(1, place.text, perception=seen_before), place.goal, before, after)
-    assert verdict.done is True and "overrules" not in verdict.reason
+    # a place the perception reads not done (its object still on the table): the verifier decides
+    for p_happened, done in ((0.9, True), (0.1, False)):
+        verdict = FrameVerifier(_perceiver(seen_after, [[wrong, 0.97]]), check=check(p_happened))(
+            PlanStep(1, place.text, perception=seen_before), place.goal, before, after)
+        assert verdict.done is done and "overrules" not in verdict.reason
     assert decide_by_both(True, "pick", 0.005) is False and decide_by_both(False, "pick", 0.6) is True
     assert decide_by_both(True, "pick", 0.3) is True and decide_by_both(False, "pick", 0.3) is False
     assert decide_by_both(True, "pick", None) is True  # no probabilities: the verifier decides
     assert decide_by_both(True, "fold", 0.0) is True and decide_by_both(False, "place", 1.0) is False
-    # a fold or a stack the perception reads done is done; a place is the verifier's alone
+    # a fold, a stack or a place the perception reads done is done; else the verifier decides
     assert decide_by_both(False, "fold", None, True) is True and decide_by_both(False, "stack", None, True) is True
     assert decide_by_both(False, "fold", None, False) is False and decide_by_both(True, "fold", None, False) is True
-    assert decide_by_both(False, "place", None, True) is False
+    assert decide_by_both(False, "place", None, True) is True and decide_by_both(False, "place", None, False) is False
+    assert decide_by_both(False, "pick", None, True) is False  # a pick: by the held probabilities only
     assert held_probability({"held_candidates": [["Red  cup", 0.4], ["blue fork", 0.5]]}, "red cup") == 0.4
     assert held_probability({"held_candidates": [["blue fork", 0.5]]}, "red cup") == 0.0
     assert held_probability({"objects": [], "holding": "red cup"}, "red cup") is None and held_probability(None, "x") is None
