@@ -51,7 +51,7 @@ from planner.metrics import capped_psnr, subgoal_position_error
 from planner.monitor import ExecutionMonitor, MonitorConfig, StepOutcome, _jsonable
 from planner.parse import ParseContext, Vocabulary, parse
 from planner.safety import SafetyGate
-from planner.verify import FrameVerifier, perception_match
+from planner.verify import PICK_VERBS, FrameVerifier, perception_match
 
 __all__ = ["GroundTruth", "GuidanceLoop", "LoopConfig", "LoopResult", "ObjectsSource", "StepRecord", "resize_frame"]
 
@@ -413,6 +413,10 @@ class GuidanceLoop:
         if parsed.verb == "done" and parsed.status == GoalStatus.OK:
             goal = ActionGoal("done", "", step_index=index, status=GoalStatus.UNKNOWN,
                               reason="the sentence says done but the model did not mark the step final")
+        if (goal.status == GoalStatus.OK and goal.verb in PICK_VERBS and self.naming is not None
+                and goal.object in self.naming.put_away):  # a block stacked stays nameable as a target, not to take
+            goal.status = GoalStatus.UNKNOWN
+            goal.reason = f"the {goal.object} was put away by a confirmed step: picking it up would undo that step"
         goal.step_index, goal.stamp = index, frame.stamp
         if not goal.goal_id:
             goal.goal_id = uuid.uuid4().hex

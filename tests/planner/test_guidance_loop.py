@@ -308,6 +308,27 @@ def test_confirmed_steps_update_name_grounding():
     assert [r.allowed_names for r in res.records] == [None, None]
 
 
+def test_a_pick_of_an_object_a_confirmed_step_put_away_is_not_executed():
+    from planner.parse import Vocabulary
+
+    # a tower's block stays nameable as a target (the vocabulary's targets), but taking it again undoes the stack
+    vocab = Vocabulary(("red block", "blue block"), ("red block", "blue block"))
+    backend = ScriptBackendForTest(["pick up the blue block", "stack the blue block on the red block",
+                                    "pick up the blue block", DONE])
+    executor = ExecutorForTest()
+
+    class BlocksForTest:
+        def objects_for(self, frame):
+            return ObjectsInView(frame.stamp, known=("red block", "blue block"), names=("red block", "blue block"))
+
+    res = GuidanceLoop(backend, "stack the blocks", executor, LoopConfig(grounded_decoding=True), vocabulary=vocab,
+                       objects=BlocksForTest()).run()
+    assert [r.outcome for r in res.records] == ["done", "done", "failed", "final"]
+    assert "the blue block was put away by a confirmed step" in res.records[2].reason and res.records[2].attempts == 0
+    assert [e[0] for e in executor.executed] == ["pick", "stack"]
+    assert res.records[3].allowed_names is not None and "blue block" in res.records[3].allowed_names  # still a target
+
+
 class MisreadObjectsForTest:
     """A detector that also reports a green fork the scene does not have (a misread object)."""
 
