@@ -65,8 +65,8 @@ class NameGrounding:
         for name in free:
             if name not in self.refused:
                 continue
-            for other in (other_names or {}).get(name, ()):
-                other = (other[0] if isinstance(other, (list, tuple)) else other).lower().strip()
+            for other, _ in (other_names or {}).get(name, ()):
+                other = other.lower().strip()
                 if other in self.known and other not in self.refused and other not in self.put_away and other not in offered:
                     offered.append(other)
                     break
