@@ -62,10 +62,9 @@ def probe(model_path: str | None, scenes: int, seed_offset: int) -> dict:
                 opening = step.text.split(" in the ")[0] + " in the"
                 with torch.inference_mode():
                     logits = backend.lm(torch.tensor([prompt + list(backend.text.encode(opening))])).logits[0, -1]
-                said = max(BINS, key=lambda w: float(logits[ids[w]]))
                 probs = torch.softmax(logits[[ids[w] for w in BINS]].float(), dim=-1).tolist()
                 cases.append({"seed": seed, "bins": len(sim.receptacles), "step": step.text,
-                              "true": step.goal.target.split()[0], "said": said,
+                              "true": step.goal.target.split()[0], "said": BINS[probs.index(max(probs))],
                               "p": dict(zip(BINS, (round(p, 4) for p in probs)))})
             sim.execute_skill(step.goal)
             done.append(step)
